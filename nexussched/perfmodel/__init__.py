@@ -1,0 +1,21 @@
+"""Per-step latency model of one engine, learned online from step telemetry."""
+
+from .features import FEATURE_NAMES, N_FEATURES, batch_features, record_features, records_matrix
+from .model import PerfModel, PerfModelConfig, fit_nnls, mape
+from .telemetry import StepRecord, TelemetryLog, prefill_attn_work, read_jsonl
+
+__all__ = [
+    "FEATURE_NAMES",
+    "N_FEATURES",
+    "PerfModel",
+    "PerfModelConfig",
+    "StepRecord",
+    "TelemetryLog",
+    "batch_features",
+    "fit_nnls",
+    "mape",
+    "prefill_attn_work",
+    "read_jsonl",
+    "record_features",
+    "records_matrix",
+]

@@ -1,0 +1,89 @@
+"""The routing-policy interface, written once for both worlds.
+
+A policy is a plain object. The live router and the cluster simulator both hand it a RequestInfo
+and a sequence of EngineView objects and act on its answer; neither the policy nor its math imports
+aiohttp or the simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Protocol, runtime_checkable
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What a router knows about a request when it must place it."""
+
+    id: object
+    prompt_tokens: int
+    max_tokens: int
+    arrival: float
+    slo_ttft: float
+    slo_tpot: float
+    priority: int = 0
+    model: str = ""
+
+
+@runtime_checkable
+class EngineView(Protocol):
+    """What a policy may read about one engine (scraped metrics + the router's own counts)."""
+
+    name: str
+    healthy: bool
+    num_running: int
+    num_waiting: int
+    kv_usage: float
+
+    @property
+    def inflight(self) -> int:
+        """Requests sent to this engine and not yet finished, as the router counts them."""
+        ...
+
+
+@dataclass(slots=True)
+class Move:
+    """Re-bind a request queued (not started) at engine `src` to engine `dst`."""
+
+    req_id: object
+    src: int
+    dst: int
+
+
+class RoutingPolicy:
+    """Base policy. Subclasses implement `route`; the other hooks are optional.
+
+    - route(): index of the engine to send a request to, or None to hold it at the router
+      (only policies with `holds = True`; they keep the request and release it through pull()).
+    - pull(): engine `idx` has room; return held requests it should take now.
+    - on_finish(): a request finished on engine `idx` (bookkeeping).
+    - tick(): called every `tick_interval` seconds; may return Moves (re-binding).
+    """
+
+    name: ClassVar[str] = "base"
+    holds: ClassVar[bool] = False
+    tick_interval: ClassVar[float | None] = None
+
+    def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
+        raise NotImplementedError
+
+    def pull(self, idx: int, engines: Sequence[EngineView], now: float) -> list[RequestInfo]:
+        return []
+
+    def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        return None
+
+    def tick(self, engines: Sequence[EngineView], now: float) -> list[Move]:
+        return []
+
+
+class NoEngineAvailable(RuntimeError):
+    """Every engine is unhealthy (the router answers 503)."""
+
+
+def healthy_indices(engines: Sequence[EngineView]) -> list[int]:
+    idx = [i for i, e in enumerate(engines) if e.healthy]
+    if not idx:
+        raise NoEngineAvailable("no healthy engine")
+    return idx

@@ -1,0 +1,498 @@
+"""A vLLM-like engine simulator: continuous batching over a paged KV cache.
+
+Mechanics follow vLLM V1's scheduler: each step it first serves running requests in order (decodes
+take one token, unfinished prefills take a chunk of the token budget), preempting from the tail of
+the running list by recompute when KV blocks run out; then, if nothing was preempted, admits waiting
+requests FCFS while the budget, `max_num_seqs` and free blocks allow, chunking long prompts. Step
+time comes from the hardware profile (ground truth + noise). Each step emits a StepRecord.
+
+A run of decode-only steps during which nothing can change the batch (no admission possible, no
+request finishing, KV sufficient) is simulated in one go ("macro step"); an outside event in the
+middle (a new request) truncates it at the next step boundary, so results match step-by-step
+simulation while the hot path stays a tight arithmetic loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine_sched.base import EnginePolicy, VllmDefault
+from ..engine_sched.plan import SeqState, StepPlan, StepState
+from ..perfmodel.telemetry import StepRecord
+from .hardware import HardwareProfile, lognormal_sigma
+from .request import SimRequest
+
+MAX_MACRO_STEPS = 2048
+
+
+@dataclass
+class EngineConfig:
+    block_size: int = 16
+    num_blocks: int | None = None  # default: from the profile's memory
+    max_num_seqs: int | None = None  # default: the profile's (vLLM's per-device default)
+    max_num_batched_tokens: int | None = None
+    max_model_len: int = 131072
+
+
+class NoiseStream:
+    """Multiplicative step-time noise: lognormal with rare stragglers, drawn in blocks."""
+
+    def __init__(self, rng: np.random.Generator, cv: float, p_strag: float, f_strag: float) -> None:
+        self._rng = rng
+        self._sigma = lognormal_sigma(cv)
+        self._p = p_strag
+        self._f = f_strag
+        self._buf: list[float] = []
+        self._i = 0
+
+    def _refill(self) -> None:
+        n = 8192
+        s = self._sigma
+        x = self._rng.lognormal(-s * s / 2.0, s, n)
+        x[self._rng.random(n) < self._p] *= self._f
+        self._buf = x.tolist()
+        self._i = 0
+
+    def next(self) -> float:
+        if self._i >= len(self._buf):
+            self._refill()
+        v = self._buf[self._i]
+        self._i += 1
+        return v
+
+    def take(self, k: int) -> list[float]:
+        out: list[float] = []
+        while len(out) < k:
+            if self._i >= len(self._buf):
+                self._refill()
+            j = min(len(self._buf), self._i + k - len(out))
+            out.extend(self._buf[self._i : j])
+            self._i = j
+        return out
+
+
+class EngineSim:
+    """One simulated engine on simulated time. The cluster drives it with start/finish calls."""
+
+    def __init__(
+        self,
+        profile: HardwareProfile,
+        name: str = "engine",
+        seed: int = 0,
+        config: EngineConfig | None = None,
+        policy: EnginePolicy | None = None,
+        telemetry: Callable[[StepRecord], None] | None = None,
+    ) -> None:
+        cfg = config or EngineConfig()
+        self.name = name
+        self.profile = profile
+        self.cost = profile.coefficients()
+        self.block_size = cfg.block_size
+        self.total_blocks = cfg.num_blocks or profile.kv_tokens() // cfg.block_size
+        self.free_blocks = self.total_blocks
+        self.max_num_seqs = cfg.max_num_seqs or profile.max_num_seqs
+        self.max_num_batched_tokens = cfg.max_num_batched_tokens or profile.max_num_batched_tokens
+        self.max_model_len = cfg.max_model_len
+        self.policy = policy or VllmDefault()
+        self.telemetry = telemetry
+        listeners = [telemetry] if telemetry is not None else []
+        if self.policy.learns:
+            listeners.append(self.policy.observe)
+        self._listeners: list[Callable[[StepRecord], None]] = listeners
+        self.noise = NoiseStream(
+            np.random.default_rng(seed), profile.noise_cv, profile.straggler_prob,
+            profile.straggler_factor,
+        )
+        self.waiting: deque[SimRequest] = deque()
+        self.running: list[SimRequest] = []
+        self.busy = False
+        self.step_end = 0.0
+        self.steps = 0
+        self.preemptions = 0
+        self.busy_time = 0.0
+        self._batch: list[tuple[SimRequest, int]] = []
+        self._step_start = 0.0
+        self._record: StepRecord | None = None
+        self._macro: tuple[int, int, list[float], list[float]] | None = None  # n, S0, ends, durs
+
+    # ---- state a router or planner may read ------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def kv_usage(self) -> float:
+        return 1.0 - self.free_blocks / self.total_blocks if self.total_blocks else 1.0
+
+    def queued_prefill_tokens(self) -> int:
+        """Prompt tokens still to compute: waiting requests plus unfinished running prefills."""
+        t = 0
+        for r in self.waiting:
+            t += r.prompt + r.generated - r.computed
+        for r in self.running:
+            need = r.prompt + r.generated - r.computed
+            if need > 1:
+                t += need
+        return t
+
+    def decode_ctx_sum(self) -> int:
+        return sum(r.computed for r in self.running)
+
+    def set_speed(self, factor: float) -> None:
+        """Change the engine's true speed (slowdown experiments); schedulers must notice by learning."""
+        self.profile = self.profile.slowed(factor)
+        self.cost = self.profile.coefficients()
+
+    # ---- admission ---------------------------------------------------------------------------
+    def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
+        return prompt_tokens + output_tokens <= self.max_model_len and math.ceil(
+            (prompt_tokens + 1) / self.block_size
+        ) <= self.total_blocks
+
+    def enqueue(self, req: SimRequest, now: float) -> None:
+        req.engine_name = self.name
+        req.enqueue_time = now
+        self.waiting.append(req)
+
+    def remove_waiting(self, req_id: int) -> SimRequest | None:
+        """Take back a request that has not started (for re-binding); None if it has started."""
+        for r in self.waiting:
+            if r.id == req_id and r.computed == 0:
+                self.waiting.remove(r)
+                return r
+        return None
+
+    # ---- stepping ----------------------------------------------------------------------------
+    def start_step(self, now: float, horizon: float = math.inf) -> float | None:
+        """Plan and start the next step at `now`; returns its end time, or None when idle.
+
+        `horizon` is the next time an outside event is known to come; a macro step stops there.
+        """
+        if not self.running and not self.waiting:
+            self.busy = False
+            return None
+        self._step_start = now
+        if self.policy.fast_decode_ok() and self._try_macro(now, horizon):
+            self.busy = True
+            return self.step_end
+        plan = None
+        if self.policy.plans:
+            plan = self.policy.plan(self.step_state(now))
+        if plan is not None:
+            self._schedule_planned(plan)
+        else:
+            self._schedule_fcfs(self.policy.token_budget(self.max_num_batched_tokens))
+        if not self._batch:
+            # Nothing fits (e.g. KV full of waiting-only work): idle until something changes.
+            self.busy = False
+            return None
+        dur = self._batch_duration()
+        self.busy = True
+        self.step_end = now + dur
+        return self.step_end
+
+    def _schedule_fcfs(self, budget: int) -> None:
+        batch: list[tuple[SimRequest, int]] = []
+        bs = self.block_size
+        preempted = False
+        running = self.running
+        i = 0
+        while i < len(running) and budget > 0:
+            r = running[i]
+            n = min(r.prompt + r.generated - r.computed, budget)
+            extra = -(-(r.computed + n) // bs) - r.blocks
+            while extra > self.free_blocks:
+                victim = running.pop()  # lowest priority: the tail
+                self._preempt(victim)
+                preempted = True
+                if victim is r:
+                    break
+            if i >= len(running):
+                break  # r itself was preempted
+            self.free_blocks -= extra
+            r.blocks += extra
+            batch.append((r, n))
+            budget -= n
+            i += 1
+        if not preempted:
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < self.max_num_seqs:
+                r = waiting[0]
+                n = min(r.prompt + r.generated - r.computed, budget)
+                extra = -(-(r.computed + n) // bs) - r.blocks
+                if extra > self.free_blocks:
+                    break
+                waiting.popleft()
+                running.append(r)
+                self.free_blocks -= extra
+                r.blocks += extra
+                batch.append((r, n))
+                budget -= n
+        self._batch = batch
+
+    def _schedule_planned(self, plan: StepPlan) -> None:
+        """Decodes first (as vLLM), then prefills in the plan's order, each capped by its chunk cap."""
+        batch: list[tuple[SimRequest, int]] = []
+        bs = self.block_size
+        budget = plan.token_budget
+        running = self.running
+        preempted = False
+        for r in list(running):
+            if budget <= 0:
+                break
+            if r.prompt + r.generated - r.computed != 1 or r.generated == 0:
+                continue
+            if r not in running:
+                continue  # preempted below while serving an earlier decode
+            extra = -(-(r.computed + 1) // bs) - r.blocks
+            while extra > self.free_blocks and running:
+                victim = running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is r:
+                    break
+            if r not in running:
+                continue
+            self.free_blocks -= extra
+            r.blocks += extra
+            batch.append((r, 1))
+            budget -= 1
+        by_id = {r.id: r for r in running}
+        for r in self.waiting:
+            by_id.setdefault(r.id, r)
+        order = plan.order
+        if order is None:
+            order = [r.id for r in running if r.prompt + r.generated - r.computed > 1 or r.generated == 0]
+            order += [r.id for r in self.waiting]
+        caps = plan.chunk_cap
+        for rid in order:
+            if budget <= 0:
+                break
+            r = by_id.get(rid)
+            if r is None:
+                continue
+            is_waiting = r not in running
+            if is_waiting and (preempted or len(running) >= self.max_num_seqs):
+                continue
+            need = r.prompt + r.generated - r.computed
+            n = min(need, budget, caps.get(rid, need))
+            if n <= 0:
+                continue
+            extra = -(-(r.computed + n) // bs) - r.blocks
+            if extra > self.free_blocks:
+                continue
+            if is_waiting:
+                self.waiting.remove(r)
+                running.append(r)
+            self.free_blocks -= extra
+            r.blocks += extra
+            batch.append((r, n))
+            budget -= n
+        self._batch = batch
+
+    def _preempt(self, r: SimRequest) -> None:
+        # vLLM V1 preempts by recompute: free the KV, restart the prefill from scratch.
+        self.free_blocks += r.blocks
+        r.blocks = 0
+        r.computed = 0
+        r.preemptions += 1
+        self.preemptions += 1
+        self.waiting.appendleft(r)
+
+    def _batch_duration(self) -> float:
+        chunks: list[tuple[int, int]] = []
+        nd = 0
+        dctx = 0
+        for r, n in self._batch:
+            if n == 1 and r.generated > 0 and r.computed == r.prompt + r.generated - 1:
+                nd += 1
+                dctx += r.computed
+            else:
+                chunks.append((n, r.computed))
+        ptok = 0
+        attn = 0.0
+        ctx_read = 0
+        for c, ctx in chunks:
+            ptok += c
+            attn += c * (ctx + c / 2.0)
+            ctx_read += ctx
+        dur = self.cost.time(ptok, attn, ctx_read, nd, dctx, len(chunks)) * self.noise.next()
+        if self._listeners:
+            self._record = StepRecord(
+                duration=dur, prefill_chunks=tuple(chunks), num_decodes=nd, decode_ctx_sum=dctx,
+                num_waiting=len(self.waiting), t=self._step_start, step=self.steps,
+                engine=self.name,
+            )
+        return dur
+
+    def _try_macro(self, now: float, horizon: float) -> bool:
+        running = self.running
+        n = len(running)
+        if n == 0:
+            return False
+        k = MAX_MACRO_STEPS
+        S = 0
+        for r in running:
+            if r.generated == 0 or r.prompt + r.generated - r.computed != 1:
+                return False
+            left = r.output - r.generated
+            if left < k:
+                k = left
+            S += r.computed
+        if self.waiting and self._admissible(n):
+            return False
+        q = self.free_blocks // n
+        k = min(k, q * self.block_size)
+        if k < 2:
+            return False
+        c = self.cost
+        p = c.knee_p
+        g = c.per_token * n
+        base = (c.overhead + c.per_seq * n + (c.weights**p + g**p) ** (1.0 / p)) * c.speed
+        slope = c.per_kv_token * c.speed
+        noise = self.noise
+        ends: list[float] = []
+        durs: list[float] = []
+        t = now
+        ctx = S
+        for _ in range(k):
+            d = (base + slope * ctx) * noise.next()
+            t += d
+            ends.append(t)
+            durs.append(d)
+            ctx += n
+            if t >= horizon:
+                break
+        self._macro = (n, S, ends, durs)
+        self.step_end = t
+        return True
+
+    def _admissible(self, n_running: int) -> bool:
+        """Could the head of the waiting queue be admitted next to `n_running` decodes?"""
+        if n_running >= self.max_num_seqs:
+            return False
+        budget = self.policy.token_budget(self.max_num_batched_tokens) - n_running
+        if budget <= 0:
+            return False
+        r = self.waiting[0]
+        n = min(r.prompt + r.generated - r.computed, budget)
+        return -(-(r.computed + n) // self.block_size) - r.blocks <= self.free_blocks
+
+    def truncate(self, now: float) -> float:
+        """An outside event at `now`: cut a macro step at the first step boundary at or after it."""
+        if self._macro is None:
+            return self.step_end
+        n, S, ends, durs = self._macro
+        if ends[-1] <= now:
+            return self.step_end
+        j = 0
+        while ends[j] < now:
+            j += 1
+        del ends[j + 1 :]
+        del durs[j + 1 :]
+        self.step_end = ends[-1]
+        return self.step_end
+
+    def finish_step(self) -> list[SimRequest]:
+        """Apply the step that ends at `self.step_end`; returns the requests that finished."""
+        end = self.step_end
+        self.busy = False
+        self.busy_time += end - self._step_start
+        if self._macro is not None:
+            return self._finish_macro()
+        self.steps += 1
+        done: list[SimRequest] = []
+        for r, n in self._batch:
+            r.computed += n
+            if r.computed == r.prompt + r.generated:
+                r.generated += 1
+                if r.generated == 1:
+                    r.first_token = end
+                else:
+                    itl = end - r.last_token
+                    if itl > r.max_itl:
+                        r.max_itl = itl
+                r.last_token = end
+                if r.generated >= r.output:
+                    r.finish = end
+                    done.append(r)
+        if done:
+            for r in done:
+                self.running.remove(r)
+                self.free_blocks += r.blocks
+                r.blocks = 0
+        self._batch = []
+        rec = self._record
+        if rec is not None:
+            rec.kv_blocks_used = self.total_blocks - self.free_blocks
+            self._record = None
+            for f in self._listeners:
+                f(rec)
+        return done
+
+    def _finish_macro(self) -> list[SimRequest]:
+        assert self._macro is not None
+        n, S, ends, durs = self._macro
+        self._macro = None
+        k = len(ends)
+        self.steps += k
+        end = ends[-1]
+        mx = max(durs)
+        bs = self.block_size
+        done: list[SimRequest] = []
+        for r in self.running:
+            r.computed += k
+            r.generated += k
+            if mx > r.max_itl:
+                r.max_itl = mx
+            r.last_token = end
+            need_blocks = -(-r.computed // bs)
+            if need_blocks > r.blocks:
+                self.free_blocks -= need_blocks - r.blocks
+                r.blocks = need_blocks
+            if r.generated >= r.output:
+                r.finish = end
+                done.append(r)
+        if self._listeners:
+            t0 = self._step_start
+            nw = len(self.waiting)
+            used = self.total_blocks - self.free_blocks
+            step0 = self.steps - k
+            for i in range(k):
+                rec = StepRecord(
+                    duration=durs[i], num_decodes=n, decode_ctx_sum=S + i * n, num_waiting=nw,
+                    kv_blocks_used=used, t=t0, step=step0 + i, engine=self.name,
+                )
+                t0 = ends[i]
+                for f in self._listeners:
+                    f(rec)
+        for r in done:
+            self.running.remove(r)
+            self.free_blocks += r.blocks
+            r.blocks = 0
+        return done
+
+    # ---- planner view ------------------------------------------------------------------------
+    def step_state(self, now: float) -> StepState:
+        decodes: list[SeqState] = []
+        prefills: list[SeqState] = []
+        for r in self.running:
+            s = r.seq_state(True)
+            (decodes if s.is_decode else prefills).append(s)
+        for r in self.waiting:
+            prefills.append(r.seq_state(False))
+        return StepState(
+            now=now, decodes=decodes, prefills=prefills, free_blocks=self.free_blocks,
+            total_blocks=self.total_blocks, block_size=self.block_size,
+            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+            num_running=len(self.running),
+        )
