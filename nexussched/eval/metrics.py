@@ -41,11 +41,20 @@ def outcomes_from_sim(requests: Iterable) -> list[RequestOutcome]:
         done = not math.isnan(r.finish)
         out.append(
             RequestOutcome(
-                id=r.id, arrival=r.arrival, prompt_tokens=r.prompt, output_tokens=r.output,
-                ttft=r.ttft if done else math.nan, tpot=r.tpot if done else math.nan,
-                e2e=r.e2e if done else math.nan, max_itl=r.max_itl, slo_ttft=r.slo_ttft,
-                slo_tpot=r.slo_tpot, completed=done, engine=r.engine_name,
-                error=None if done else "not completed", moves=r.moves,
+                id=r.id,
+                arrival=r.arrival,
+                prompt_tokens=r.prompt,
+                output_tokens=r.output,
+                ttft=r.ttft if done else math.nan,
+                tpot=r.tpot if done else math.nan,
+                e2e=r.e2e if done else math.nan,
+                max_itl=r.max_itl,
+                slo_ttft=r.slo_ttft,
+                slo_tpot=r.slo_tpot,
+                completed=done,
+                engine=r.engine_name,
+                error=None if done else "not completed",
+                moves=r.moves,
                 preemptions=r.preemptions,
             )
         )

@@ -19,7 +19,13 @@ def batch_features(
     decode_ctx_sum: int,
 ) -> tuple[float, float, float, float, float]:
     tokens = float(sum(c for c, _ in prefill_chunks))
-    return (tokens, prefill_attn_work(prefill_chunks), float(num_decodes), float(decode_ctx_sum), 1.0)
+    return (
+        tokens,
+        prefill_attn_work(prefill_chunks),
+        float(num_decodes),
+        float(decode_ctx_sum),
+        1.0,
+    )
 
 
 def record_features(rec: StepRecord) -> tuple[float, float, float, float, float]:

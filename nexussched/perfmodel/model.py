@@ -30,7 +30,9 @@ class PerfModelConfig:
     refit_every: int = 32  # observations between refits
     min_samples: int = 24  # observations before the first fit replaces the prior
     half_life: float = 256.0  # recency weighting of the window, in steps
-    drift_ratio: float = 1.25  # |mean log error| beyond log(this) over recent steps -> drop old data
+    drift_ratio: float = (
+        1.25  # |mean log error| beyond log(this) over recent steps -> drop old data
+    )
     drift_window: int = 48
     residual: bool = False  # LightGBM residual correction
     residual_min_samples: int = 800
@@ -208,8 +210,9 @@ class PerfModel:
         return t
 
     # ---- forecasts ------------------------------------------------------------------------
-    def capacity(self, tpot_target: float, num_decodes: int = 0, decode_ctx_sum: int = 0,
-                 chunk_ctx: int = 0) -> int:
+    def capacity(
+        self, tpot_target: float, num_decodes: int = 0, decode_ctx_sum: int = 0, chunk_ctx: int = 0
+    ) -> int:
         """Largest prefill token budget whose predicted step time stays within `tpot_target`.
 
         The chunk is assumed to extend a sequence with `chunk_ctx` tokens already computed, so its
@@ -226,8 +229,14 @@ class PerfModel:
             return int(room / qb) if qb > 0 else 1 << 30
         return max(0, int((-qb + math.sqrt(qb * qb + 4 * qa * room)) / (2 * qa)))
 
-    def prefill_time(self, prompt_tokens: int, budget: int, num_decodes: int = 0,
-                     decode_ctx_sum: int = 0, computed: int = 0) -> float:
+    def prefill_time(
+        self,
+        prompt_tokens: int,
+        budget: int,
+        num_decodes: int = 0,
+        decode_ctx_sum: int = 0,
+        computed: int = 0,
+    ) -> float:
         """Predicted time to prefill the rest of a prompt in chunks of `budget` next to decodes."""
         budget = max(1, budget)
         c = self._c
@@ -240,9 +249,15 @@ class PerfModel:
             done += chunk
         return t
 
-    def ttft_forecast(self, prompt_tokens: int, queued_prefill_tokens: int, budget: int,
-                      num_decodes: int = 0, decode_ctx_sum: int = 0,
-                      queued_attn: float = 0.0) -> float:
+    def ttft_forecast(
+        self,
+        prompt_tokens: int,
+        queued_prefill_tokens: int,
+        budget: int,
+        num_decodes: int = 0,
+        decode_ctx_sum: int = 0,
+        queued_attn: float = 0.0,
+    ) -> float:
         """TTFT of a request queued behind `queued_prefill_tokens` of other prompts.
 
         Chunked prefill serves the queue ahead and then this prompt in steps of `budget` tokens,
@@ -265,7 +280,9 @@ class PerfModel:
             "coef": [float(v) for v in self.coef],
             "fitted_on": self._fitted_on,
             "config": self.config.__dict__,
-            "residual_model": self._booster.model_to_string() if self._booster is not None else None,
+            "residual_model": self._booster.model_to_string()
+            if self._booster is not None
+            else None,
         }
 
     @classmethod

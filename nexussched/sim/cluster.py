@@ -96,8 +96,14 @@ class ClusterSim:
             name = f"{prof.name}-{i}"
             pol = engine_policy(i, name) if engine_policy else None
             self.engines.append(
-                EngineSim(prof, name=name, seed=seed * 1000 + i, config=engine_config,
-                          policy=pol, telemetry=self._telemetry_hook(i, telemetry))
+                EngineSim(
+                    prof,
+                    name=name,
+                    seed=seed * 1000 + i,
+                    config=engine_config,
+                    policy=pol,
+                    telemetry=self._telemetry_hook(i, telemetry),
+                )
             )
         self.views = [SimEngineView(e) for e in self.engines]
         self._heap: list[tuple[float, int, int, int]] = []  # (end time, seq, engine, version)
@@ -172,13 +178,22 @@ class ClusterSim:
         return True
 
     # ---- the event loop ----------------------------------------------------------------------
-    def run(self, trace: Trace, slo_ttft: float, slo_tpot: float,
-            progress: Callable[[int], None] | None = None) -> SimResult:
+    def run(
+        self,
+        trace: Trace,
+        slo_ttft: float,
+        slo_tpot: float,
+        progress: Callable[[int], None] | None = None,
+    ) -> SimResult:
         reqs = [
             SimRequest(
-                r.id, r.arrival, r.prompt_tokens, r.output_tokens,
+                r.id,
+                r.arrival,
+                r.prompt_tokens,
+                r.output_tokens,
                 r.slo_ttft if r.slo_ttft is not None else slo_ttft,
-                r.slo_tpot if r.slo_tpot is not None else slo_tpot, r.priority,
+                r.slo_tpot if r.slo_tpot is not None else slo_tpot,
+                r.priority,
             )
             for r in trace.requests
         ]
@@ -227,8 +242,9 @@ class ClusterSim:
                 r = reqs[ai]
                 ai += 1
                 self._next_arrival = reqs[ai].arrival if ai < n else math.inf
-                info = RequestInfo(r.id, r.prompt, r.output, r.arrival, r.slo_ttft, r.slo_tpot,
-                                   r.priority)
+                info = RequestInfo(
+                    r.id, r.prompt, r.output, r.arrival, r.slo_ttft, r.slo_tpot, r.priority
+                )
                 try:
                     idx = routing.route(info, views, t_arr)
                 except NoEngineAvailable:

@@ -105,7 +105,9 @@ class EngineSim:
             listeners.append(self.policy.observe)
         self._listeners: list[Callable[[StepRecord], None]] = listeners
         self.noise = NoiseStream(
-            np.random.default_rng(seed), profile.noise_cv, profile.straggler_prob,
+            np.random.default_rng(seed),
+            profile.noise_cv,
+            profile.straggler_prob,
             profile.straggler_factor,
         )
         self.waiting: deque[SimRequest] = deque()
@@ -154,9 +156,10 @@ class EngineSim:
 
     # ---- admission ---------------------------------------------------------------------------
     def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
-        return prompt_tokens + output_tokens <= self.max_model_len and math.ceil(
-            (prompt_tokens + 1) / self.block_size
-        ) <= self.total_blocks
+        return (
+            prompt_tokens + output_tokens <= self.max_model_len
+            and math.ceil((prompt_tokens + 1) / self.block_size) <= self.total_blocks
+        )
 
     def enqueue(self, req: SimRequest, now: float) -> None:
         req.engine_name = self.name
@@ -271,7 +274,9 @@ class EngineSim:
             by_id.setdefault(r.id, r)
         order = plan.order
         if order is None:
-            order = [r.id for r in running if r.prompt + r.generated - r.computed > 1 or r.generated == 0]
+            order = [
+                r.id for r in running if r.prompt + r.generated - r.computed > 1 or r.generated == 0
+            ]
             order += [r.id for r in self.waiting]
         caps = plan.chunk_cap
         for rid in order:
@@ -328,8 +333,13 @@ class EngineSim:
         dur = self.cost.time(ptok, attn, ctx_read, nd, dctx, len(chunks)) * self.noise.next()
         if self._listeners:
             self._record = StepRecord(
-                duration=dur, prefill_chunks=tuple(chunks), num_decodes=nd, decode_ctx_sum=dctx,
-                num_waiting=len(self.waiting), t=self._step_start, step=self.steps,
+                duration=dur,
+                prefill_chunks=tuple(chunks),
+                num_decodes=nd,
+                decode_ctx_sum=dctx,
+                num_waiting=len(self.waiting),
+                t=self._step_start,
+                step=self.steps,
                 engine=self.name,
             )
         return dur
@@ -469,8 +479,14 @@ class EngineSim:
             step0 = self.steps - k
             for i in range(k):
                 rec = StepRecord(
-                    duration=durs[i], num_decodes=n, decode_ctx_sum=S + i * n, num_waiting=nw,
-                    kv_blocks_used=used, t=t0, step=step0 + i, engine=self.name,
+                    duration=durs[i],
+                    num_decodes=n,
+                    decode_ctx_sum=S + i * n,
+                    num_waiting=nw,
+                    kv_blocks_used=used,
+                    t=t0,
+                    step=step0 + i,
+                    engine=self.name,
                 )
                 t0 = ends[i]
                 for f in self._listeners:
@@ -491,8 +507,13 @@ class EngineSim:
         for r in self.waiting:
             prefills.append(r.seq_state(False))
         return StepState(
-            now=now, decodes=decodes, prefills=prefills, free_blocks=self.free_blocks,
-            total_blocks=self.total_blocks, block_size=self.block_size,
-            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens,
+            now=now,
+            decodes=decodes,
+            prefills=prefills,
+            free_blocks=self.free_blocks,
+            total_blocks=self.total_blocks,
+            block_size=self.block_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
             num_running=len(self.running),
         )

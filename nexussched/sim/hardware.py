@@ -69,7 +69,9 @@ class HardwareProfile:
     speed: float = 1.0  # multiplier on step time (slowdown experiments)
 
     def kv_tokens(self) -> int:
-        free = self.mem_gib * self.gpu_mem_util - self.model.weight_bytes / 2**30 - self.activation_gib
+        free = (
+            self.mem_gib * self.gpu_mem_util - self.model.weight_bytes / 2**30 - self.activation_gib
+        )
         return max(0, int(free * 2**30 / self.model.kv_bytes_per_token))
 
     def coefficients(self) -> StepCost:
@@ -104,8 +106,15 @@ class StepCost:
     knee_p: float
     speed: float
 
-    def time(self, prefill_tokens: int, prefill_attn: float, prefill_ctx_read: int,
-             num_decodes: int, decode_ctx_sum: int, num_prefills: int) -> float:
+    def time(
+        self,
+        prefill_tokens: int,
+        prefill_attn: float,
+        prefill_ctx_read: int,
+        num_decodes: int,
+        decode_ctx_sum: int,
+        num_prefills: int,
+    ) -> float:
         """Noise-free step time."""
         tokens = prefill_tokens + num_decodes
         if tokens <= 0:
@@ -134,12 +143,24 @@ class StepCost:
 PRESETS: dict[str, HardwareProfile] = {
     "a100": HardwareProfile(name="a100", tflops=312.0, mem_bw_gbs=2039.0, mem_gib=80.0),
     "h100": HardwareProfile(
-        name="h100", tflops=989.0, mem_bw_gbs=3350.0, mem_gib=80.0, mfu=0.5, attn_mfu=0.3,
+        name="h100",
+        tflops=989.0,
+        mem_bw_gbs=3350.0,
+        mem_gib=80.0,
+        mfu=0.5,
+        attn_mfu=0.3,
         overhead_s=0.0022,
     ),
     "l4": HardwareProfile(
-        name="l4", tflops=121.0, mem_bw_gbs=300.0, mem_gib=24.0, mbu=0.85, overhead_s=0.003,
-        activation_gib=1.0, max_num_batched_tokens=2048, max_num_seqs=256,
+        name="l4",
+        tflops=121.0,
+        mem_bw_gbs=300.0,
+        mem_gib=24.0,
+        mbu=0.85,
+        overhead_s=0.003,
+        activation_gib=1.0,
+        max_num_batched_tokens=2048,
+        max_num_seqs=256,
     ),
 }
 
@@ -166,7 +187,9 @@ def parse_cluster(spec: str) -> list[HardwareProfile]:
             try:
                 n = int(count)
             except ValueError:
-                raise ValueError(f"bad cluster spec {spec!r}: count {count!r} is not an integer") from None
+                raise ValueError(
+                    f"bad cluster spec {spec!r}: count {count!r} is not an integer"
+                ) from None
         if n <= 0:
             raise ValueError(f"bad cluster spec {spec!r}: count must be positive")
         out.extend([get_profile(name)] * n)

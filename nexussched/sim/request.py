@@ -11,13 +11,38 @@ class SimRequest:
     """Mutable per-request state; slots keep the hot loops cheap."""
 
     __slots__ = (
-        "id", "arrival", "prompt", "output", "slo_ttft", "slo_tpot", "priority", "computed",
-        "generated", "blocks", "first_token", "finish", "last_token", "max_itl", "preemptions",
-        "enqueue_time", "engine_name", "moves", "dispatch_time", "tag",
+        "id",
+        "arrival",
+        "prompt",
+        "output",
+        "slo_ttft",
+        "slo_tpot",
+        "priority",
+        "computed",
+        "generated",
+        "blocks",
+        "first_token",
+        "finish",
+        "last_token",
+        "max_itl",
+        "preemptions",
+        "enqueue_time",
+        "engine_name",
+        "moves",
+        "dispatch_time",
+        "tag",
     )
 
-    def __init__(self, id: int, arrival: float, prompt: int, output: int, slo_ttft: float,
-                 slo_tpot: float, priority: int = 0) -> None:
+    def __init__(
+        self,
+        id: int,
+        arrival: float,
+        prompt: int,
+        output: int,
+        slo_ttft: float,
+        slo_tpot: float,
+        priority: int = 0,
+    ) -> None:
         self.id = id
         self.arrival = arrival
         self.prompt = max(1, prompt)
@@ -41,9 +66,15 @@ class SimRequest:
 
     def seq_state(self, running: bool) -> SeqState:
         return SeqState(
-            id=self.id, prompt_tokens=self.prompt, computed=self.computed,
-            generated=self.generated, output_tokens=self.output, arrival=self.arrival,
-            running=running, slo_ttft=self.slo_ttft, slo_tpot=self.slo_tpot,
+            id=self.id,
+            prompt_tokens=self.prompt,
+            computed=self.computed,
+            generated=self.generated,
+            output_tokens=self.output,
+            arrival=self.arrival,
+            running=running,
+            slo_ttft=self.slo_ttft,
+            slo_tpot=self.slo_tpot,
             priority=self.priority,
             first_token_time=None if math.isnan(self.first_token) else self.first_token,
         )

@@ -1,0 +1,270 @@
+"""`nexussched eval`: trace replay (simulated cluster, or live with --live) under several policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..engine_sched import ENGINE_POLICIES
+from ..perfmodel.telemetry import TelemetryLog
+from ..router.policies import POLICIES
+from ..sim import get_profile, parse_cluster
+from ..traces import Trace, head, load_trace
+from .plot import plot_attainment
+from .replay import SimSetup, simulate
+from .sweep import goodput_sweep
+from .table import format_table
+
+BUNDLED = "bundled"
+
+
+def resolve_trace(spec: str) -> Trace:
+    """A trace name, path or synthetic spec; `bundled` is the sample shipped in the package."""
+    if spec == BUNDLED:
+        path = resources.files("nexussched") / "data" / "azure_conv_sample.csv"
+        with resources.as_file(path) as p:
+            tr = load_trace(str(p))
+        tr.name = "bundled-azure-conv-3k"
+        return tr
+    return load_trace(spec)
+
+
+def _names(value: str, known: dict, what: str) -> list[str]:
+    if value == "all":
+        return list(known)
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    for n in names:
+        if n not in known:
+            raise ValueError(f"unknown {what} {n!r}; known: {', '.join(known)}")
+    return names
+
+
+def _positive_floats(value: str, what: str) -> list[float]:
+    out = []
+    for v in value.split(","):
+        try:
+            f = float(v)
+        except ValueError:
+            raise ValueError(
+                f"{what} must be a number or a comma list of numbers, got {v!r}"
+            ) from None
+        if not f > 0:
+            raise ValueError(f"{what} must be positive, got {v!r}")
+        out.append(f)
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="replay a trace through a simulated cluster (or a live endpoint)",
+        description="Replay a trace under routing and engine policies; print an SLO table, write "
+        "results.json and plots.",
+    )
+    p.add_argument(
+        "--trace",
+        default=BUNDLED,
+        help="azure-code | azure-conv | mooncake-conv | PATH | synthetic:NAME[,k=v] | "
+        "bundled (default)",
+    )
+    p.add_argument("--head", type=int, default=None, help="use only the first N requests")
+    p.add_argument("--engines", type=int, default=8, help="number of a100 engines (default 8)")
+    p.add_argument("--cluster", default=None, help="mixed hardware, e.g. a100:4,h100:2,l4:2")
+    p.add_argument(
+        "--policies",
+        default="round_robin,least_load",
+        help="comma list of routing policies, or 'all'",
+    )
+    p.add_argument(
+        "--engine-policy", default="vllm_default", help="comma list of engine policies, or 'all'"
+    )
+    p.add_argument(
+        "--rate-scale", default="1.0", help="replay at k x the trace's rate (comma list ok)"
+    )
+    p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO in seconds")
+    p.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO in seconds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--goodput",
+        action="store_true",
+        help="sweep the rate to find goodput (attainment >= --goodput-target)",
+    )
+    p.add_argument("--goodput-target", type=float, default=0.9)
+    p.add_argument("--out", default="results", help="output directory (results.json, *.png)")
+    p.add_argument(
+        "--telemetry-out", default=None, help="write every engine's step records (JSONL)"
+    )
+    p.add_argument(
+        "--live",
+        default=None,
+        metavar="URL",
+        help="replay against a live OpenAI-compatible endpoint instead of the simulator",
+    )
+    p.add_argument("--model", default=None, help="model name for --live (default: first listed)")
+    p.add_argument("--api-key", default=None, help="bearer key for --live")
+    p.add_argument("--concurrency", type=int, default=256, help="max in-flight requests for --live")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_eval)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.slo_ttft <= 0 or args.slo_tpot <= 0:
+        raise ValueError("--slo-ttft and --slo-tpot must be positive")
+    if args.engines <= 0:
+        raise ValueError("--engines must be positive")
+    if args.head is not None and args.head <= 0:
+        raise ValueError("--head must be positive")
+    if not 0 < args.goodput_target <= 1:
+        raise ValueError("--goodput-target must be in (0, 1]")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _check(args)
+    trace = resolve_trace(args.trace)
+    if args.head:
+        trace = head(trace, args.head)
+    if not trace.requests:
+        raise ValueError(f"trace {args.trace!r} has no requests")
+    scales = _positive_floats(args.rate_scale, "--rate-scale")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.live:
+        return _run_live(args, trace, scales, out)
+
+    profiles = parse_cluster(args.cluster) if args.cluster else [get_profile("a100")] * args.engines
+    setup = SimSetup(profiles, args.slo_ttft, args.slo_tpot, args.seed)
+    policies = _names(args.policies, POLICIES, "routing policy")
+    engine_policies = _names(args.engine_policy, ENGINE_POLICIES, "engine policy")
+    combos = [(p, e) for p in policies for e in engine_policies]
+    show = not args.no_progress and sys.stderr.isatty()
+    runs: list[dict] = []
+    bar = tqdm(
+        total=None if args.goodput else len(combos) * len(scales) * len(trace),
+        unit="req",
+        disable=not show,
+        desc="replay",
+        leave=False,
+    )
+    try:
+        for pol, epol in combos:
+            if args.goodput:
+                runs.extend(_sweep(trace, setup, pol, epol, scales[0], args, bar))
+                continue
+            for k in scales:
+                log = TelemetryLog() if args.telemetry_out else None
+                r = simulate(
+                    trace,
+                    setup,
+                    pol,
+                    epol,
+                    k,
+                    telemetry=log.append if log else None,
+                    progress=bar.update,
+                    trace_label=args.trace,
+                )
+                runs.append(r.summary)
+                if log is not None:
+                    _write_telemetry(
+                        log, args.telemetry_out, pol, epol, k, len(combos) * len(scales)
+                    )
+    finally:
+        bar.close()
+    return _finish(args, runs, out)
+
+
+def _sweep(
+    trace: Trace,
+    setup: SimSetup,
+    pol: str,
+    epol: str,
+    start: float,
+    args: argparse.Namespace,
+    bar: tqdm,
+) -> list[dict]:
+    def run(scale: float) -> dict:
+        return simulate(
+            trace, setup, pol, epol, scale, progress=bar.update, trace_label=args.trace
+        ).summary
+
+    res = goodput_sweep(run, start=start, target=args.goodput_target)
+    good = res.goodput_scale * trace.rate if res.goodput_scale is not None else 0.0
+    points = [s for _, s in res.points]
+    for s in points:
+        s["goodput_rps"] = good
+        s["goodput_scale"] = res.goodput_scale
+        s["sweep_point"] = True
+    # The headline row for the table: the point at the goodput rate (or the lowest one run).
+    best = next((s for k, s in res.points if k == res.goodput_scale), points[0])
+    best["sweep_point"] = False
+    return points
+
+
+def _write_telemetry(
+    log: TelemetryLog, path: str, pol: str, epol: str, k: float, nruns: int
+) -> None:
+    p = Path(path)
+    if nruns > 1:
+        p = p.with_name(f"{p.stem}.{pol}.{epol}.x{k:g}{p.suffix or '.jsonl'}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    log.write_jsonl(p)
+    print(f"telemetry: {len(log.records)} step records -> {p}", file=sys.stderr)
+
+
+def _finish(args: argparse.Namespace, runs: list[dict], out: Path) -> int:
+    table_rows = [r for r in runs if not r.get("sweep_point")]
+    print(format_table(table_rows))
+    (out / "results.json").write_text(json.dumps({"runs": runs}, indent=1))
+    title = (
+        f"{args.trace} on {runs[0]['cluster'] if runs else ''}: TTFT<={args.slo_ttft}s, "
+        f"TPOT<={args.slo_tpot}s"
+    )
+    png = plot_attainment(runs, out / "attainment.png", title=title)
+    print(f"wrote {out / 'results.json'} and {png}")
+    return 0
+
+
+def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: Path) -> int:
+    import asyncio
+
+    from ..traces import scale_rate
+    from .live import replay_live
+    from .metrics import summarize
+
+    runs = []
+    for k in scales:
+        tr = scale_rate(trace, k) if k != 1.0 else trace
+        outcomes = asyncio.run(
+            replay_live(
+                args.live,
+                tr,
+                model=args.model,
+                slo_ttft=args.slo_ttft,
+                slo_tpot=args.slo_tpot,
+                api_key=args.api_key,
+                concurrency=args.concurrency,
+                progress=not args.no_progress,
+            )
+        )
+        pols = args.policies if args.policies != "round_robin,least_load" else "live"
+        runs.append(
+            {
+                "policy": pols,
+                "engine_policy": args.engine_policy,
+                "trace": args.trace,
+                "rate_scale": k,
+                "rate_rps": tr.rate,
+                "engines": None,
+                "cluster": args.live,
+                "slo_ttft": args.slo_ttft,
+                "slo_tpot": args.slo_tpot,
+                "live": args.live,
+                **summarize(outcomes),
+                "goodput_rps": None,
+            }
+        )
+    return _finish(args, runs, out)
