@@ -62,10 +62,10 @@ class HardwareProfile:
     gpu_mem_util: float = 0.9
     activation_gib: float = 2.0
     model: ModelShape = ModelShape()
-    # vLLM V1's defaults for the OpenAI server: 8192 tokens and 1024 seqs on >= 70 GiB devices,
-    # 2048 and 256 below that.
-    max_num_batched_tokens: int = 8192
-    max_num_seqs: int = 1024
+    # vLLM V1's defaults for the OpenAI server (EngineArgs batch defaults): 8192 tokens and 1024
+    # seqs on >= 70 GiB devices other than A100 (excluded after vLLM PR #17885), else 2048 and 256.
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
     speed: float = 1.0  # multiplier on step time (slowdown experiments)
 
     def kv_tokens(self) -> int:
@@ -150,6 +150,8 @@ PRESETS: dict[str, HardwareProfile] = {
         mfu=0.5,
         attn_mfu=0.3,
         overhead_s=0.0022,
+        max_num_batched_tokens=8192,
+        max_num_seqs=1024,
     ),
     "l4": HardwareProfile(
         name="l4",
@@ -159,8 +161,6 @@ PRESETS: dict[str, HardwareProfile] = {
         mbu=0.85,
         overhead_s=0.003,
         activation_gib=1.0,
-        max_num_batched_tokens=2048,
-        max_num_seqs=256,
     ),
 }
 
