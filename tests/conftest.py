@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nexussched.traces import default_traces_dir
@@ -13,3 +15,212 @@ def traces_dir():
     if d is None or not (d / "azure2023_conv.csv").exists():
         pytest.skip("../shared/traces not found")
     return d
+
+
+# ---- a real redis-server per test (never the one on 6379) ------------------------------------
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisProcess:
+    """redis-server on a free port with no persistence; can be killed and restarted on the same
+    port (an empty server again, as after a crash without persistence)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="nxs-redis-")
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_proc():
+    """A fresh redis-server for one test; `redis_proc.kill()/restart()` for fault tests."""
+    if not shutil.which("redis-server") and not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server not installed")
+    rp = RedisProcess()
+    try:
+        yield rp
+    finally:
+        rp.stop()
+
+
+# ---- nexussched servers (engine-sim, router) as real subprocesses on free ports -------------
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open while choosing, so no two are the same)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ServerProc:
+    """`python -m nexussched.cli <args> --port P` as a subprocess; stderr goes to a temp file
+    whose tail is shown when the server fails to start. kill()/restart() for failover tests."""
+
+    def __init__(self, args: list[str], port: int | None = None) -> None:
+        self.args = list(args)
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="nxs-srv-", suffix=".log", delete=False)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProc:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nexussched.cli", *self.args, "--port", str(self.port)],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self._log,
+        )
+        return self
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return Path(self._log.name).read_text()[-n:]
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = 30.0, path: str = "/health") -> ServerProc:
+        """Until the server answers HTTP at all (a 503 from a router without backends counts)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"server {self.args[:1]} exited: {self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=1.0):
+                    return self
+            except urllib.error.HTTPError:
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server {self.args[:1]} not up in {timeout} s: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no graceful shutdown."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def restart(self) -> ServerProc:
+        self.kill()
+        return self.start()
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self.stop()
+        else:
+            self.kill()  # teardown: no need to wait for a graceful shutdown
+        self._log.close()
+        try:
+            os.unlink(self._log.name)
+        except OSError:
+            pass
+
+
+class ServerGroup:
+    """Starts servers (all at once, then waits) and stops them all at teardown."""
+
+    def __init__(self) -> None:
+        self.procs: list[ServerProc] = []
+
+    def __call__(self, *args: str, port: int | None = None, wait: bool = True) -> ServerProc:
+        sp = ServerProc(list(args), port)
+        self.procs.append(sp)
+        return sp.wait_ready() if wait else sp
+
+    def engines(self, n: int, *args: str) -> list[ServerProc]:
+        eps = [self("engine-sim", *args, wait=False) for _ in range(n)]
+        return [e.wait_ready() for e in eps]
+
+    def close(self) -> None:
+        for sp in self.procs:
+            if sp.proc is not None and sp.proc.poll() is None:
+                sp.proc.kill()  # all at once, then reap
+        for sp in self.procs:
+            sp.close()
+
+
+@pytest.fixture
+def spawn():
+    """spawn('engine-sim', '--time-scale', '0') -> a running ServerProc, stopped after the test."""
+    g = ServerGroup()
+    try:
+        yield g
+    finally:
+        g.close()
+
+
+@pytest.fixture(scope="module")
+def spawn_module():
+    """Like `spawn`, shared by one test module."""
+    g = ServerGroup()
+    try:
+        yield g
+    finally:
+        g.close()

@@ -103,7 +103,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--live",
         default=None,
         metavar="URL",
-        help="replay against a live OpenAI-compatible endpoint instead of the simulator",
+        help="replay against a live OpenAI-compatible endpoint instead of the simulator "
+        "(URL1,URL2,...: router replicas, taking requests in turn)",
     )
     p.add_argument("--model", default=None, help="model name for --live (default: first listed)")
     p.add_argument("--api-key", default=None, help="bearer key for --live")
@@ -232,14 +233,14 @@ def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: 
     import asyncio
 
     from ..traces import scale_rate
-    from .live import replay_live
+    from .live_replicas import replay_replicas  # one URL, or URL1,URL2 for router replicas
     from .metrics import summarize
 
     runs = []
     for k in scales:
         tr = scale_rate(trace, k) if k != 1.0 else trace
         outcomes = asyncio.run(
-            replay_live(
+            replay_replicas(
                 args.live,
                 tr,
                 model=args.model,

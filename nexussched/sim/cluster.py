@@ -89,8 +89,14 @@ class ClusterSim:
         seed: int = 0,
         engine_config: EngineConfig | None = None,
         telemetry: Callable[[StepRecord], None] | None = None,
+        kv_link_gbs: float = 25.0,
     ) -> None:
         self.routing = routing
+        # Disaggregated prefill (policies with `splits = True`, e.g. splitwise): KV caches move
+        # from a prefill to a decode engine over a link of this many GB/s (200 Gb/s RDMA default).
+        self.kv_link_gbs = kv_link_gbs
+        self._splits = bool(getattr(routing, "splits", False))
+        self._split_output: dict[object, int] = {}  # prefill-only requests -> real output length
         self.engines: list[EngineSim] = []
         for i, prof in enumerate(profiles):
             name = f"{prof.name}-{i}"
@@ -137,6 +143,9 @@ class ClusterSim:
             return
         req.dispatch_time = now
         self.views[idx].sent += 1
+        if self._splits and req.generated == 0 and self.routing.is_prefill(idx):  # type: ignore[attr-defined]
+            self._split_output[req.id] = req.output
+            req.output = 1  # the prefill engine computes the prompt and the first token only
         eng.enqueue(req, now)
         self._kick(idx, now)
 
@@ -227,6 +236,9 @@ class ClusterSim:
                 finished = eng.finish_step()
                 for r in finished:
                     views[idx].sent -= 1
+                    if self._split_output and r.id in self._split_output:
+                        if self._handoff(r, idx, t_eng):
+                            continue
                     done_count += 1
                     routing.on_finish(r.id, idx, t_eng)
                 if routing.holds:
@@ -266,6 +278,26 @@ class ClusterSim:
         if progress is not None and ai > last_report:
             progress(ai - last_report)
         return SimResult(reqs, engines, self.now, rejected=self.rejected, moves=self.moves)
+
+    def kv_transfer_time(self, req: SimRequest, src: int) -> float:
+        """Seconds to move a request's KV cache off engine `src` (world physics, not policy)."""
+        kv_bytes = req.computed * self.engines[src].profile.model.kv_bytes_per_token
+        return kv_bytes / (self.kv_link_gbs * 1e9)
+
+    def _handoff(self, req: SimRequest, src: int, now: float) -> bool:
+        """A prefill-only request finished on `src`. Unless it wanted one token, continue it on
+        the decode engine the policy names, after the KV transfer, as a request whose prompt is
+        computed and first token generated. True if it continues (not finished yet)."""
+        req.output = self._split_output.pop(req.id)
+        if req.generated >= req.output:
+            return False
+        dst = self.routing.decode_target(req.id, src, self.views, now)  # type: ignore[attr-defined]
+        req.finish = math.nan
+        if dst is None:
+            dst = src  # no decode engine: keep decoding where the KV already is
+        delay = 0.0 if dst == src else self.kv_transfer_time(req, src)
+        self.add_timer(now + delay, lambda t: self.dispatch(req, dst, t))
+        return True
 
     def _offer(self, idx: int, now: float) -> None:
         for info in self.routing.pull(idx, self.views, now):

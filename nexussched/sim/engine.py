@@ -174,6 +174,22 @@ class EngineSim:
                 return r
         return None
 
+    def abort(self, req_id: object) -> SimRequest | None:
+        """Drop a request wherever it is (its client went away) and free its KV blocks.
+
+        Only between steps (not while a step started by start_step is pending)."""
+        for r in self.running:
+            if r.id == req_id:
+                self.running.remove(r)
+                self.free_blocks += r.blocks
+                r.blocks = 0
+                return r
+        for r in self.waiting:
+            if r.id == req_id:
+                self.waiting.remove(r)
+                return r
+        return None
+
     # ---- stepping ----------------------------------------------------------------------------
     def start_step(self, now: float, horizon: float = math.inf) -> float | None:
         """Plan and start the next step at `now`; returns its end time, or None when idle.
@@ -249,29 +265,33 @@ class EngineSim:
         budget = plan.token_budget
         running = self.running
         preempted = False
+        gone: set = set()  # ids preempted below (a set: `in running` would make this O(n^2))
         for r in list(running):
             if budget <= 0:
                 break
             if r.prompt + r.generated - r.computed != 1 or r.generated == 0:
                 continue
-            if r not in running:
+            if gone and r.id in gone:
                 continue  # preempted below while serving an earlier decode
             extra = -(-(r.computed + 1) // bs) - r.blocks
             while extra > self.free_blocks and running:
                 victim = running.pop()
                 self._preempt(victim)
+                gone.add(victim.id)
                 preempted = True
                 if victim is r:
                     break
-            if r not in running:
+            if gone and r.id in gone:
                 continue
             self.free_blocks -= extra
             r.blocks += extra
             batch.append((r, 1))
             budget -= 1
         by_id = {r.id: r for r in running}
+        waiting_ids = set()
         for r in self.waiting:
             by_id.setdefault(r.id, r)
+            waiting_ids.add(r.id)
         order = plan.order
         if order is None:
             order = [
@@ -285,7 +305,7 @@ class EngineSim:
             r = by_id.get(rid)
             if r is None:
                 continue
-            is_waiting = r not in running
+            is_waiting = rid in waiting_ids
             if is_waiting and (preempted or len(running) >= self.max_num_seqs):
                 continue
             need = r.prompt + r.generated - r.computed
@@ -297,6 +317,7 @@ class EngineSim:
                 continue
             if is_waiting:
                 self.waiting.remove(r)
+                waiting_ids.discard(rid)
                 running.append(r)
             self.free_blocks -= extra
             r.blocks += extra
@@ -503,7 +524,10 @@ class EngineSim:
         prefills: list[SeqState] = []
         for r in self.running:
             s = r.seq_state(True)
-            (decodes if s.is_decode else prefills).append(s)
+            if r.generated > 0 and r.prompt + r.generated - r.computed == 1:
+                decodes.append(s)
+            else:
+                prefills.append(s)
         for r in self.waiting:
             prefills.append(r.seq_state(False))
         return StepState(

@@ -6,11 +6,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolicy, healthy_indices
+from .fastdeploy_modes import FastDeployGlobal, FastDeployLocal, FastDeploySplitwise, QueueFull
+from .prism import Prism, PrismConfig, SloUnattainable
 from .simple import LeastLoad, RoundRobin
+from .weighted import WeightedScorer
 
 POLICIES: dict[str, Callable[..., RoutingPolicy]] = {
     "round_robin": RoundRobin,
     "least_load": LeastLoad,
+    # FastDeploy's scheduler modes (baselines): per-node queues, work stealing, P/D split
+    "local": FastDeployLocal,
+    "global": FastDeployGlobal,
+    "splitwise": FastDeploySplitwise,
+    # predictive SLO-aware routing (PRISM) and an llm-d-style weighted scorer baseline
+    "prism": Prism,
+    "llmd_weighted": WeightedScorer,
 }
 
 
@@ -27,12 +37,20 @@ def make_policy(name: str, **kwargs: object) -> RoutingPolicy:
 __all__ = [
     "POLICIES",
     "EngineView",
+    "FastDeployGlobal",
+    "FastDeployLocal",
+    "FastDeploySplitwise",
     "LeastLoad",
     "Move",
     "NoEngineAvailable",
+    "Prism",
+    "PrismConfig",
+    "QueueFull",
     "RequestInfo",
     "RoundRobin",
     "RoutingPolicy",
+    "SloUnattainable",
+    "WeightedScorer",
     "healthy_indices",
     "make_policy",
 ]

@@ -1,0 +1,273 @@
+"""Live replay: send a trace to any OpenAI-compatible endpoint and measure what clients see.
+
+Each request goes out at its (scaled) arrival time as a streaming `/v1/completions` call whose
+prompt is a list of `prompt_tokens` token ids (exact on vLLM and engine-sim; for `endpoint="chat"`
+a text of about that many tokens), with `max_tokens = output_tokens` and `ignore_eos`, so the
+engine does the trace's work. Measured as vLLM's benchmark does, from the moment the request is
+sent: TTFT at the first chunk with content, TPOT = (E2E - TTFT) / (tokens - 1), the largest gap
+between content chunks (max ITL) and E2E at the end of the stream. Results are RequestOutcome
+records, the same the simulated replay produces, so `summarize()` reports both alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable
+
+import aiohttp
+
+from ..traces.transform import scale_rate
+from ..traces.types import Trace, TraceRequest
+from .metrics import RequestOutcome
+
+_TOKEN_BASE = 1000  # token ids used for prompts: small, valid in any real vocabulary
+_TOKEN_SPAN = 20000
+
+
+def _base_url(url: str) -> str:
+    u = url.strip().rstrip("/")
+    return u[:-3] if u.endswith("/v1") else u
+
+
+def _prompt_ids(r: TraceRequest) -> list[int]:
+    seed = int(r.id) * 7919 if isinstance(r.id, int) else 0
+    return [_TOKEN_BASE + (seed + k * 31) % _TOKEN_SPAN for k in range(max(1, r.prompt_tokens))]
+
+
+def _prompt_text(r: TraceRequest) -> str:
+    return "tok " * max(1, r.prompt_tokens)  # ~4 characters per token
+
+
+def _failed(
+    r: TraceRequest,
+    arrival: float,
+    slo: tuple[float, float],
+    error: str,
+    tokens: int = 0,
+    ttft: float = math.nan,
+) -> RequestOutcome:
+    return RequestOutcome(
+        id=r.id,
+        arrival=arrival,
+        prompt_tokens=r.prompt_tokens,
+        output_tokens=tokens,
+        ttft=ttft,
+        tpot=math.nan,
+        e2e=math.nan,
+        max_itl=0.0,
+        slo_ttft=slo[0],
+        slo_tpot=slo[1],
+        completed=False,
+        error=error,
+    )
+
+
+async def _one(
+    session: aiohttp.ClientSession,
+    url: str,
+    r: TraceRequest,
+    model: str,
+    chat: bool,
+    slo: tuple[float, float],
+    send_slo: bool,
+    t_start: float,
+    extra_headers: dict[str, str],
+) -> RequestOutcome:
+    body: dict = {
+        "model": model,
+        "max_tokens": max(1, r.output_tokens),
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
+    if chat:
+        body["messages"] = [{"role": "user", "content": _prompt_text(r)}]
+    else:
+        body["prompt"] = _prompt_ids(r)
+    headers = dict(extra_headers)
+    if send_slo:
+        headers["x-slo-ttft-ms"] = f"{slo[0] * 1000:g}"
+        headers["x-slo-tpot-ms"] = f"{slo[1] * 1000:g}"
+    if r.priority:
+        headers["x-priority"] = str(r.priority)
+    t_send = time.monotonic()
+    arrival = t_send - t_start
+    first = last = math.nan
+    chunks = 0
+    max_itl = 0.0
+    usage_tokens: int | None = None
+    done = False
+    try:
+        async with session.post(url, data=json.dumps(body), headers=headers) as resp:
+            if resp.status != 200:
+                text = await resp.text()
+                try:
+                    msg = json.loads(text)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    msg = text[:200]
+                return _failed(r, arrival, slo, f"HTTP {resp.status}: {msg}")
+            async for line in resp.content:
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                obj = json.loads(data)
+                if obj.get("error"):
+                    err = obj["error"]
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    return _failed(r, arrival, slo, f"stream error: {msg}", chunks, first - t_send)
+                choices = obj.get("choices")
+                if choices:
+                    c = choices[0]
+                    text = c.get("delta", {}).get("content") if chat else c.get("text")
+                    if text:
+                        now = time.monotonic()
+                        if chunks:
+                            gap = now - last
+                            if gap > max_itl:
+                                max_itl = gap
+                        else:
+                            first = now
+                        last = now
+                        chunks += 1
+                u = obj.get("usage")
+                if isinstance(u, dict) and u.get("completion_tokens") is not None:
+                    usage_tokens = int(u["completion_tokens"])
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+        return _failed(r, arrival, slo, f"{type(e).__name__}: {e}", chunks, first - t_send)
+    t_end = time.monotonic()
+    if not done or not chunks:
+        return _failed(
+            r,
+            arrival,
+            slo,
+            "stream ended before [DONE]" if not done else "no output tokens",
+            chunks,
+            first - t_send,
+        )
+    n = usage_tokens if usage_tokens is not None else chunks
+    ttft = first - t_send
+    e2e = t_end - t_send
+    tpot = (e2e - ttft) / (n - 1) if n > 1 else 0.0
+    return RequestOutcome(
+        id=r.id,
+        arrival=arrival,
+        prompt_tokens=r.prompt_tokens,
+        output_tokens=n,
+        ttft=ttft,
+        tpot=tpot,
+        e2e=e2e,
+        max_itl=max_itl,
+        slo_ttft=slo[0],
+        slo_tpot=slo[1],
+        completed=True,
+    )
+
+
+async def replay_live(
+    url: str,
+    trace: Trace,
+    model: str | None,
+    slo_ttft: float,
+    slo_tpot: float,
+    *,
+    time_scale: float = 1.0,
+    rate: float | None = None,
+    api_key: str | None = None,
+    concurrency: int | None = None,
+    progress: Callable[[int], None] | bool | None = None,
+    endpoint: str = "completions",
+    send_slo_headers: bool = True,
+    timeout: float = 600.0,
+) -> list[RequestOutcome]:
+    """Replay `trace` against the OpenAI endpoint at `url` (base URL, with or without /v1).
+
+    rate: rescale arrivals to this mean rate (requests/s) first; time_scale: wall seconds per
+    trace second after that (0: send everything at once). concurrency: most requests in flight
+    (later ones wait; their TTFT counts from when they are sent). Per-request SLOs (the trace's,
+    else the defaults) go out as `x-slo-ttft-ms` / `x-slo-tpot-ms` headers. Failures (HTTP errors,
+    broken streams, connection errors) come back as outcomes with `completed=False` and `error`.
+    Outcomes are in trace order. model None: the first model the endpoint lists. progress: a
+    callable given the number of requests just finished, or True for a progress bar.
+    """
+    if endpoint not in ("completions", "chat"):
+        raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
+    if not (time_scale >= 0 and math.isfinite(time_scale)):
+        raise ValueError(f"time_scale must be >= 0, got {time_scale!r}")
+    if concurrency is not None and concurrency <= 0:
+        raise ValueError(f"concurrency must be positive, got {concurrency!r}")
+    if rate is not None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive number, got {rate!r}")
+        if trace.rate > 0:
+            trace = scale_rate(trace, rate / trace.rate)
+    chat = endpoint == "chat"
+    target = _base_url(url) + ("/v1/chat/completions" if chat else "/v1/completions")
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    reqs = trace.requests
+    t0_trace = reqs[0].arrival if reqs else 0.0
+    sem = asyncio.Semaphore(concurrency) if concurrency else None
+    conn = aiohttp.TCPConnector(limit=concurrency or 0, limit_per_host=0)
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(reqs), unit="req", desc="live replay", leave=False)
+        progress = bar.update
+    elif progress is False:
+        progress = None
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=timeout)
+    ) as session:
+        if model is None:
+            model = await first_model(session, _base_url(url), headers)
+        t_start = time.monotonic()
+
+        async def run(r: TraceRequest) -> RequestOutcome:
+            delay = t_start + (r.arrival - t0_trace) * time_scale - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            slo = (
+                r.slo_ttft if r.slo_ttft is not None else slo_ttft,
+                r.slo_tpot if r.slo_tpot is not None else slo_tpot,
+            )
+            if sem is None:
+                out = await _one(
+                    session, target, r, model, chat, slo, send_slo_headers, t_start, headers
+                )
+            else:
+                async with sem:
+                    out = await _one(
+                        session, target, r, model, chat, slo, send_slo_headers, t_start, headers
+                    )
+            if progress is not None:
+                progress(1)
+            return out
+
+        try:
+            return list(await asyncio.gather(*(run(r) for r in reqs)))
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+async def first_model(session: aiohttp.ClientSession, base: str, headers: dict) -> str:
+    """The first model id the endpoint's /v1/models lists (ValueError, one line, if none)."""
+    try:
+        async with session.get(base + "/v1/models", headers=headers) as r:
+            data = await r.json(content_type=None) if r.status == 200 else {}
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+        raise ValueError(
+            f"cannot list models at {base}/v1/models: {type(e).__name__}: {e}"
+        ) from None
+    ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+    if not ids or not isinstance(ids[0], str):
+        raise ValueError(f"{base}/v1/models lists no model; pass one explicitly")
+    return ids[0]

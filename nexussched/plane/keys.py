@@ -1,0 +1,92 @@
+"""The Redis key layout of the state plane, one namespace per topic.
+
+Every key starts with ``nxs:{<topic>}:``. The braces are a Redis Cluster hash tag, so all keys of a
+topic hash to one slot and the multi-key Lua scripts stay legal on a cluster; nodes of different
+topics never see each other's keys (FastDeploy's `scheduler_topic`).
+
+| key                       | type   | holds                                                          |
+|---------------------------|--------|----------------------------------------------------------------|
+| ``node:<node>``           | string | keep-alive of a node (an engine and the puller that feeds it); |
+|                           |        | value = id of the router replica driving it; expires unless    |
+|                           |        | renewed (PX = keep-alive period)                               |
+| ``nodes``                 | hash   | node -> JSON NodeInfo (role, shard, url, owner, load, ts): the |
+|                           |        | registry every replica reads; stale entries are pruned         |
+| ``replica:<id>``          | string | keep-alive of a router replica (response-list owner)           |
+| ``load:<shard>``          | zset   | node -> number of requests queued on it (FastDeploy's load     |
+|                           |        | score); a node's shard is crc16(node) % load_shards_num        |
+| ``q:<node>``              | list   | request ids queued on a node, head = oldest                    |
+| ``task:<rid>``            | hash   | payload, origin replica, home node + shard, state              |
+|                           |        | (queued/leased/done/expired), attempt (fencing token), worker, |
+|                           |        | enqueue time; expires ttl + grace after enqueue                |
+| ``leases``                | zset   | rid -> lease deadline (ms, Redis clock) of a claimed request   |
+| ``resp:<replica>:<i>``    | list   | response chunks (JSON) for requests that replica received;     |
+|                           |        | i = crc16(rid) % reader lanes; expires unless written to       |
+| ``bell:<node>``           | list   | wake-up hint for a node's puller (at most one element)         |
+| ``stats``                 | hash   | counters: enqueued, claimed, stolen, requeued, done, expired,  |
+|                           |        | skipped (expired in a queue), fenced (refused pushes of a lost |
+|                           |        | lease), adopted, handoffs (splitwise prefill -> decode)        |
+
+Queue, load score and lease always change together inside one Lua script, so a node's score equals
+the length of its queue and a request is at every moment in exactly one place: a queue, a lease,
+or finished.
+"""
+
+from __future__ import annotations
+
+import binascii
+from dataclasses import dataclass
+
+STATES = ("queued", "leased", "done", "expired")
+
+
+def crc16(text: str) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF), the checksum Redis Cluster slots use."""
+    return binascii.crc_hqx(text.encode("utf-8"), 0xFFFF)
+
+
+def shard_of(node: str, shards: int) -> int:
+    return crc16(node) % max(1, shards)
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """Key names for one topic."""
+
+    topic: str = "default"
+
+    @property
+    def prefix(self) -> str:
+        return f"nxs:{{{self.topic}}}:"
+
+    def node(self, node: str) -> str:
+        return f"{self.prefix}node:{node}"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}nodes"
+
+    def replica(self, rid: str) -> str:
+        return f"{self.prefix}replica:{rid}"
+
+    def load(self, shard: int) -> str:
+        return f"{self.prefix}load:{shard}"
+
+    def queue(self, node: str) -> str:
+        return f"{self.prefix}q:{node}"
+
+    def task(self, rid: str) -> str:
+        return f"{self.prefix}task:{rid}"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}leases"
+
+    def resp(self, replica: str, lane: int = 0) -> str:
+        return f"{self.prefix}resp:{replica}:{lane}"
+
+    def bell(self, node: str) -> str:
+        return f"{self.prefix}bell:{node}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}stats"

@@ -1,0 +1,332 @@
+"""Backend registry: the engines behind the router, their health and their scraped load.
+
+Each Backend is the live EngineView a policy reads: `num_running`, `num_waiting` and `kv_usage` come
+from the engine's vLLM metrics (scraped every `scrape_interval`), `inflight` is the router's own
+count. A connection failure takes a backend out of rotation at once; a probe loop brings it back
+when `/health` answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from .config import BackendSpec
+
+log = logging.getLogger("nexussched.router")
+
+RUNNING = "vllm:num_requests_running"
+WAITING = "vllm:num_requests_waiting"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM < 0.10 name
+_WANTED = (RUNNING, WAITING, KV_USAGE, KV_USAGE_OLD)
+
+
+@dataclass(slots=True)
+class EngineMetrics:
+    num_running: int
+    num_waiting: int
+    kv_usage: float
+
+
+def parse_vllm_metrics(text: str) -> EngineMetrics | None:
+    """Sum running/waiting over label sets (data-parallel engines) and average KV usage.
+
+    Returns None when the text has none of vLLM's load gauges (not a vLLM-like backend).
+    """
+    sums = {RUNNING: 0.0, WAITING: 0.0, KV_USAGE: 0.0, KV_USAGE_OLD: 0.0}
+    counts = dict.fromkeys(sums, 0)
+    for line in text.split("\n"):
+        if not line.startswith("vllm:"):
+            continue
+        brace = line.find("{")
+        if brace >= 0:
+            name = line[:brace]
+            rest = line[line.rfind("}") + 1 :]
+        else:
+            name, _, rest = line.partition(" ")
+        if name not in sums:
+            continue
+        fields = rest.split()
+        if not fields:
+            continue
+        try:
+            v = float(fields[0])
+        except ValueError:
+            continue
+        sums[name] += v
+        counts[name] += 1
+    if not any(counts[n] for n in (RUNNING, WAITING, KV_USAGE, KV_USAGE_OLD)):
+        return None
+    kv_name = KV_USAGE if counts[KV_USAGE] else KV_USAGE_OLD
+    kv = sums[kv_name] / counts[kv_name] if counts[kv_name] else 0.0
+    return EngineMetrics(int(sums[RUNNING]), int(sums[WAITING]), kv)
+
+
+class Backend:
+    """One engine endpoint; implements the policies' EngineView."""
+
+    __slots__ = (
+        "spec",
+        "name",
+        "url",
+        "healthy",
+        "num_running",
+        "num_waiting",
+        "kv_usage",
+        "inflight",
+        "models",
+        "model_cards",
+        "has_metrics",
+        "last_scrape",
+        "failures",
+        "down_reason",
+        "sent",
+        "headers",
+    )
+
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.url = spec.url
+        self.healthy = False
+        self.num_running = 0
+        self.num_waiting = 0
+        self.kv_usage = 0.0
+        self.inflight = 0  # the router's count: sent and not finished
+        self.models: frozenset[str] = frozenset(spec.models)
+        self.model_cards: list[dict] = [
+            {"id": m, "object": "model", "owned_by": spec.name} for m in spec.models
+        ]
+        self.has_metrics = True  # set False when /metrics is missing (not a vLLM backend)
+        self.last_scrape = 0.0
+        self.failures = 0  # consecutive scrape timeouts
+        self.down_reason = "not probed yet"
+        self.sent = 0  # requests ever sent here
+        h = {"Content-Type": "application/json"}
+        if spec.api_key:
+            h["Authorization"] = f"Bearer {spec.api_key}"
+        self.headers = h
+
+    def state(self) -> dict:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "healthy": self.healthy,
+            "num_running": self.num_running,
+            "num_waiting": self.num_waiting,
+            "kv_usage": self.kv_usage,
+            "inflight": self.inflight,
+            "sent": self.sent,
+            "models": sorted(self.models),
+            "down_reason": None if self.healthy else self.down_reason,
+        }
+
+
+class BackendRegistry:
+    """Holds the backends and runs one probe/scrape loop per backend on the router's session."""
+
+    def __init__(
+        self,
+        specs: list[BackendSpec],
+        health_interval: float = 1.0,
+        scrape_interval: float = 0.5,
+        scrape_timeout: float = 2.0,
+        scrape_failures: int = 3,
+    ) -> None:
+        self.backends = [Backend(s) for s in specs]
+        self.health_interval = health_interval
+        self.scrape_interval = scrape_interval
+        self.scrape_timeout = aiohttp.ClientTimeout(total=scrape_timeout)
+        self.scrape_failures = scrape_failures
+        self.version = 0  # bumped whenever health or model sets change
+        self.on_change: list[Callable[[int, bool], None]] = []  # (index, healthy) listeners
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._checking: set[int] = set()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def start(self, session: aiohttp.ClientSession, first_probe_timeout: float = 3.0) -> None:
+        """Probe every backend once (so the router starts knowing who is up), then loop."""
+        self._session = session
+        await asyncio.wait(
+            [asyncio.ensure_future(self._probe(i)) for i in range(len(self.backends))],
+            timeout=first_probe_timeout,
+        )
+        self._tasks = [asyncio.create_task(self._loop(i)) for i in range(len(self.backends))]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+
+    # ---- state changes -------------------------------------------------------------------------
+    def mark_down(self, idx: int, reason: str) -> None:
+        b = self.backends[idx]
+        if not b.healthy:
+            return
+        b.healthy = False
+        b.down_reason = reason
+        b.num_running = b.num_waiting = 0
+        b.kv_usage = 0.0
+        self.version += 1
+        log.warning("backend %s out of rotation: %s", b.name, reason)
+        for f in self.on_change:
+            f(idx, False)
+
+    def _mark_up(self, idx: int) -> None:
+        b = self.backends[idx]
+        if b.healthy:
+            return
+        b.healthy = True
+        b.failures = 0
+        b.down_reason = ""
+        self.version += 1
+        log.warning("backend %s in rotation", b.name)
+        for f in self.on_change:
+            f(idx, True)
+
+    def suspect(self, idx: int) -> None:
+        """A request to this backend broke in a way a stale pooled connection also could (server
+        disconnected, reset): check it now instead of waiting for the next scrape."""
+        if idx in self._checking or self._session is None:
+            return
+        self._checking.add(idx)
+        asyncio.ensure_future(self._check_now(idx))
+
+    async def _check_now(self, idx: int) -> None:
+        b = self.backends[idx]
+        try:
+            async with self._session.get(b.url + "/health", timeout=self.scrape_timeout) as r:
+                ok = r.status == 200
+                why = f"/health answered {r.status}"
+        except TimeoutError:
+            ok, why = True, ""  # slow is not dead; the scrape loop counts timeouts
+        except (aiohttp.ClientError, OSError) as e:
+            ok, why = False, f"health check failed: {type(e).__name__}"
+        finally:
+            self._checking.discard(idx)
+        if not ok:
+            self.mark_down(idx, why)
+
+    def healthy_count(self) -> int:
+        return sum(1 for b in self.backends if b.healthy)
+
+    def model_cards(self) -> list[dict]:
+        """Union of the backends' models (first card seen for each id), healthy or not."""
+        seen: dict[str, dict] = {}
+        for b in self.backends:
+            for c in b.model_cards:
+                seen.setdefault(c["id"], c)
+        return list(seen.values())
+
+    def known_models(self) -> set[str]:
+        out: set[str] = set()
+        for b in self.backends:
+            out |= b.models
+        return out
+
+    # ---- probing -------------------------------------------------------------------------------
+    async def _loop(self, idx: int) -> None:
+        b = self.backends[idx]
+        while True:
+            await asyncio.sleep(self.scrape_interval if b.healthy else self.health_interval)
+            try:
+                if b.healthy:
+                    await self._scrape(idx)
+                else:
+                    await self._probe(idx)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # never let one backend's oddity kill its loop
+                log.warning("backend %s: probe error %r", b.name, e)
+
+    async def _probe(self, idx: int) -> bool:
+        """GET /health, then the model list and a first scrape; mark up on success."""
+        b = self.backends[idx]
+        s = self._session
+        assert s is not None
+        try:
+            async with s.get(b.url + "/health", timeout=self.scrape_timeout) as r:
+                if r.status != 200:
+                    b.down_reason = f"/health answered {r.status}"
+                    return False
+            if not b.spec.models:
+                async with s.get(
+                    b.url + "/v1/models", headers=b.headers, timeout=self.scrape_timeout
+                ) as r:
+                    if r.status == 200:
+                        data = await r.json(content_type=None)
+                        cards = [
+                            c for c in data.get("data", []) if isinstance(c, dict) and "id" in c
+                        ]
+                        if {c["id"] for c in cards} != set(b.models):
+                            self.version += 1
+                        b.model_cards = cards
+                        b.models = frozenset(c["id"] for c in cards)
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            b.down_reason = f"probe failed: {type(e).__name__}: {e}"
+            return False
+        if b.has_metrics:
+            await self._scrape(idx, probing=True)
+        self._mark_up(idx)
+        return True
+
+    async def _scrape(self, idx: int, probing: bool = False) -> None:
+        b = self.backends[idx]
+        s = self._session
+        assert s is not None
+        if not b.has_metrics:
+            # no vLLM metrics: /health is the liveness check
+            try:
+                async with s.get(b.url + "/health", timeout=self.scrape_timeout) as r:
+                    ok = r.status == 200
+            except TimeoutError:
+                self._timeout(idx)
+                return
+            except (aiohttp.ClientError, OSError) as e:
+                self.mark_down(idx, f"health check failed: {type(e).__name__}")
+                return
+            if not ok:
+                self.mark_down(idx, f"/health answered {r.status}")
+            return
+        try:
+            async with s.get(b.url + "/metrics", timeout=self.scrape_timeout) as r:
+                if r.status == 404:
+                    b.has_metrics = False
+                    return
+                text = await r.text() if r.status == 200 else ""
+        except TimeoutError:
+            if not probing:
+                self._timeout(idx)
+            return
+        except (aiohttp.ClientError, OSError) as e:
+            if not probing:
+                self.mark_down(idx, f"scrape failed: {type(e).__name__}")
+            return
+        b.failures = 0
+        m = parse_vllm_metrics(text) if text else None
+        if m is None:
+            if text:
+                b.has_metrics = False
+            return
+        b.num_running = m.num_running
+        b.num_waiting = m.num_waiting
+        b.kv_usage = m.kv_usage
+        b.last_scrape = time.monotonic()
+
+    def _timeout(self, idx: int) -> None:
+        b = self.backends[idx]
+        b.failures += 1
+        if b.failures >= self.scrape_failures:
+            self.mark_down(idx, f"{b.failures} scrapes timed out")

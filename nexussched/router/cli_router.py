@@ -1,0 +1,127 @@
+"""`nexussched router`: serve the OpenAI API in front of a set of engine backends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from .config import RouterSettings, backend_from_url, load_backends_file, parse_kv
+from .modes.params import add_scheduler_args, params_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "router",
+        help="OpenAI-compatible router in front of vLLM (or engine-sim) backends",
+        description="Proxy /v1/completions and /v1/chat/completions (streaming or not) to "
+        "backends chosen by a routing policy; /v1/models, /health, /metrics (Prometheus).",
+    )
+    p.add_argument(
+        "--backend",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="backend base URL, e.g. http://127.0.0.1:8001 (repeatable)",
+    )
+    p.add_argument("--backends-file", metavar="FILE", help="YAML or JSON list of backends")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--policy",
+        default="least_load",
+        help="routing policy (nexussched.router.policies.POLICIES)",
+    )
+    p.add_argument(
+        "--policy-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="keyword argument for the policy (repeatable)",
+    )
+    p.add_argument(
+        "--mode",
+        default="policy",
+        help="placement mode (nexussched.router.service.MODES); 'policy' routes with --policy",
+    )
+    p.add_argument("--mode-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("NEXUSSCHED_API_KEY"),
+        help="require 'Authorization: Bearer KEY' from clients (default: $NEXUSSCHED_API_KEY)",
+    )
+    p.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit (MiB)")
+    p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=1.0,
+        help="seconds between probes of a backend out of rotation",
+    )
+    p.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=0.5,
+        help="seconds between /metrics scrapes of a healthy backend",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-sends on another backend before the first response byte",
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=0, help="upstream pool size (0: no limit)"
+    )
+    p.add_argument("--slo-ttft", type=float, default=2.0, help="default TTFT SLO (s)")
+    p.add_argument("--slo-tpot", type=float, default=0.1, help="default TPOT SLO (s)")
+    p.add_argument("--log-level", default="WARNING")
+    add_scheduler_args(p)  # --scheduler-name local|global|splitwise and FastDeploy's parameters
+    p.set_defaults(func=_run)
+
+
+def settings_from_args(args: argparse.Namespace) -> RouterSettings:
+    backends = [backend_from_url(u) for u in args.backend]
+    if args.backends_file:
+        backends += load_backends_file(args.backends_file)
+    if not args.max_body_mb > 0:
+        raise ValueError("--max-body-mb must be positive")
+    mode, mode_args = args.mode, parse_kv(args.mode_arg, "--mode-arg")
+    sched = params_from_args(args)
+    if sched is not None:
+        mode, mode_args = sched.name, {"params": sched}
+    return RouterSettings(
+        backends=backends,
+        host=args.host,
+        port=args.port,
+        policy=args.policy,
+        policy_args=parse_kv(args.policy_arg, "--policy-arg"),
+        mode=mode,
+        mode_args=mode_args,
+        api_key=args.api_key or None,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        request_timeout=args.request_timeout,
+        connect_timeout=args.connect_timeout,
+        health_interval=args.health_interval,
+        scrape_interval=args.scrape_interval,
+        retries=args.retries,
+        max_connections=args.max_connections,
+        default_slo_ttft=args.slo_ttft,
+        default_slo_tpot=args.slo_tpot,
+    ).validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .service import create_app, run_app  # aiohttp only when serving
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    settings = settings_from_args(args)
+    sched = settings.mode_args.get("params")
+    if sched is not None:  # Redis must answer before we serve (one-line error otherwise)
+        import asyncio
+
+        from .modes import check_plane
+
+        asyncio.run(check_plane(sched))
+    app = create_app(settings)  # unknown policy/mode: ValueError before binding
+    return run_app(app, settings.host, settings.port, "nexussched router")

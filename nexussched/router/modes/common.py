@@ -1,0 +1,240 @@
+"""Pieces the FastDeploy modes share: a backend seen as a node that pulls work, the request
+payload that travels through the plane, SSE event splitting, and answering the client from
+events with duplicates dropped."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..errors import APIError
+from ..service import ProxyCall
+
+
+class NodeView:
+    """A backend as FastDeploy's resource check sees it: scraped load plus the requests this
+    router handed the engine that it has not visibly taken yet (no first byte, and no scrape since
+    they were sent showing an empty waiting queue). An engine pulls only when that is zero, as a
+    FastDeploy engine asks for work only once it has consumed what it was given."""
+
+    __slots__ = ("b", "node")
+
+    def __init__(self, backend, node: NodeState) -> None:
+        self.b = backend
+        self.node = node
+
+    @property
+    def name(self) -> str:
+        return self.b.name
+
+    @property
+    def healthy(self) -> bool:
+        return self.b.healthy
+
+    @property
+    def num_running(self) -> int:
+        return self.b.num_running
+
+    @property
+    def num_waiting(self) -> int:
+        return self.b.num_waiting + self.node.unconfirmed(self.b)
+
+    @property
+    def kv_usage(self) -> float:
+        return self.b.kv_usage
+
+    @property
+    def inflight(self) -> int:
+        return self.b.inflight
+
+    @property
+    def free_blocks(self) -> int:
+        return int(self.node.kv_blocks * (1.0 - min(1.0, max(0.0, self.b.kv_usage))))
+
+    @property
+    def block_size(self) -> int:
+        return self.node.block_size
+
+    @property
+    def max_num_batched_tokens(self) -> int:
+        return 8192
+
+
+class NodeState:
+    """What a node handed its engine: send times of requests not yet confirmed taken."""
+
+    def __init__(self, kv_blocks: int, block_size: int) -> None:
+        self.kv_blocks = kv_blocks
+        self.block_size = block_size
+        self._sent: dict[object, float] = {}
+
+    def sent(self, key: object) -> None:
+        self._sent[key] = time.monotonic()
+
+    def confirm(self, key: object) -> None:
+        self._sent.pop(key, None)
+
+    def unconfirmed(self, backend) -> int:
+        if not self._sent:
+            return 0
+        if backend.num_waiting == 0:
+            seen = backend.last_scrape
+            for k in [k for k, t in self._sent.items() if t < seen]:
+                del self._sent[k]
+        return len(self._sent)
+
+
+@dataclass(slots=True)
+class Payload:
+    """A client request as it travels through the plane."""
+
+    path: str
+    body: str
+    stream: bool
+    prompt_tokens: int
+    max_tokens: int
+    model: str
+    headers: dict = field(default_factory=dict)
+    t0: float = 0.0  # wall time of receipt
+    # splitwise
+    decode_node: str = ""
+    kv_transfer_params: dict | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in self.__slots__}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Payload:
+        return cls(**json.loads(text))
+
+    @classmethod
+    def of(cls, call: ProxyCall) -> Payload:
+        return cls(
+            call.path,
+            call.raw.decode("utf-8", errors="replace"),
+            call.stream,
+            call.info.prompt_tokens,
+            call.info.max_tokens,
+            call.model,
+            dict(call.forward_headers),
+            time.time(),
+        )
+
+    def call(self, body: bytes | None = None) -> ProxyCall:
+        """A ProxyCall for Router.open_upstream (no client request attached)."""
+        from ..policies import RequestInfo
+
+        raw = body if body is not None else self.body.encode()
+        info = RequestInfo(0, self.prompt_tokens, self.max_tokens, time.monotonic(), 0.0, 0.0)
+        return ProxyCall(
+            None,
+            self.path,
+            raw,
+            {},
+            info,
+            self.stream,
+            self.model,  # type: ignore[arg-type]
+            time.monotonic(),
+            self.headers,
+        )
+
+
+class SSESplitter:
+    """Bytes of an event stream -> complete events (text ending in a blank line)."""
+
+    def __init__(self) -> None:
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buf = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        self._buf += self._dec.decode(data)
+        out = []
+        while True:
+            i = self._buf.find("\n\n")
+            if i < 0:
+                break
+            out.append(self._buf[: i + 2])
+            self._buf = self._buf[i + 2 :]
+        return out
+
+    def rest(self) -> str:
+        tail = self._buf + self._dec.decode(b"", final=True)
+        self._buf = ""
+        return tail
+
+
+class ClientAnswer:
+    """Answers one client from response events that may arrive more than once (a retried attempt
+    restarts at event 0): each event index is delivered once, in order."""
+
+    def __init__(self, call: ProxyCall) -> None:
+        self.call = call
+        self.delivered = 0
+        self.duplicates = 0
+        self.resp: web.StreamResponse | None = None
+        self.done = False
+
+    @property
+    def started(self) -> bool:
+        return self.resp is not None
+
+    async def events(
+        self, seq: int, events: list[str], status: int, content_type: str, fin: bool
+    ) -> web.StreamResponse | None:
+        """Deliver a chunk. Returns the finished response once the answer is complete."""
+        call = self.call
+        if not call.stream or (status != 200 and not self.started):
+            # a whole body in one chunk (non-streaming, or an error before any event)
+            if not fin:
+                return None
+            self.done = True
+            body = "".join(events).encode()
+            return web.Response(
+                status=status,
+                body=body,
+                headers={"Content-Type": content_type or "application/json"},
+            )
+        if status != 200 and self.started:
+            # an attempt failed for good after others had streamed: end with an SSE error event
+            if fin:
+                self.done = True
+                await self.resp.write(("data: " + "".join(events).strip() + "\n\n").encode())
+                await self.resp.write_eof()
+                return self.resp
+            return None
+        if self.resp is None:
+            self.resp = web.StreamResponse(
+                status=200,
+                headers={
+                    "Content-Type": content_type or "text/event-stream",
+                    "Cache-Control": "no-cache",
+                },
+            )
+            await self.resp.prepare(call.request)
+        fresh = []
+        for k, ev in enumerate(events):
+            if seq + k < self.delivered:
+                self.duplicates += 1
+                continue
+            fresh.append(ev)
+        if fresh:
+            self.delivered += len(fresh)
+            await self.resp.write("".join(fresh).encode())
+        if fin:
+            self.done = True
+            await self.resp.write_eof()
+            return self.resp
+        return None
+
+    async def fail(self, err: APIError) -> web.StreamResponse:
+        """End the answer with an error (an SSE error event once the stream started)."""
+        self.done = True
+        if self.resp is None:
+            return err.response()
+        await self.resp.write(err.sse_event())
+        await self.resp.write_eof()
+        return self.resp

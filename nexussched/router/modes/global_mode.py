@@ -1,0 +1,755 @@
+"""`--scheduler-name global`: FastDeploy's global scheduler over the Redis state plane.
+
+Roles inside one router replica:
+
+- origin: a request that arrives here is queued on one of this replica's nodes (its "own" queue;
+  any live node when it drives none), and answered from the response events that come back on
+  this replica's response lanes, each event index once;
+- nodes: every backend this replica drives (it holds the node's keep-alive key; replicas share
+  the backends out between them) runs a puller: when its engine has consumed what it was given
+  and has free KV blocks it claims work from its own queue, else steals a small batch from a
+  random node holding at least `min_load_score` queued requests, else blocks briefly on the
+  wake-up bells of its own and those queues. Claimed work is leased; results stream back through
+  the plane to the origin, fenced by the lease;
+- janitor: requeues work whose lease ran out (its node died), adopts queues of dead nodes, and
+  re-queues this replica's requests that Redis lost (a restart without persistence).
+
+Differences from FastDeploy, on purpose: work is leased, not popped (a node that dies holding
+work loses nothing: it returns to a queue when the lease expires, and the origin drops events it
+already delivered), and pop + score update are one Lua script (no drift).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ...plane import (
+    PLANE_ERRORS,
+    Chunk,
+    Claimed,
+    NodeInfo,
+    Plane,
+    PlaneUnavailable,
+    crc16,
+    describe_error,
+    lane_of,
+    shard_of,
+)
+from ..errors import APIError
+from ..policies.fastdeploy import (
+    LOAD_COUNT,
+    admit_count,
+    choose_victim,
+    engine_resources,
+    lookup_shards,
+    mini_batches,
+    steal_candidates,
+)
+from ..service import BackendFailed, Dispatcher, ProxyCall, Router
+from .common import ClientAnswer, NodeState, NodeView, Payload, SSESplitter
+from .params import SchedulerParams
+
+log = logging.getLogger("nexussched.router.plane")
+
+ERRORS = (*PLANE_ERRORS, RedisError)
+GATE_POLL_S = 0.02  # a node whose engine is busy re-checks it this often (no Redis calls)
+BELL_WAIT_S = 0.5  # an idle node blocks this long on the bells before looking again
+RESYNC_S = 2.0  # how often the origin checks that Redis still knows its requests
+MAX_ATTEMPTS = 4  # engine failures before a request is answered with an error
+
+
+@dataclass
+class _Pending:
+    """A request this replica received and is answering."""
+
+    call: ProxyCall
+    payload: str
+    node: str = ""
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    enqueued_at: float = 0.0
+    finished: bool = False
+
+
+class _Warn:
+    """Log a recurring failure once per outage, and its recovery."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+
+    def fail(self, e: BaseException) -> None:
+        if not self.down:
+            log.error("%s: %s", self.what, str(e).splitlines()[0] if str(e) else repr(e))
+            self.down = True
+
+    def ok(self) -> None:
+        if self.down:
+            log.warning("%s: recovered", self.what)
+            self.down = False
+
+
+class ChunkWriter:
+    """Streams one claimed request's events to its origin: the first push goes at once, later
+    events accumulate while a push is in flight (natural batching, at most writer_batch_size per
+    call). A push refused by the plane (lease lost) sets `fenced`: stop working on it."""
+
+    def __init__(self, d: PlaneDispatcher, c: Claimed, worker: str, node: str) -> None:
+        self.d = d
+        self.c = c
+        self.worker = worker
+        self.node = node
+        self.buf: list[str] = []
+        self.seq = 0
+        self.status = 200
+        self.content_type = ""
+        self.fenced = False
+        self._task: asyncio.Task | None = None
+
+    def add(self, events: list[str]) -> None:
+        if not events:
+            return
+        self.buf.extend(events)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush())
+
+    async def _push(self, events: list[str], fin: bool) -> bool:
+        ch = Chunk(
+            self.c.rid,
+            self.c.attempt,
+            self.seq,
+            events,
+            fin,
+            self.status,
+            self.content_type,
+            self.node,
+        )
+        self.seq += len(events)
+        deadline = time.monotonic() + self.d.params.ttl
+        while True:
+            try:
+                async with self.d.writers:
+                    return await self.d.plane.responses.push(
+                        self.c, self.worker, [ch], fin, self.d.params.lease
+                    )
+            except ERRORS as e:
+                self.d.warn_push.fail(e)
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.25)
+
+    async def _flush(self) -> None:
+        n = self.d.params.writer_batch_size
+        while self.buf and not self.fenced:
+            events = self.buf[:n]
+            del self.buf[:n]
+            if not await self._push(events, False):
+                self.fenced = True
+
+    async def drain(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    async def close(self) -> bool:
+        """Send what is left with fin; False if the lease was lost."""
+        await self.drain()
+        if self.fenced:
+            return False
+        n = self.d.params.writer_batch_size
+        while len(self.buf) > n:
+            await self._flush_some(n)
+            if self.fenced:
+                return False
+        events, self.buf = self.buf, []
+        ok = await self._push(events, True)
+        self.fenced = not ok
+        return ok
+
+    async def _flush_some(self, n: int) -> None:
+        events = self.buf[:n]
+        del self.buf[:n]
+        if not await self._push(events, False):
+            self.fenced = True
+
+
+class NodeWorker:
+    """The puller and executor of one backend this replica drives."""
+
+    def __init__(self, d: PlaneDispatcher, idx: int) -> None:
+        self.d = d
+        self.idx = idx
+        b = d.router.backends[idx]
+        self.backend = b
+        self.name = b.name
+        self.shard = shard_of(self.name, d.params.load_shards_num)
+        self.worker = f"{d.replica}/{self.name}"
+        self.state = NodeState(d.params.kv_blocks, d.params.block_size)
+        self.view = NodeView(b, self.state)
+        self.held: dict[str, tuple[Claimed, asyncio.Task]] = {}
+        self.rng = random.Random(crc16(self.worker))
+        self.slot = crc16(self.worker) % max(1, d.params.load_shards_num)
+        self.candidates: list[str] = []
+        self.load: dict[str, tuple[int, float]] = {}  # splitwise: rid -> (load, since)
+        self.warn = _Warn(f"node {self.name}")
+        self._run = asyncio.create_task(self.run())
+        self._renew = asyncio.create_task(self.renew_loop())
+
+    @property
+    def role(self) -> str:
+        return self.d.role_of(self.idx)
+
+    def stop(self) -> None:
+        """Stop pulling; work in hand finishes (its leases keep being renewed meanwhile)."""
+        self._run.cancel()
+
+    def halt(self) -> list[Claimed]:
+        """Shut down: stop pulling and executing; returns what was held (to give back)."""
+        self._run.cancel()
+        self._renew.cancel()
+        held = [c for c, _ in self.held.values()]
+        for _, t in self.held.values():
+            t.cancel()
+        return held
+
+    # ---- pulling -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        d = self.d
+        q = d.plane.queues
+        p = d.params
+        while True:
+            try:
+                res = engine_resources(self.view, p.max_prefill_batch)
+                if res is None:
+                    await asyncio.sleep(GATE_POLL_S)
+                    continue
+                got = await q.claim(self.name, self.shard, res.batch, self.worker, p.lease)
+                if not got and d.steals:
+                    victim = await self._victim()
+                    if victim is not None:
+                        got = await q.claim(
+                            self.name,
+                            self.shard,
+                            res.batch,
+                            self.worker,
+                            p.lease,
+                            victim=victim,
+                            victim_shard=shard_of(victim, p.load_shards_num),
+                            n_steal=mini_batches(res.batch)[0],
+                            min_score=p.min_load_score,
+                        )
+                self.warn.ok()
+                if not got:
+                    await self._wait_bells()
+                    continue
+                prompts = [Payload.from_json(c.payload).prompt_tokens for c in got]
+                k = admit_count(prompts, res)
+                if k == 0 and not self.held:
+                    k = 1  # an idle engine always takes one (the block estimate is coarse)
+                if k < len(got):
+                    await q.unclaim(self.worker, got[k:])
+                for c in got[:k]:
+                    self.state.sent(c.rid)  # counts against the gate from this moment
+                    if c.stolen:
+                        d.counters["stolen"] += 1
+                    self.held[c.rid] = (c, asyncio.create_task(self._execute(c)))
+            except asyncio.CancelledError:
+                raise
+            except ERRORS as e:
+                self.warn.fail(e)
+                await asyncio.sleep(0.5)
+            except Exception:
+                log.exception("node %s: puller error", self.name)
+                await asyncio.sleep(0.5)
+
+    async def _victim(self) -> str | None:
+        p = self.d.params
+        heavy: list[str] = []
+        for shard in lookup_shards(self.slot, p.load_shards_num):
+            self.slot += 1
+            rows = await self.d.plane.loads.heavy(shard, p.min_load_score, LOAD_COUNT)
+            if rows:
+                heavy = [m for m, _ in rows]
+                break
+        self.candidates = steal_candidates(heavy, self.name, self.rng)
+        return choose_victim(self.candidates, self.rng)
+
+    async def _wait_bells(self) -> None:
+        k = self.d.plane.keys
+        keys = [k.bell(self.name)] + [k.bell(n) for n in self.candidates]
+        await self.d.plane.client.blpop(keys, timeout=BELL_WAIT_S)
+
+    async def renew_loop(self) -> None:
+        every = self.d.params.lease / 3.0
+        while True:
+            await asyncio.sleep(every)
+            if not self.held:
+                if self._run.done():
+                    return  # stopped and nothing left in hand
+                continue
+            try:
+                lost = await self.d.plane.leases.renew(
+                    self.worker, [c for c, _ in self.held.values()], self.d.params.lease
+                )
+            except ERRORS as e:
+                self.warn.fail(e)
+                continue
+            for rid in lost:
+                item = self.held.get(rid)
+                if item is not None:
+                    log.warning("node %s lost the lease of %s: aborting it", self.name, rid)
+                    item[1].cancel()
+
+    # ---- executing ---------------------------------------------------------------------------
+    async def _execute(self, c: Claimed) -> None:
+        try:
+            await self.d.execute(self, c)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("node %s: executing %s failed", self.name, c.rid)
+        finally:
+            self.held.pop(c.rid, None)
+            self.state.confirm(c.rid)
+
+    async def give_back(self, c: Claimed, why: str) -> None:
+        """The engine failed: return the request to its queue for another try (or fail it)."""
+        if c.attempt >= MAX_ATTEMPTS:
+            w = ChunkWriter(self.d, c, self.worker, self.name)
+            w.status = 502
+            w.content_type = "application/json"
+            err = APIError(
+                502, f"request failed {c.attempt} times; last: {why}", code="backend_failed"
+            )
+            w.buf = [json.dumps(err.body())]
+            await w.close()
+            return
+        try:
+            await self.d.plane.queues.unclaim(self.worker, [c])
+        except ERRORS as e:
+            self.warn.fail(e)  # the lease will expire and requeue it
+
+
+class PlaneDispatcher(Dispatcher):
+    """Origin, nodes and janitor of one replica over the plane (global; splitwise extends it)."""
+
+    steals = True
+
+    def __init__(self, params: SchedulerParams) -> None:
+        self.params = params
+        self.replica = ""
+        self.plane: Plane | None = None  # type: ignore[assignment]
+        self.inbox: dict[str, _Pending] = {}
+        self.workers: dict[int, NodeWorker] = {}
+        self.alive_nodes: list[str] = []
+        self.counters = {
+            "duplicates_dropped": 0,
+            "requeued_after_loss": 0,
+            "orphan_chunks": 0,
+            "stolen": 0,
+            "expired": 0,
+        }
+        self._ids = itertools.count(1)
+        self._rr = itertools.count()
+        self._tasks: list[asyncio.Task] = []
+        self.warn_enqueue = _Warn("enqueue")
+        self.warn_push = _Warn("result push")
+        self.warn_read = _Warn("result read")
+        self.warn_loop = _Warn("registry")
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self, router: Router) -> None:
+        self.router = router
+        p = self.params
+        s = router.settings
+        self.replica = p.replica_id or f"{s.host}:{s.port}-{uuid.uuid4().hex[:6]}"
+        try:
+            self.plane = await Plane.open(p.redis, p.topic, p.load_shards_num, resp_ttl_s=p.ttl)
+        except PlaneUnavailable as e:
+            raise ValueError(str(e)) from None
+        self.writers = asyncio.Semaphore(p.writer_parallel)
+        await self._registry_round()
+        self._tasks = [asyncio.create_task(self._reader(lane)) for lane in range(p.reader_parallel)]
+        self._tasks += [
+            asyncio.create_task(self._registry_loop()),
+            asyncio.create_task(self._janitor_loop()),
+            asyncio.create_task(self._resync_loop()),
+        ]
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        held = {w.worker: w.halt() for w in self.workers.values()}
+        if self.plane is not None:
+            try:  # hand back work and nodes at once; bounded: Redis may be gone
+                await asyncio.wait_for(self._leave(held), timeout=2.0)
+            except (TimeoutError, *ERRORS):
+                pass
+            await self.plane.close()
+        self.workers.clear()
+
+    async def _leave(self, held: dict[str, list[Claimed]]) -> None:
+        for worker, claimed in held.items():
+            if claimed:
+                await self.plane.queues.unclaim(worker, claimed)
+        for w in self.workers.values():
+            await self.plane.registry.release(w.name, self.replica)
+        await self.plane.registry.drop_replica(self.replica)
+
+    def role_of(self, idx: int) -> str:
+        return "mixed"
+
+    def routes(self) -> list[tuple[str, object]]:
+        return [("/scheduler", self._view_handler)]
+
+    # ---- origin ------------------------------------------------------------------------------
+    def _plane_error(self, e: BaseException) -> APIError:
+        return APIError(
+            503,
+            f"scheduler state plane unavailable: {describe_error(self.params.redis, e)}",
+            code="plane_unavailable",
+        )
+
+    def target(self, call: ProxyCall, payload: Payload) -> str:
+        """The node whose queue a new request joins: one this replica drives (its own queue),
+        round robin; any live node when it drives none."""
+        mine = [w.name for w in self.workers.values() if w.backend.healthy and w.role != "decode"]
+        names = mine or self.alive_nodes
+        if not names:
+            raise APIError(
+                503,
+                f"no scheduler node alive in topic {self.params.topic!r} "
+                f"(no router replica drives a healthy backend)",
+                code="no_backend",
+            )
+        return names[next(self._rr) % len(names)]
+
+    async def _enqueue(self, rid: str, pend: _Pending) -> None:
+        p = self.params
+        assert self.plane is not None
+        try:
+            n = await self.plane.queues.enqueue(
+                pend.node,
+                shard_of(pend.node, p.load_shards_num),
+                rid,
+                pend.payload,
+                self.replica,
+                lane_of(rid, p.reader_parallel),
+                p.ttl,
+            )
+        except ERRORS as e:
+            self.warn_enqueue.fail(e)
+            raise self._plane_error(e) from None
+        self.warn_enqueue.ok()
+        pend.enqueued_at = time.monotonic()
+        if n == 0:
+            raise APIError(500, f"request id {rid} is already known to the plane", code="duplicate")
+
+    async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
+        rid = f"{self.replica}-{next(self._ids)}"
+        payload = Payload.of(call)
+        node = self.target(call, payload)
+        pend = _Pending(call, payload.to_json(), node)
+        self.inbox[rid] = pend
+        try:
+            await self._enqueue(rid, pend)
+            return await self._answer(call, rid, pend)
+        finally:
+            self.inbox.pop(rid, None)
+            if not pend.finished and pend.enqueued_at:
+                asyncio.ensure_future(self._cancel(rid))
+
+    async def _cancel(self, rid: str) -> None:
+        try:
+            await self.plane.queues.cancel(rid)
+        except ERRORS:
+            pass  # its TTL expires it anyway
+
+    async def _answer(self, call: ProxyCall, rid: str, pend: _Pending) -> web.StreamResponse:
+        ans = ClientAnswer(call)
+        deadline = call.t0 + self.params.ttl
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.counters["expired"] += 1
+                    return await ans.fail(
+                        APIError(
+                            504,
+                            f"request expired: not completed within scheduler_ttl="
+                            f"{self.params.ttl:g} s",
+                            code="expired",
+                        )
+                    )
+                try:
+                    ch: Chunk = await asyncio.wait_for(pend.queue.get(), left)
+                except TimeoutError:
+                    continue
+                r = await ans.events(ch.seq, ch.events, ch.status, ch.content_type, ch.fin)
+                if r is not None:
+                    pend.finished = True
+                    return r
+        finally:
+            self.counters["duplicates_dropped"] += ans.duplicates
+
+    async def _reader(self, lane: int) -> None:
+        p = self.params
+        while True:
+            try:
+                chunks = await self.plane.responses.read(
+                    self.replica, lane, p.reader_batch_size, 1.0
+                )
+                self.warn_read.ok()
+            except asyncio.CancelledError:
+                raise
+            except ERRORS as e:
+                self.warn_read.fail(e)
+                await asyncio.sleep(0.5)
+                continue
+            for ch in chunks:
+                pend = self.inbox.get(ch.rid)
+                if pend is None:
+                    self.counters["orphan_chunks"] += 1
+                else:
+                    pend.queue.put_nowait(ch)
+
+    async def _resync_loop(self) -> None:
+        """Re-queue requests of this replica that Redis no longer knows (it restarted empty)."""
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            now = time.monotonic()
+            rids = [
+                r
+                for r, pd in self.inbox.items()
+                if not pd.finished and pd.enqueued_at and now - pd.enqueued_at > 1.0
+            ]
+            if not rids:
+                continue
+            try:
+                states = await self.plane.queues.states(rids)
+                for rid, st in zip(rids, states, strict=True):
+                    pend = self.inbox.get(rid)
+                    if st is None and pend is not None and not pend.finished:
+                        try:
+                            pend.node = self.target(pend.call, Payload.from_json(pend.payload))
+                        except APIError:
+                            continue
+                        await self._enqueue(rid, pend)
+                        self.counters["requeued_after_loss"] += 1
+                        log.warning("request %s was lost by the plane: queued again", rid)
+            except (APIError, *ERRORS) as e:
+                self.warn_loop.fail(e)
+
+    # ---- executing (a node's claimed request) ------------------------------------------------
+    async def execute(self, w: NodeWorker, c: Claimed) -> None:
+        p = Payload.from_json(c.payload)
+        await self.run_on_engine(w, c, p, p.call())
+
+    async def run_on_engine(self, w: NodeWorker, c: Claimed, p: Payload, call: ProxyCall) -> None:
+        """Send the request to the node's engine and stream its answer to the origin."""
+        router = self.router
+        b = w.backend
+        b.inflight += 1
+        b.sent += 1
+        writer = ChunkWriter(self, c, w.worker, w.name)
+        up = None
+        try:
+            try:
+                up = await router.open_upstream(call, w.idx)
+            except BackendFailed as e:
+                router.backend_failed(e)
+                await w.give_back(c, e.reason)
+                return
+            except APIError as e:
+                writer.status = e.status
+                writer.content_type = "application/json"
+                writer.buf = [json.dumps(e.body())]
+                await writer.close()
+                return
+            w.state.confirm(c.rid)
+            resp = up.resp
+            writer.status = resp.status
+            writer.content_type = resp.headers.get("Content-Type", "")
+            if not (p.stream and resp.status == 200):
+                resp.release()
+                writer.buf = [up.first.decode("utf-8", errors="replace")]
+                await writer.close()
+                return
+            split = SSESplitter()
+            writer.add(split.feed(up.first))
+            broke: BaseException | None = None
+            while not writer.fenced:
+                try:
+                    data = await resp.content.readany()
+                except (
+                    aiohttp.ClientConnectionError,
+                    aiohttp.ClientPayloadError,
+                    OSError,
+                    TimeoutError,
+                ) as e:
+                    broke = e
+                    break
+                if not data:
+                    break
+                writer.add(split.feed(data))
+            if broke is not None:
+                resp.close()
+                router.backend_failed(BackendFailed(w.idx, f"{type(broke).__name__}: {broke}"))
+                await writer.drain()
+                if not writer.fenced:
+                    await w.give_back(c, f"stream broke: {type(broke).__name__}")
+                return
+            tail = split.rest()
+            if tail:
+                writer.add([tail])
+            if writer.fenced:
+                resp.close()  # lease lost: abort on the engine
+                return
+            resp.release()
+            await writer.close()
+        finally:
+            b.inflight -= 1
+            if up is not None and not up.resp.closed and writer.fenced:
+                up.resp.close()
+
+    # ---- registry: ownership of nodes, liveness ---------------------------------------------------
+    async def _registry_round(self) -> None:
+        p = self.params
+        reg = self.plane.registry
+        backends = self.router.backends
+        await reg.heartbeat_replica(self.replica, p.keepalive)
+        live = await reg.live_replicas()
+        n = len(backends)
+        share = math.ceil(n / max(1, len(live)))
+        start = crc16(self.replica) % n if n else 0
+        for k in range(n):
+            i = (start + k) % n
+            b = backends[i]
+            w = self.workers.get(i)
+            if w is not None:
+                if not b.healthy:
+                    w.stop()
+                    del self.workers[i]
+                    await reg.release(w.name, self.replica)
+                    log.warning("released node %s: backend unhealthy", w.name)
+                elif not await reg.own(w.name, self.replica, p.keepalive):
+                    w.stop()
+                    del self.workers[i]
+                    log.warning("lost node %s to another replica", w.name)
+            elif b.healthy and len(self.workers) < share:
+                if await reg.own(b.name, self.replica, p.keepalive):
+                    self.workers[i] = NodeWorker(self, i)
+                    await self.plane.loads.join(b.name)
+        for w in self.workers.values():
+            await reg.publish(self.node_info(w))
+        self.alive_nodes = [x.name for x in await reg.nodes() if x.alive]
+
+    def node_info(self, w: NodeWorker) -> NodeInfo:
+        return NodeInfo(
+            w.name, w.role, w.shard, w.backend.url, self.replica, sum(v for v, _ in w.load.values())
+        )
+
+    async def _registry_loop(self) -> None:
+        every = self.params.keepalive / 3.0
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self._registry_round()
+                self.warn_loop.ok()
+            except ERRORS as e:
+                self.warn_loop.fail(e)
+
+    async def _janitor_loop(self) -> None:
+        p = self.params
+        every = max(0.2, p.lease / 2.0)
+        last_adopt = 0.0
+        while True:
+            await asyncio.sleep(every)
+            mine = [w for w in self.workers.values() if w.backend.healthy and w.role != "decode"]
+            fb = mine[0] if mine else None
+            try:
+                moved = await self.plane.leases.reap(fb.name if fb else "", fb.shard if fb else 0)
+                if moved:
+                    log.warning("requeued %d requests whose lease expired", moved)
+                now = time.monotonic()
+                if fb is not None and now - last_adopt > p.keepalive / 3.0:
+                    last_adopt = now
+                    await self._tidy(fb)
+            except ERRORS as e:
+                self.warn_loop.fail(e)
+
+    async def _tidy(self, fb: NodeWorker) -> None:
+        """Dead nodes (keep-alive expired): adopt their queued work, drop them from the load
+        table, and forget their registry entry once it is older than expire_period."""
+        p = self.params
+        plane = self.plane
+        for node, score in (await plane.loads.scores()).items():
+            if await plane.registry.owner(node) is not None:
+                continue
+            if score > 0:
+                n = await plane.leases.adopt(
+                    node, shard_of(node, p.load_shards_num), fb.name, fb.shard
+                )
+                if n:
+                    log.warning("adopted %d requests of dead node %s", n, node)
+            else:
+                await plane.loads.drop(node)
+        now = await plane.registry.server_time()
+        for info in await plane.registry.nodes():
+            if not info.alive and now - info.ts > p.expire_period:
+                await plane.registry.forget(info.name)
+
+    # ---- the cluster view -------------------------------------------------------------------
+    async def cluster_view(self) -> dict:
+        reg = self.plane.registry
+        nodes = await reg.nodes()
+        scores = await self.plane.loads.scores()
+        return {
+            "mode": self.mode_name,
+            "topic": self.params.topic,
+            "replica": self.replica,
+            "replicas": await reg.live_replicas(),
+            "nodes": [
+                {
+                    "name": x.name,
+                    "alive": x.alive,
+                    "owner": x.owner if x.alive else None,
+                    "role": x.role,
+                    "shard": x.shard,
+                    "url": x.url,
+                    "queued": int(scores.get(x.name, 0)),
+                    "load": x.load,
+                }
+                for x in nodes
+            ],
+            "leases": await self.plane.leases.held(),
+            "stats": await self.plane.stats(),
+            "local": {
+                **self.counters,
+                "driving": sorted(w.name for w in self.workers.values()),
+                "held": sum(len(w.held) for w in self.workers.values()),
+            },
+        }
+
+    mode_name = "global"
+
+    async def _view_handler(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self.cluster_view())
+        except ERRORS as e:
+            return self._plane_error(e).response()
+
+
+class GlobalDispatcher(PlaneDispatcher):
+    steals = True
+    mode_name = "global"

@@ -1,0 +1,156 @@
+"""`--scheduler-name local`: FastDeploy's local scheduler in the live router.
+
+Each backend (node) has an in-memory queue in this replica; a front round robin (optionally
+weighted) assigns requests to nodes; a node's engine takes work only when it has consumed what it
+was given and has free KV blocks (the FastDeployLocal policy, the same object the simulator runs).
+A node already holding `scheduler_max_size` requests answers 429; a request still queued after
+`scheduler_ttl` seconds gets 504 (never a hang). Once a request runs, the router's
+--request-timeout bounds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from ..errors import APIError
+from ..policies import NoEngineAvailable
+from ..policies.fastdeploy_modes import FastDeployLocal, QueueFull
+from ..service import BackendFailed, Dispatcher, ProxyCall, Router
+from .common import NodeState, NodeView
+from .params import SchedulerParams
+
+log = logging.getLogger("nexussched.router.local")
+
+POLL_S = 0.02  # how often nodes with queued work re-check their engine
+
+
+class _ModelView(NodeView):
+    """A NodeView that reads unhealthy for backends not serving the request's model."""
+
+    __slots__ = ("ok",)
+
+    def __init__(self, backend, node: NodeState, ok: bool) -> None:
+        super().__init__(backend, node)
+        self.ok = ok
+
+    @property
+    def healthy(self) -> bool:
+        return self.ok and self.b.healthy
+
+
+class LocalDispatcher(Dispatcher):
+    def __init__(self, params: SchedulerParams) -> None:
+        self.params = params
+        self.policy = FastDeployLocal(
+            max_size=params.max_size,
+            ttl=params.ttl,
+            front_weights=params.front_weights or None,
+            max_prefill_batch=params.max_prefill_batch,
+        )
+        self._waiters: dict[object, asyncio.Future] = {}
+        self._task: asyncio.Task | None = None
+        self.nodes: list[NodeState] = []
+        self.views: list[NodeView] = []
+
+    async def start(self, router: Router) -> None:
+        self.router = router
+        p = self.params
+        self.nodes = [NodeState(p.kv_blocks, p.block_size) for _ in router.backends]
+        self.views = [NodeView(b, n) for b, n in zip(router.backends, self.nodes, strict=True)]
+        router.registry.on_change.append(lambda i, up: up and self._offer(i))
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for f in self._waiters.values():
+            if not f.done():
+                f.cancel()
+
+    def _offer(self, idx: int) -> None:
+        for info in self.policy.pull(idx, self.views, time.monotonic()):
+            fut = self._waiters.pop(info.id, None)
+            if fut is not None and not fut.done():
+                self.nodes[idx].sent(info.id)  # counts against the gate from this moment
+                fut.set_result(idx)
+            else:  # the client left between queueing and now
+                self.policy.on_finish(info.id, idx, time.monotonic())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(POLL_S)
+            if self._waiters:
+                for i in range(len(self.views)):
+                    self._offer(i)
+
+    def _views(self, model: str) -> list[NodeView]:
+        serving = self.router.views_for(model)
+        if serving is self.router.backends:
+            return self.views
+        return [
+            _ModelView(b, n, v.healthy or not b.healthy)
+            for b, n, v in zip(self.router.backends, self.nodes, serving, strict=True)
+        ]
+
+    async def _queue(self, call: ProxyCall) -> int:
+        info = call.info
+        try:
+            self.policy.route(info, self._views(call.model), time.monotonic())
+        except QueueFull as e:
+            raise APIError(429, f"{e}; retry later", code="queue_full") from None
+        except NoEngineAvailable:
+            raise self.router.no_backend(call.model) from None
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[info.id] = fut
+        for i in range(len(self.views)):
+            self._offer(i)
+        left = self.params.ttl - (time.monotonic() - call.t0)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout=max(0.0, left))
+        except TimeoutError:
+            self.policy.cancel(info.id)
+            raise APIError(
+                504,
+                f"request expired: not scheduled within scheduler_ttl="
+                f"{self.params.ttl:g} s (all nodes busy)",
+                code="expired",
+            ) from None
+        finally:
+            self._waiters.pop(info.id, None)
+            if not fut.done():
+                self.policy.cancel(info.id)
+                fut.cancel()
+
+    async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
+        router = self.router
+        attempts = 0
+        while True:
+            idx = await self._queue(call)
+            b = router.backends[idx]
+            node = self.nodes[idx]
+            rid = call.info.id
+            b.inflight += 1
+            b.sent += 1
+            try:
+                try:
+                    up = await router.open_upstream(call, idx)
+                except BackendFailed as e:
+                    router.backend_failed(e)
+                    attempts += 1
+                    if attempts > router.settings.retries:
+                        raise APIError(
+                            502, f"backend {b.name} failed: {e.reason}", code="backend_failed"
+                        ) from None
+                    router.metrics.retries.inc()
+                    continue
+                node.confirm(rid)
+                return await router.relay(call, up)
+            finally:
+                b.inflight -= 1
+                node.confirm(rid)
+                self.policy.on_finish(rid, idx, time.monotonic())
+                self._offer(idx)

@@ -1,0 +1,388 @@
+"""FastDeploy's three scheduler modes as routing policies (local, global, splitwise).
+
+They hold requests at the router front (`holds = True`): each node (engine) has its own queue,
+requests reach the queues through a front load balancer (smooth weighted round robin; equal
+weights by default), and an engine pulls from its queue only when it has free KV blocks and token
+budget (`pull`). `global` adds work stealing from nodes whose queue is at least `min_load_score`
+long. `splitwise` runs the prompt on a prefill node (one output token) and continues on a decode
+node chosen by load; the simulator moves the KV cache over a link (`splits = True` hooks).
+
+The decisions are the pure functions of `fastdeploy.py`, which the live Redis-backed nodes call
+too. Parameter names and defaults are FastDeploy's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Sequence
+from itertools import islice
+from typing import ClassVar
+
+from .base import EngineView, NoEngineAvailable, RequestInfo, RoutingPolicy, healthy_indices
+from .fastdeploy import (
+    LOAD_COUNT,
+    MAX_PREFILL_BATCH,
+    RESERVED_OUTPUT_BLOCKS,
+    Resources,
+    SmoothWeighted,
+    admit_count,
+    blur_select,
+    choose_victim,
+    decode_blur_step,
+    engine_resources,
+    lookup_shards,
+    mini_batches,
+    node_shard,
+    parse_weights,
+    prefill_blur_step,
+    steal_candidates,
+)
+
+
+class QueueFull(NoEngineAvailable):
+    """A node's queue is at `scheduler_max_size` (the live router answers 429)."""
+
+
+def _check(name: str, ok: bool, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}: {what}")
+
+
+class FastDeployLocal(RoutingPolicy):
+    """Per-node in-memory queues with max_size rejection and TTL expiry; no stealing."""
+
+    name = "local"
+    holds = True
+
+    def __init__(
+        self,
+        max_size: int = -1,
+        ttl: float = 900.0,
+        front_weights: str | Sequence[float] | None = None,
+        max_prefill_batch: int = MAX_PREFILL_BATCH,
+        reserved_output_blocks: int = RESERVED_OUTPUT_BLOCKS,
+        seed: int = 0,
+    ) -> None:
+        _check("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
+        _check(
+            "scheduler_max_size",
+            max_size == -1 or max_size > 0,
+            f"must be -1 (unbounded) or positive, got {max_size}",
+        )
+        self.max_size = int(max_size)
+        self.ttl = float(ttl)
+        self.front_spec = front_weights
+        self.max_prefill_batch = max_prefill_batch
+        self.reserved_output_blocks = reserved_output_blocks
+        self.rng = random.Random(seed)
+        self.front: SmoothWeighted | None = None
+        self.queues: list[deque[RequestInfo]] = []
+        self.outstanding: list[int] = []  # queued + pulled and unfinished (FastDeploy's max_size)
+        self.origin: dict[object, int] = {}
+        self.rejected = 0
+        self.expired = 0
+        self.steals = 0
+
+    def _ensure(self, n: int) -> None:
+        if len(self.queues) != n:
+            self.queues = [deque() for _ in range(n)]
+            self.outstanding = [0] * n
+            self.front = SmoothWeighted(parse_weights(self.front_spec, n))
+
+    def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
+        self._ensure(len(engines))
+        assert self.front is not None
+        node = self.front.next(healthy_indices(engines))
+        if self.max_size > 0 and self.outstanding[node] >= self.max_size:
+            self.rejected += 1
+            raise QueueFull(
+                f"node {engines[node].name} is full (scheduler_max_size={self.max_size})"
+            )
+        self.queues[node].append(req)
+        self.outstanding[node] += 1
+        self.origin[req.id] = node
+        return None
+
+    def _expire(self, q: deque[RequestInfo], now: float) -> None:
+        # FIFO queue: the oldest are at the head
+        while q and now - q[0].arrival > self.ttl:
+            r = q.popleft()
+            self.expired += 1
+            node = self.origin.pop(r.id, None)
+            if node is not None:
+                self.outstanding[node] -= 1
+
+    def _take(self, q: deque[RequestInfo], n: int, res: Resources, now: float) -> list[RequestInfo]:
+        self._expire(q, now)
+        if not q or n <= 0:
+            return []
+        head = list(islice(q, min(n, res.batch)))
+        k = admit_count([r.prompt_tokens for r in head], res)
+        return [q.popleft() for _ in range(k)]
+
+    def resources(self, engines: Sequence[EngineView], idx: int) -> Resources | None:
+        return engine_resources(engines[idx], self.max_prefill_batch, self.reserved_output_blocks)
+
+    def pull(self, idx: int, engines: Sequence[EngineView], now: float) -> list[RequestInfo]:
+        if not self.queues:
+            return []
+        res = self.resources(engines, idx)
+        if res is None:
+            return []
+        got = self._take(self.queues[idx], res.batch, res, now)
+        if not got and not self.queues[idx]:
+            got = self._steal(idx, engines, res, now)
+        return got
+
+    def _steal(
+        self, idx: int, engines: Sequence[EngineView], res: Resources, now: float
+    ) -> list[RequestInfo]:
+        return []
+
+    def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        node = self.origin.pop(req_id, None)
+        if node is not None:
+            self.outstanding[node] -= 1
+
+    def cancel(self, req_id: object) -> bool:
+        """Drop a request still queued (its TTL passed or its client left); True if it was."""
+        node = self.origin.get(req_id)
+        if node is None:
+            return False
+        for q in self.queues:
+            for r in q:
+                if r.id == req_id:
+                    q.remove(r)
+                    self.origin.pop(req_id, None)
+                    self.outstanding[node] -= 1
+                    return True
+        return False
+
+
+class FastDeployGlobal(FastDeployLocal):
+    """Local queues plus work stealing: an engine with room and an empty queue takes a small batch
+    from a random node whose queue holds at least `min_load_score` requests."""
+
+    name = "global"
+
+    def __init__(self, min_load_score: float = 3, load_shards_num: int = 1, **kw: object) -> None:
+        _check(
+            "scheduler_min_load_score", min_load_score >= 1, f"must be >= 1, got {min_load_score}"
+        )
+        _check(
+            "scheduler_load_shards_num",
+            load_shards_num >= 1,
+            f"must be >= 1, got {load_shards_num}",
+        )
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.min_load_score = float(min_load_score)
+        self.load_shards_num = int(load_shards_num)
+        self._slot = 0
+        self._shard_members: list[list[int]] | None = None
+
+    def _ensure(self, n: int) -> None:
+        if len(self.queues) != n:
+            super()._ensure(n)
+            self._shard_members = None
+
+    def _steal(
+        self, idx: int, engines: Sequence[EngineView], res: Resources, now: float
+    ) -> list[RequestInfo]:
+        if self._shard_members is None:
+            # a node's shard is a hash of its name (as in the Redis load table)
+            self._shard_members = [[] for _ in range(self.load_shards_num)]
+            for i, e in enumerate(engines):
+                self._shard_members[node_shard(e.name, self.load_shards_num)].append(i)
+        heavy: list[str] = []
+        for shard in lookup_shards(self._slot, self.load_shards_num):
+            self._slot += 1
+            # ZRANGEBYSCORE min +inf: ascending by score, first LOAD_COUNT
+            members = sorted(
+                (
+                    j
+                    for j in self._shard_members[shard]
+                    if len(self.queues[j]) >= self.min_load_score
+                ),
+                key=lambda j: len(self.queues[j]),
+            )[:LOAD_COUNT]
+            if members:
+                heavy = [str(j) for j in members]
+                break
+        victim = choose_victim(steal_candidates(heavy, str(idx), self.rng), self.rng)
+        if victim is None:
+            return []
+        got = self._take(self.queues[int(victim)], mini_batches(res.batch)[0], res, now)
+        self.steals += len(got)
+        return got
+
+
+class FastDeploySplitwise(RoutingPolicy):
+    """Prefill/decode disaggregation: prefill node by blurred least load (prompt tokens
+    outstanding), decode node by blurred least load (requests outstanding), both chosen when the
+    request arrives; the prefill node's engine pulls from its queue like `local`."""
+
+    name = "splitwise"
+    holds = True
+    splits: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        prefill_nodes: int | None = None,
+        roles: str | None = None,
+        ttl: float = 900.0,
+        sync_period: float = 5.0,
+        expire_period: float = 3000.0,
+        release_load_expire_period: float = 600.0,
+        max_prefill_batch: int = MAX_PREFILL_BATCH,
+        reserved_output_blocks: int = RESERVED_OUTPUT_BLOCKS,
+        seed: int = 0,
+    ) -> None:
+        _check("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
+        _check("scheduler_sync_period", sync_period > 0, f"must be positive, got {sync_period}")
+        self.prefill_nodes = prefill_nodes
+        self.roles_spec = roles
+        self.ttl = float(ttl)
+        self.sync_period = float(sync_period)
+        self.expire_period = float(expire_period)
+        self.release_load_expire_period = float(release_load_expire_period)
+        self.max_prefill_batch = max_prefill_batch
+        self.reserved_output_blocks = reserved_output_blocks
+        self.rng = random.Random(seed)
+        self.roles: list[str] = []
+        self.queues: list[deque[RequestInfo]] = []
+        self.load: list[dict[object, tuple[int, float]]] = []  # node -> rid -> (load, since)
+        self.reported: list[float] = []
+        self.since_report: list[float] = []
+        self.last_sync = -1e18
+        self.plan: dict[object, tuple[int, int, int]] = {}  # rid -> (prefill, decode, prompt)
+        self.expired = 0
+        self.handoffs = 0
+
+    # ---- roles and loads ----------------------------------------------------------------------
+    def _ensure(self, n: int) -> None:
+        if len(self.roles) == n:
+            return
+        self.roles = split_roles(n, self.prefill_nodes, self.roles_spec)
+        self.queues = [deque() for _ in range(n)]
+        self.load = [{} for _ in range(n)]
+        self.reported = [0.0] * n
+        self.since_report = [0.0] * n
+
+    def is_prefill(self, idx: int) -> bool:
+        return bool(self.roles) and self.roles[idx] == "prefill"
+
+    def _node_load(self, i: int) -> float:
+        return float(sum(v for v, _ in self.load[i].values()))
+
+    def _sync(self, now: float) -> None:
+        """Nodes report their load every sync_period; between reports the API side adds its own
+        assignments (FastDeploy's nodes report every few ms, so its view is always fresh)."""
+        if now - self.last_sync < self.sync_period:
+            return
+        self.last_sync = now
+        cut = now - self.release_load_expire_period
+        for i, reqs in enumerate(self.load):
+            stale = [rid for rid, (_, t) in reqs.items() if t < cut]
+            for rid in stale:
+                del reqs[rid]
+            self.reported[i] = self._node_load(i)
+            self.since_report[i] = 0.0
+
+    def _add(self, i: int, rid: object, amount: int, now: float) -> None:
+        self.load[i][rid] = (amount, now)
+        self.since_report[i] += amount
+
+    def _release(self, i: int, rid: object) -> None:
+        self.load[i].pop(rid, None)
+
+    def _choose(self, role: str, engines: Sequence[EngineView], step: float) -> int:
+        nodes = [i for i in healthy_indices(engines) if self.roles[i] == role]
+        if not nodes:
+            raise NoEngineAvailable(f"no healthy {role} node")
+        loads = [(i, self.reported[i] + self.since_report[i]) for i in nodes]
+        return int(blur_select(loads, step, self.rng))  # type: ignore[arg-type]
+
+    # ---- policy hooks -------------------------------------------------------------------------
+    def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
+        self._ensure(len(engines))
+        self._sync(now)
+        p = self._choose("prefill", engines, prefill_blur_step(req.prompt_tokens))
+        n_decode = sum(1 for r in self.roles if r == "decode")
+        d = self._choose("decode", engines, decode_blur_step(n_decode))
+        self.plan[req.id] = (p, d, req.prompt_tokens)
+        self._add(p, req.id, req.prompt_tokens, now)
+        self._add(d, req.id, 1, now)
+        self.queues[p].append(req)
+        return None
+
+    def pull(self, idx: int, engines: Sequence[EngineView], now: float) -> list[RequestInfo]:
+        if not self.roles or not self.is_prefill(idx):
+            return []
+        q = self.queues[idx]
+        while q and now - q[0].arrival > self.ttl:
+            r = q.popleft()
+            self.expired += 1
+            p, d, _ = self.plan.pop(r.id, (idx, -1, 0))
+            self._release(p, r.id)
+            if d >= 0:
+                self._release(d, r.id)
+        if not q:
+            return []
+        res = engine_resources(engines[idx], self.max_prefill_batch, self.reserved_output_blocks)
+        if res is None:
+            return []
+        head = list(islice(q, res.batch))
+        k = admit_count([r.prompt_tokens for r in head], res)
+        return [q.popleft() for _ in range(k)]
+
+    def decode_target(
+        self, req_id: object, src: int, engines: Sequence[EngineView], now: float
+    ) -> int | None:
+        """The prefill of `req_id` finished on `src`: the decode node to continue on."""
+        self._sync(now)
+        p, d, _ = self.plan.get(req_id, (src, -1, 0))
+        self._release(p, req_id)
+        if d < 0 or not engines[d].healthy:
+            n_decode = sum(1 for r in self.roles if r == "decode")
+            try:
+                d = self._choose("decode", engines, decode_blur_step(n_decode))
+            except NoEngineAvailable:
+                return None
+            self.plan[req_id] = (p, d, 0)
+            self._add(d, req_id, 1, now)
+        self.handoffs += 1
+        return d
+
+    def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        p, d, _ = self.plan.pop(req_id, (-1, -1, 0))
+        if p >= 0:
+            self._release(p, req_id)
+        if d >= 0:
+            self._release(d, req_id)
+
+
+def split_roles(n: int, prefill_nodes: int | None = None, roles: str | None = None) -> list[str]:
+    """Roles of n nodes: an explicit 'P,P,D,D' list, or the first `prefill_nodes` (default n//2,
+    at least one of each) as prefill and the rest decode."""
+    if roles:
+        names = {"p": "prefill", "prefill": "prefill", "d": "decode", "decode": "decode"}
+        parts = [x.strip().lower() for x in roles.split(",") if x.strip()]
+        try:
+            out = [names[x] for x in parts]
+        except KeyError:
+            raise ValueError(f"bad splitwise roles {roles!r}: use P/D or prefill/decode") from None
+        if len(out) != n:
+            raise ValueError(
+                f"splitwise roles {roles!r} name {len(out)} nodes, the cluster has {n}"
+            )
+    else:
+        if n < 2:
+            raise ValueError("splitwise needs at least two engines (a prefill and a decode node)")
+        k = prefill_nodes if prefill_nodes is not None else max(1, n // 2)
+        if not 1 <= k < n:
+            raise ValueError(f"splitwise prefill_nodes must be in 1..{n - 1}, got {k}")
+        out = ["prefill"] * k + ["decode"] * (n - k)
+    if "prefill" not in out or "decode" not in out:
+        raise ValueError("splitwise needs at least one prefill and one decode node")
+    return out

@@ -1,0 +1,91 @@
+"""Step telemetry for the live router's learning policies (PRISM): engines -> policy.observe().
+
+Each backend that serves `GET /telemetry?since=N` (engine-sim does; JSON lines of StepRecords,
+`X-Telemetry-Next` giving the next `since`) is polled every `interval` seconds and its new records
+go to `policy.observe(idx, record)`. A backend without the endpoint (404) is asked again only
+after `retry_s`. The policy never learns where the records came from: the simulator calls the
+same `observe` for every simulated step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import aiohttp
+
+from ..perfmodel.telemetry import StepRecord
+
+log = logging.getLogger("nexussched.router")
+
+
+class TelemetryFeed:
+    def __init__(
+        self,
+        observe: Callable[[int, StepRecord], None],
+        backends: Sequence,
+        session: aiohttp.ClientSession,
+        interval: float = 0.2,
+        retry_s: float = 30.0,
+        limit: int = 5000,
+    ) -> None:
+        self.observe = observe
+        self.backends = backends
+        self.session = session
+        self.interval = interval
+        self.retry_s = retry_s
+        self.limit = limit
+        self._since: dict[str, int] = {}  # by backend URL (indices may be re-used)
+        self._skip_until: dict[str, float] = {}
+        self.records = 0
+
+    async def poll_once(self) -> int:
+        """Fetch new records from every healthy backend; returns how many were observed."""
+        got = await asyncio.gather(
+            *(self._poll(i, b) for i, b in enumerate(self.backends) if b.healthy),
+            return_exceptions=True,
+        )
+        return sum(n for n in got if isinstance(n, int))
+
+    async def _poll(self, idx: int, backend) -> int:
+        url = backend.url.rstrip("/")
+        now = time.monotonic()
+        if self._skip_until.get(url, 0.0) > now:
+            return 0
+        since = self._since.get(url, 0)
+        q = {"since": str(since), "limit": str(self.limit)}
+        async with self.session.get(url + "/telemetry", params=q) as resp:
+            if resp.status == 404:
+                self._skip_until[url] = now + self.retry_s
+                return 0
+            if resp.status != 200:
+                return 0
+            text = await resp.text()
+            nxt = resp.headers.get("X-Telemetry-Next")
+        self._since[url] = int(nxt) if nxt is not None else since
+        lines = text.splitlines()
+        n = 0
+        for line in lines:
+            if not line:
+                continue
+            try:
+                rec = StepRecord.from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue  # one bad record must not stop learning
+            self.observe(idx, rec)
+            n += 1
+        self.records += n
+        return n
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the feed must never take the router down
+                log.warning("telemetry feed: %r", e)
+            await asyncio.sleep(self.interval)

@@ -1,0 +1,813 @@
+"""engine-sim: a mock vLLM OpenAI server driven by the engine simulator in real (or scaled) time.
+
+One EngineSim runs behind `/v1/completions` and `/v1/chat/completions` (SSE streaming or not),
+`/v1/models`, `/health` and `/metrics` with vLLM's metric names, so a router and its policies see
+what they would see in front of vLLM. Steps take their simulated time times `time_scale` of wall
+time; `time_scale = 0` is fast mode (no pacing: each burst of work is simulated at once, macro
+steps included, yielding to the event loop every few milliseconds), for throughput tests.
+
+Tokens: a prompt string counts ~4 characters per token (deterministic), a list of token ids counts
+its length; chat messages add 4 tokens each. Generated text is synthetic words. Without
+`ignore_eos`, a request stops early at a geometric length of mean `eos_mean` when that is set
+(default 0: it always runs to max_tokens, like `ignore_eos`).
+
+Step telemetry (the StepRecords the perf model learns from; durations in simulated seconds) is
+served as JSON lines by `GET /telemetry?since=N` and optionally appended to a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import os
+import signal
+import time
+import warnings
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..engine_sched import make_engine_policy
+from ..perfmodel.telemetry import StepRecord
+from .engine import EngineConfig, EngineSim
+from .hardware import get_profile
+from .request import SimRequest
+
+PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+FAST_SLICE_S = 0.005  # fast mode: longest stretch of simulation between event-loop turns
+
+# Synthetic output vocabulary (pre-encoded as JSON strings for the streaming hot path).
+_WORDS = (
+    "the of and to in is that for it as with was on be at by this had not are but from or have "
+    "an they which one you were all we her she there would their will when who him been has more "
+    "if no out so said what up its about than into them can only other new some could time these"
+).split()
+_TOK = [json.dumps(" " + w).encode() for w in _WORDS]
+_TOK_TEXT = [" " + w for w in _WORDS]
+
+
+@dataclass
+class ServerConfig:
+    profile: str = "a100"
+    models: tuple[str, ...] = ("sim-llama-3-8b",)
+    name: str = ""  # engine name in telemetry/metrics (default: profile-port)
+    time_scale: float = 1.0  # wall seconds per simulated second; 0 = fast mode
+    seed: int = 0
+    engine_policy: str = "vllm_default"
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    num_blocks: int | None = None
+    max_model_len: int = 131072
+    default_max_tokens: int = 16  # OpenAI's completions default
+    eos_mean: float = 0.0  # mean natural output length without ignore_eos; 0: never stop early
+    slo_ttft: float = 2.0  # defaults for requests stating none (seconds)
+    slo_tpot: float = 0.1
+    telemetry_out: str | None = None
+    telemetry_keep: int = 100_000  # records kept for GET /telemetry
+    # disaggregated prefill (vLLM's kv_transfer_params): a decode request's prompt KV arrives
+    # from the prefill engine over a link of this many GB/s before it can run
+    kv_link_gbs: float = 25.0
+    max_body_bytes: int = 16 * 2**20
+
+    def validate(self) -> ServerConfig:
+        get_profile(self.profile)
+        if not (self.time_scale >= 0 and math.isfinite(self.time_scale)):
+            raise ValueError(f"--time-scale must be >= 0, got {self.time_scale}")
+        if not self.models or not all(self.models):
+            raise ValueError("at least one non-empty --model name is needed")
+        if self.default_max_tokens <= 0 or self.max_model_len <= 0 or self.telemetry_keep <= 0:
+            raise ValueError(
+                "--default-max-tokens, --max-model-len and the telemetry buffer must be positive"
+            )
+        if self.eos_mean < 0:
+            raise ValueError("--eos-mean must be >= 0")
+        return self
+
+
+class _BadRequest(Exception):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+
+    def response(self) -> web.Response:
+        typ = {404: "NotFoundError", 413: "RequestTooLarge"}.get(self.status, "BadRequestError")
+        body = {
+            "error": {
+                "message": self.message,
+                "type": typ,
+                "param": self.param,
+                "code": self.code or self.status,
+            }
+        }
+        return web.Response(
+            status=self.status, body=json.dumps(body).encode(), content_type="application/json"
+        )
+
+
+def _text_tokens(s: str) -> int:
+    return (len(s) + 3) // 4
+
+
+def count_prompt_tokens(body: dict, chat: bool) -> int:
+    """The engine's deterministic tokenizer: ~4 characters per token; token ids count as given."""
+    if chat:
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise _BadRequest(400, "messages must be a non-empty list", param="messages")
+        n = 0
+        for m in msgs:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise _BadRequest(400, "each message needs a role", param="messages")
+            c = m.get("content")
+            if isinstance(c, str):
+                n += _text_tokens(c)
+            elif isinstance(c, list):
+                for part in c:
+                    if isinstance(part, dict) and isinstance(part.get("text"), str):
+                        n += _text_tokens(part["text"])
+            n += 4
+        return max(1, n)
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
+        p = p[0]  # a batch of one
+    if isinstance(p, str):
+        return max(1, _text_tokens(p))
+    if isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+        return len(p)
+    if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str | list) for x in p):
+        raise _BadRequest(400, "engine-sim serves one prompt per request", param="prompt")
+    raise _BadRequest(400, "prompt must be a string or a list of token ids", param="prompt")
+
+
+def _slo(headers, body: dict, dttft: float, dtpot: float) -> tuple[float, float, int]:
+    """Lenient: an engine ignores SLO hints it cannot read."""
+
+    def num(v) -> float | None:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            return None
+        return x if x > 0 and math.isfinite(x) else None
+
+    ttft = num(body.get("slo_ttft"))
+    if ttft is None:
+        h = num(headers.get("x-slo-ttft-ms"))
+        ttft = h / 1000.0 if h is not None else dttft
+    tpot = num(body.get("slo_tpot"))
+    if tpot is None:
+        h = num(headers.get("x-slo-tpot-ms"))
+        tpot = h / 1000.0 if h is not None else dtpot
+    prio = body.get("priority", headers.get("x-priority", 0))
+    try:
+        prio = int(prio)
+    except (TypeError, ValueError):
+        prio = 0
+    return ttft, tpot, prio
+
+
+class _Gen:
+    """A request's link between the engine loop and its HTTP handler."""
+
+    __slots__ = ("req", "stream", "seen", "fut", "done")
+
+    def __init__(self, req: SimRequest, stream: bool) -> None:
+        self.req = req
+        self.stream = stream
+        self.seen = 0  # tokens handed to the client
+        self.fut: asyncio.Future | None = None
+        self.done = False
+
+    def wake(self) -> None:
+        f = self.fut
+        if f is not None and not f.done():
+            f.set_result(None)
+
+
+class _EngineCollector(Collector):
+    def __init__(self, server: EngineServer) -> None:
+        self.s = server
+
+    def collect(self):
+        s = self.s
+        e = s.engine
+        labels = ["model_name", "engine"]
+        lv = [s.cfg.models[0], "0"]
+        for name, doc, v in (
+            (
+                "vllm:num_requests_running",
+                "Number of requests in model execution batches.",
+                e.num_running,
+            ),
+            (
+                "vllm:num_requests_waiting",
+                "Number of requests waiting to be processed.",
+                e.num_waiting,
+            ),
+            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric(lv, v)
+            yield g
+        c = CounterMetricFamily(
+            "vllm:num_preemptions", "Cumulative number of preemptions.", labels=labels
+        )
+        c.add_metric(lv, e.preemptions)
+        yield c
+        c = CounterMetricFamily("nexussched_sim_steps", "Engine steps simulated.", labels=labels)
+        c.add_metric(lv, e.steps)
+        yield c
+
+
+class EngineServer:
+    """One simulated engine and its HTTP face. `app()` builds the aiohttp Application."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg.validate()
+        profile = get_profile(cfg.profile)
+        self.name = cfg.name or profile.name
+        self.engine = EngineSim(
+            profile,
+            name=self.name,
+            seed=cfg.seed,
+            config=EngineConfig(
+                num_blocks=cfg.num_blocks,
+                max_num_seqs=cfg.max_num_seqs,
+                max_num_batched_tokens=cfg.max_num_batched_tokens,
+                max_model_len=cfg.max_model_len,
+            ),
+            policy=make_engine_policy(cfg.engine_policy),
+            telemetry=self._on_step,
+        )
+        self.scale = cfg.time_scale
+        self.models = set(cfg.models)
+        self._ids = itertools.count(1)
+        self._rng = np.random.default_rng(cfg.seed)
+        self._t0 = time.monotonic()
+        self._vt = 0.0  # fast mode's simulated clock
+        self._wake = asyncio.Event()
+        self._in_step = False
+        self._aborts: list[SimRequest] = []
+        self._driver: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
+        self._tele: deque[StepRecord] = deque(maxlen=cfg.telemetry_keep)
+        self.telemetry_total = 0
+        self._tele_file = open(cfg.telemetry_out, "a") if cfg.telemetry_out else None  # noqa: SIM115
+        self._created = int(time.time())
+        reg = CollectorRegistry(auto_describe=False)
+        self.registry = reg
+        lab = ["model_name"]
+        m = cfg.models[0]
+        self._m_prompt = Counter(
+            "vllm:prompt_tokens", "Prefill tokens processed.", lab, registry=reg
+        ).labels(m)
+        self._m_gen = Counter(
+            "vllm:generation_tokens", "Generation tokens processed.", lab, registry=reg
+        ).labels(m)
+        self._m_success = Counter(
+            "vllm:request_success",
+            "Finished requests.",
+            ["model_name", "finished_reason"],
+            registry=reg,
+        )
+        self._m_success_by = {r: self._m_success.labels(m, r) for r in ("length", "stop", "abort")}
+        b = (
+            0.001,
+            0.005,
+            0.01,
+            0.02,
+            0.04,
+            0.06,
+            0.08,
+            0.1,
+            0.25,
+            0.5,
+            0.75,
+            1.0,
+            2.5,
+            5.0,
+            7.5,
+            10.0,
+            20.0,
+            40.0,
+            80.0,
+        )
+        self._m_ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "TTFT (wall seconds).", lab, buckets=b, registry=reg
+        ).labels(m)
+        self._m_e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "E2E latency (wall seconds).",
+            lab,
+            buckets=b,
+            registry=reg,
+        ).labels(m)
+        reg.register(_EngineCollector(self))
+
+    # ---- clock and engine loop ---------------------------------------------------------------
+    def now(self) -> float:
+        """The engine's simulated clock (seconds)."""
+        if self.scale > 0:
+            return (time.monotonic() - self._t0) / self.scale
+        return self._vt
+
+    def _on_step(self, rec: StepRecord) -> None:
+        self._tele.append(rec)
+        self.telemetry_total += 1
+        if self._tele_file is not None:
+            self._tele_file.write(json.dumps(rec.to_dict(), separators=(",", ":")) + "\n")
+
+    async def _drive(self) -> None:
+        eng = self.engine
+        while True:
+            if not eng.running and not eng.waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.scale > 0:
+                await self._real_step(eng)
+            else:
+                await self._fast_burst(eng)
+
+    async def _real_step(self, eng: EngineSim) -> None:
+        now = self.now()
+        end = eng.start_step(now, now)  # horizon now: one step at a time (tokens stream live)
+        if end is None:  # nothing fits: wait for a change
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        self._in_step = True
+        try:
+            delay = self._t0 + end * self.scale - time.monotonic()
+            await asyncio.sleep(delay if delay > 0 else 0)
+        finally:
+            done = eng.finish_step()
+            self._in_step = False
+        self._after_step(done)
+
+    async def _fast_burst(self, eng: EngineSim) -> None:
+        t_slice = time.perf_counter()
+        while eng.running or eng.waiting:
+            end = eng.start_step(self._vt)
+            if end is None:
+                self._wake.clear()
+                await self._wake.wait()
+                return
+            self._vt = end
+            self._after_step(eng.finish_step())
+            if time.perf_counter() - t_slice > FAST_SLICE_S:
+                await asyncio.sleep(0)
+                t_slice = time.perf_counter()
+        await asyncio.sleep(0)
+
+    def _after_step(self, done: list[SimRequest]) -> None:
+        if self._aborts:
+            for r in self._aborts:
+                if math.isnan(r.finish):
+                    self.engine.abort(r.id)
+            self._aborts.clear()
+        for r in self.engine.running:
+            g = r.tag
+            if g.stream and r.generated > g.seen:
+                g.wake()
+        for r in done:
+            g = r.tag
+            g.done = True
+            g.wake()
+
+    def _abort(self, g: _Gen) -> None:
+        r = g.req
+        if not math.isnan(r.finish):
+            return
+        self._m_success_by["abort"].inc()
+        if self._in_step:
+            self._aborts.append(r)  # the pending step holds it: drop it when the step ends
+        else:
+            self.engine.abort(r.id)
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    async def _startup(self, app: web.Application) -> None:
+        self._t0 = time.monotonic()
+        self._driver = asyncio.create_task(self._drive())
+        if self._tele_file is not None:
+            self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self._tele_file.flush()
+
+    async def _shutdown(self, app: web.Application) -> None:
+        for t in (self._driver, self._flusher):
+            if t is not None:
+                t.cancel()
+        if self._tele_file is not None:
+            self._tele_file.close()
+            self._tele_file = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.cfg.max_body_bytes)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/telemetry", self._telemetry)
+        app.router.add_post("/admin/speed", self._speed)
+        app.on_startup.append(self._startup)
+        app.on_shutdown.append(self._shutdown)
+        with warnings.catch_warnings():  # a plain string key: app["engine_server"] is public
+            warnings.simplefilter("ignore", web.NotAppKeyWarning)
+            app["engine_server"] = self
+        return app
+
+    # ---- request handling --------------------------------------------------------------------
+    async def _read(self, request: web.Request) -> dict:
+        limit = self.cfg.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _BadRequest(413, f"request body exceeds {limit} bytes")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise _BadRequest(413, f"request body exceeds {limit} bytes") from None
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise _BadRequest(400, f"invalid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise _BadRequest(400, "request body must be a JSON object")
+        return body
+
+    def _admit(self, request: web.Request, body: dict, chat: bool) -> tuple[_Gen, str, str]:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest(400, "you must provide a model parameter", param="model")
+        if model not in self.models:
+            raise _BadRequest(404, f"The model `{model}` does not exist.", param="model")
+        n = body.get("n", 1)
+        if n != 1:
+            raise _BadRequest(400, "engine-sim supports n=1 only", param="n")
+        stream = body.get("stream") or False
+        if not isinstance(stream, bool):
+            raise _BadRequest(400, "stream must be a boolean", param="stream")
+        mt = body.get("max_tokens")
+        if mt is None and chat:
+            mt = body.get("max_completion_tokens")
+        if mt is None:
+            mt = self.cfg.default_max_tokens
+        if isinstance(mt, bool) or not isinstance(mt, int) or mt <= 0:
+            raise _BadRequest(
+                400, f"max_tokens must be at least 1, got {mt!r}.", param="max_tokens"
+            )
+        prompt = count_prompt_tokens(body, chat)
+        limit = self.cfg.max_model_len
+        if prompt + mt > limit:
+            raise _BadRequest(
+                400,
+                f"This model's maximum context length is {limit} tokens. "
+                f"However, you requested {prompt + mt} tokens ({prompt} in the "
+                f"messages, {mt} in the completion).",
+                param="max_tokens",
+            )
+        out, reason = mt, "length"
+        if self.cfg.eos_mean > 0 and not body.get("ignore_eos"):
+            natural = int(self._rng.geometric(1.0 / self.cfg.eos_mean))
+            if natural < mt:
+                out, reason = natural, "stop"
+        mn = body.get("min_tokens")
+        if isinstance(mn, int) and not isinstance(mn, bool) and mn > out:
+            out = min(mn, mt)
+            reason = "length" if out == mt else reason
+        if not self.engine.fits(prompt, out):
+            raise _BadRequest(
+                400, f"prompt of {prompt} tokens does not fit in the KV cache", param="prompt"
+            )
+        ttft, tpot, prio = _slo(request.headers, body, self.cfg.slo_ttft, self.cfg.slo_tpot)
+        r = SimRequest(next(self._ids), self.now(), prompt, out, ttft, tpot, prio)
+        g = _Gen(r, stream)
+        r.tag = g
+        kvp = body.get("kv_transfer_params")
+        if isinstance(kvp, dict) and kvp.get("do_remote_prefill") and prompt > 1:
+            # the prompt's KV is pulled from the prefill engine: only the last prompt position
+            # is computed here (for the first token), after the transfer
+            r.computed = prompt - 1
+            delay = (
+                prompt * self.engine.profile.model.kv_bytes_per_token / (self.cfg.kv_link_gbs * 1e9)
+            )
+            if self.scale > 0 and delay > 0:
+                asyncio.get_running_loop().call_later(delay * self.scale, self._arrive, r)
+                return g, model, reason
+        self.engine.enqueue(r, r.arrival)
+        self._wake.set()
+        return g, model, reason
+
+    def _arrive(self, r: SimRequest) -> None:
+        """A request whose KV transfer finished joins the engine's queue."""
+        self.engine.enqueue(r, self.now())
+        self._wake.set()
+
+    async def _wait(self, g: _Gen) -> None:
+        g.fut = asyncio.get_running_loop().create_future()
+        try:
+            await g.fut
+        finally:
+            g.fut = None
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        t0 = time.monotonic()
+        try:
+            body = await self._read(request)
+            g, model, reason = self._admit(request, body, chat)
+        except _BadRequest as e:
+            return e.response()
+        r = g.req
+        try:
+            if g.stream:
+                return await self._stream(request, g, model, reason, chat, body, t0)
+            while not g.done:
+                await self._wait(g)
+        except BaseException:
+            self._abort(g)
+            raise
+        self._finished(g, reason, t0, t0)
+        text = "".join(_TOK_TEXT[(r.id * 13 + j * 7) % len(_TOK_TEXT)] for j in range(r.output))
+        usage = {
+            "prompt_tokens": r.prompt,
+            "total_tokens": r.prompt + r.output,
+            "completion_tokens": r.output,
+            "prompt_tokens_details": None,
+        }
+        if chat:
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
+            }
+            obj, rid = "chat.completion", f"chatcmpl-{r.id}"
+        else:
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
+                "prompt_logprobs": None,
+            }
+            obj, rid = "text_completion", f"cmpl-{r.id}"
+        out = {
+            "id": rid,
+            "object": obj,
+            "created": self._created,
+            "model": model,
+            "choices": [choice],
+            "usage": usage,
+        }
+        kvp = body.get("kv_transfer_params")
+        if isinstance(kvp, dict) and kvp.get("do_remote_decode"):
+            # as vLLM's disaggregated-prefill connectors: where the decode engine finds the KV
+            host, port = (request.host.rsplit(":", 1) + ["0"])[:2]
+            out["kv_transfer_params"] = {
+                "do_remote_prefill": True,
+                "do_remote_decode": False,
+                "remote_engine_id": self.name,
+                "remote_host": host,
+                "remote_port": int(port),
+                "remote_block_ids": list(range(-(-r.prompt // self.engine.block_size))),
+            }
+        return web.Response(
+            body=json.dumps(out, separators=(",", ":")).encode(), content_type="application/json"
+        )
+
+    def _finished(self, g: _Gen, reason: str, t0: float, t_first: float) -> None:
+        r = g.req
+        now = time.monotonic()
+        self._m_prompt.inc(r.prompt)
+        self._m_gen.inc(r.output)
+        self._m_success_by[reason].inc()
+        self._m_e2e.observe(now - t0)
+        self._m_ttft.observe((t_first if g.stream else now) - t0)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        g: _Gen,
+        model: str,
+        reason: str,
+        chat: bool,
+        body: dict,
+        t0: float,
+    ) -> web.StreamResponse:
+        r = g.req
+        opts = body.get("stream_options")
+        usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
+        rid = f"chatcmpl-{r.id}" if chat else f"cmpl-{r.id}"
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        head = (
+            f'{{"id":"{rid}","object":"{obj}","created":{self._created},'
+            f'"model":{json.dumps(model)},"choices":['
+        )
+        if chat:
+            pre = ("data: " + head + '{"index":0,"delta":{"content":').encode()
+            mid = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+            last = ('},"logprobs":null,"finish_reason":"' + reason + '"}]}\n\n').encode()
+        else:
+            pre = ("data: " + head + '{"index":0,"text":').encode()
+            mid = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
+            last = (
+                ',"logprobs":null,"finish_reason":"' + reason + '","stop_reason":null}]}\n\n'
+            ).encode()
+        resp = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream; charset=utf-8",
+                "Cache-Control": "no-cache",
+            }
+        )
+        try:
+            await resp.prepare(request)
+            await self._stream_body(resp, g, reason, chat, usage, head, pre, mid, last, t0)
+        except ConnectionResetError:  # the client went away between cancellation checks
+            self._abort(g)
+        return resp
+
+    async def _stream_body(
+        self,
+        resp: web.StreamResponse,
+        g: _Gen,
+        reason: str,
+        chat: bool,
+        usage: bool,
+        head: str,
+        pre: bytes,
+        mid: bytes,
+        last: bytes,
+        t0: float,
+    ) -> None:
+        r = g.req
+        if chat:  # vLLM opens a chat stream with the assistant role right away
+            await resp.write(
+                (
+                    "data: " + head + '{"index":0,"delta":{"role":"assistant",'
+                    '"content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+                ).encode()
+            )
+        n_out = r.output
+        base = r.id * 13
+        nv = len(_TOK)
+        t_first = 0.0
+        while True:
+            gen = r.generated
+            if gen > g.seen:
+                if g.seen == 0:
+                    t_first = time.monotonic()
+                parts = []
+                for j in range(g.seen, gen):
+                    parts.append(pre)
+                    parts.append(_TOK[(base + j * 7) % nv])
+                    parts.append(last if j == n_out - 1 else mid)
+                g.seen = gen
+                await resp.write(b"".join(parts))
+            if g.done and g.seen >= n_out:
+                break
+            await self._wait(g)
+        if usage:
+            u = {
+                "prompt_tokens": r.prompt,
+                "total_tokens": r.prompt + n_out,
+                "completion_tokens": n_out,
+            }
+            await resp.write(("data: " + head + '],"usage":' + json.dumps(u) + "}\n\n").encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        self._finished(g, reason, t0, t_first)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=False)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, chat=True)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [
+            {
+                "id": m,
+                "object": "model",
+                "created": self._created,
+                "owned_by": "nexussched",
+                "root": m,
+                "parent": None,
+                "max_model_len": self.cfg.max_model_len,
+            }
+            for m in self.cfg.models
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(self.registry), headers={"Content-Type": PROM_CONTENT_TYPE}
+        )
+
+    async def _telemetry(self, request: web.Request) -> web.Response:
+        """Step records with index >= since (oldest kept first), as JSON lines.
+
+        Headers: X-Telemetry-Next is the `since` for the next call, X-Telemetry-Total the number
+        of steps so far, X-Telemetry-Dropped the records asked for that the buffer no longer
+        holds."""
+        try:
+            since = int(request.query.get("since", "0"))
+            limit = int(request.query.get("limit", "10000"))
+        except ValueError:
+            return _BadRequest(400, "since and limit must be integers").response()
+        total = self.telemetry_total
+        base = total - len(self._tele)
+        start = min(max(since, base, 0), total)
+        stop = min(total, start + max(0, limit))
+        recs = itertools.islice(self._tele, start - base, stop - base)
+        text = "".join(json.dumps(r.to_dict(), separators=(",", ":")) + "\n" for r in recs)
+        return web.Response(
+            text=text,
+            content_type="application/x-ndjson",
+            headers={
+                "X-Telemetry-Next": str(stop),
+                "X-Telemetry-Total": str(total),
+                "X-Telemetry-Dropped": str(max(0, base - since)),
+            },
+        )
+
+    async def _speed(self, request: web.Request) -> web.Response:
+        """Slow the engine down (factor > 1) or speed it up: schedulers must notice by learning."""
+        try:
+            body = await self._read(request)
+            f = float(body.get("factor"))
+            if not (f > 0 and math.isfinite(f)):
+                raise ValueError
+        except _BadRequest as e:
+            return e.response()
+        except (TypeError, ValueError):
+            return _BadRequest(400, "factor must be a positive number").response()
+        self.engine.set_speed(f)
+        return web.json_response({"speed": self.engine.profile.speed})
+
+
+def run_event_loop(coro) -> object:
+    """asyncio.run, on uvloop when it is installed (less CPU per event; NEXUSSCHED_NO_UVLOOP=1
+    turns it off)."""
+    if not os.environ.get("NEXUSSCHED_NO_UVLOOP"):
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(coro)
+    return asyncio.run(coro)
+
+
+def run_server(cfg: ServerConfig, host: str, port: int) -> int:
+    """Serve until SIGINT/SIGTERM; a port in use is a one-line ValueError."""
+    if not cfg.name:
+        cfg.name = f"{cfg.profile}-{port}"
+    server = EngineServer(cfg)
+
+    async def main() -> None:
+        runner = web.AppRunner(
+            server.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, backlog=4096)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        print(
+            f"engine-sim {server.name} ({cfg.profile}, time-scale {cfg.time_scale:g}) "
+            f"listening on http://{host}:{port}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    run_event_loop(main())
+    return 0

@@ -1,0 +1,149 @@
+"""In-process engine-sim servers and router replicas on free ports (one event loop), and an SSE
+client that counts what it receives, for the FastDeploy live-mode tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from nexussched.router.config import BackendSpec, RouterSettings
+from nexussched.router.modes import SchedulerParams
+from nexussched.router.service import create_app
+from nexussched.sim.server import EngineServer, ServerConfig
+
+MODEL = "sim-llama-3-8b"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Host:
+    """An aiohttp app served on 127.0.0.1:<free port>."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Host:
+        self.runner = web.AppRunner(
+            self.app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+async def engine(**kw) -> Host:
+    cfg = ServerConfig(**{"time_scale": 1.0, **kw})
+    return await Host(EngineServer(cfg).app()).start()
+
+
+async def router(backends: list[str], sched: SchedulerParams | None, **kw) -> Host:
+    specs = [BackendSpec(url=u, name=f"e{u.rsplit(':', 1)[1]}") for u in backends]
+    s = RouterSettings(
+        backends=specs,
+        mode=sched.name if sched else "policy",
+        mode_args={"params": sched} if sched else {},
+        health_interval=0.1,
+        scrape_interval=0.05,
+        **kw,
+    )
+    h = Host(create_app(s))
+    # the router binds its port before its dispatcher starts; give it its own address
+    s.port = h.port
+    return await h.start()
+
+
+def dispatcher(h: Host):
+    return h.app["router"].dispatcher
+
+
+async def wait_until(pred, timeout: float = 10.0, every: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = pred()
+        if asyncio.iscoroutine(r):
+            r = await r
+        if r:
+            return True
+        await asyncio.sleep(every)
+    return False
+
+
+@dataclass
+class Result:
+    status: int
+    tokens: list[str] = field(default_factory=list)  # streamed token texts, in order
+    done: bool = False  # saw [DONE]
+    body: dict | None = None
+    error: str | None = None
+
+
+async def complete(
+    session: aiohttp.ClientSession,
+    url: str,
+    max_tokens: int,
+    stream: bool = True,
+    prompt: str = "hello world " * 20,
+    timeout: float = 60.0,
+) -> Result:
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "ignore_eos": True,
+    }
+    try:
+        async with session.post(
+            url + "/v1/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as r:
+            if r.status != 200 or not stream:
+                data = await r.json(content_type=None)
+                res = Result(r.status, body=data)
+                if r.status == 200:
+                    res.tokens = [data["choices"][0]["text"]]
+                    res.done = True
+                return res
+            res = Result(200)
+            buf = ""
+            async for chunk in r.content.iter_any():
+                buf += chunk.decode()
+                while "\n\n" in buf:
+                    ev, buf = buf.split("\n\n", 1)
+                    data = ev.removeprefix("data: ").strip()
+                    if data == "[DONE]":
+                        res.done = True
+                        continue
+                    obj = json.loads(data)
+                    if "error" in obj:
+                        res.error = obj["error"]["message"]
+                        continue
+                    res.tokens.append(obj["choices"][0]["text"])
+            return res
+    except (TimeoutError, aiohttp.ClientError) as e:
+        return Result(0, error=f"{type(e).__name__}: {e}")
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
+    async with session.get(url) as r:
+        return await r.json(content_type=None)

@@ -1,0 +1,250 @@
+"""engine-sim as a real process, driven by the official openai client and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from nexussched.perfmodel.telemetry import StepRecord
+
+MODEL = "sim-llama-3-8b"
+SCALE = 0.1
+
+
+@pytest.fixture(scope="module")
+def engine(spawn_module, tmp_path_factory):
+    tele = tmp_path_factory.mktemp("tele") / "steps.jsonl"
+    e = spawn_module(
+        "engine-sim",
+        "--time-scale",
+        str(SCALE),
+        "--eos-mean",
+        "4",
+        "--max-model-len",
+        "4096",
+        "--telemetry-out",
+        str(tele),
+        "--name",
+        "sim-e",
+    )
+    e.telemetry_path = tele
+    return e
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    return openai.OpenAI(base_url=engine.url + "/v1", api_key="none", max_retries=0, timeout=30)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def get(url: str) -> tuple[int, str, dict]:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.read().decode(), dict(r.headers)
+
+
+def test_completion_counts_token_ids_and_honours_max_tokens(client):
+    r = client.completions.create(
+        model=MODEL, prompt=list(range(100, 150)), max_tokens=7, extra_body={"ignore_eos": True}
+    )
+    assert r.usage.prompt_tokens == 50
+    assert r.usage.completion_tokens == 7
+    assert r.choices[0].finish_reason == "length"
+    assert len(r.choices[0].text.split()) == 7
+    r = client.completions.create(
+        model=MODEL, prompt="abcd" * 25, max_tokens=3, extra_body={"ignore_eos": True}
+    )
+    assert r.usage.prompt_tokens == 25  # 100 characters / 4
+
+
+def test_eos_stops_early_unless_ignored(client):
+    natural = [
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=40) for _ in range(12)
+    ]
+    stopped = [r for r in natural if r.choices[0].finish_reason == "stop"]
+    assert stopped, "with --eos-mean 4 most requests should stop before 40 tokens"
+    assert all(r.usage.completion_tokens < 40 for r in stopped)
+    forced = client.completions.create(
+        model=MODEL, prompt="hi", max_tokens=40, extra_body={"ignore_eos": True}
+    )
+    assert forced.usage.completion_tokens == 40
+    assert forced.choices[0].finish_reason == "length"
+
+
+def test_streaming_completion_and_chat(client):
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=[1, 2, 3],
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+    )
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert len(texts) == 12 and all(texts)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens == 3
+
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hello there"}],
+        max_tokens=9,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = [c.choices[0].delta.content for c in chunks[1:] if c.choices[0].delta.content]
+    assert len(content) == 9
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+    r = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=5,
+        messages=[{"role": "user", "content": "x" * 40}],
+        extra_body={"ignore_eos": True},
+    )
+    assert r.usage.prompt_tokens == 10 + 4
+    assert r.usage.completion_tokens == 5 and r.choices[0].message.content
+
+
+def test_models_health_and_metrics_names(engine, client):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    assert get(engine.url + "/health")[0] == 200
+    text = get(engine.url + "/metrics")[1]
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:generation_tokens_total",
+        "vllm:time_to_first_token_seconds_bucket",
+    ):
+        assert name in text
+
+
+async def test_disconnect_aborts_the_request(engine):
+    before = get(engine.url + "/metrics")[1]
+    aborts0 = metric(before, "vllm:request_success_total", finished_reason="abort")
+    body = {
+        "model": MODEL,
+        "prompt": [5] * 64,
+        "max_tokens": 3000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with aiohttp.ClientSession() as s:
+        resp = await s.post(engine.url + "/v1/completions", json=body)
+        seen = 0
+        async for line in resp.content:
+            if line.startswith(b"data:"):
+                seen += 1
+                if seen == 3:
+                    break
+        text = get(engine.url + "/metrics")[1]
+        assert metric(text, "vllm:num_requests_running") == 1
+        assert metric(text, "vllm:kv_cache_usage_perc") > 0
+        resp.close()  # the client goes away mid-stream (3000 tokens take ~4 s at this scale)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            text = get(engine.url + "/metrics")[1]
+            if (
+                metric(text, "vllm:request_success_total", finished_reason="abort") > aborts0
+                and metric(text, "vllm:num_requests_running") == 0
+            ):
+                break
+            await asyncio.sleep(0.05)
+    assert metric(text, "vllm:request_success_total", finished_reason="abort") == aborts0 + 1
+    assert metric(text, "vllm:num_requests_running") == 0
+    assert metric(text, "vllm:kv_cache_usage_perc") == 0
+
+
+def test_telemetry_stream_and_pacing(engine, client):
+    _, _, h = get(engine.url + "/telemetry?since=0&limit=0")
+    start = int(h["X-Telemetry-Total"])
+    t = time.monotonic()
+    r = client.completions.create(
+        model=MODEL, prompt=list(range(300)), max_tokens=30, extra_body={"ignore_eos": True}
+    )
+    wall = time.monotonic() - t
+    assert r.usage.completion_tokens == 30
+    _, text, h = get(engine.url + f"/telemetry?since={start}")
+    recs = [StepRecord.from_dict(json.loads(line)) for line in text.splitlines()]
+    assert int(h["X-Telemetry-Next"]) == start + len(recs)
+    # one prefill step makes the first token, then one decode step per further token
+    assert len(recs) == 30
+    assert sum(rec.prefill_tokens for rec in recs) == 300
+    assert sum(rec.num_decodes for rec in recs) == 29
+    assert all(rec.engine == "sim-e" and rec.duration > 0 for rec in recs)
+    # real (scaled) time: the request cannot finish faster than its steps' scaled durations
+    assert wall >= SCALE * sum(rec.duration for rec in recs) * 0.95
+    # nothing new after the end
+    _, text, _ = get(engine.url + f"/telemetry?since={start + len(recs)}")
+    assert text == ""
+    # the file gets the same records (flushed every 0.5 s)
+    deadline = time.monotonic() + 3
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = Path(engine.telemetry_path).read_text().splitlines()
+        if len(lines) >= start + len(recs):
+            break
+        time.sleep(0.1)
+    assert len(lines) >= start + len(recs)
+    assert StepRecord.from_dict(json.loads(lines[start])) == recs[0]
+
+
+async def test_bad_input_gets_openai_errors(engine):
+    cases = [
+        (b"{not json", 400),
+        (json.dumps({"prompt": "x"}).encode(), 400),
+        (json.dumps({"model": "nope", "prompt": "x"}).encode(), 404),
+        (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 0}).encode(), 400),
+        (json.dumps({"model": MODEL, "prompt": "x", "max_tokens": -1}).encode(), 400),
+        (json.dumps({"model": MODEL, "prompt": [1] * 5000}).encode(), 400),
+        (json.dumps({"model": MODEL, "prompt": "x", "n": 2}).encode(), 400),
+        (json.dumps({"model": MODEL, "prompt": ["a", "b"]}).encode(), 400),
+        (json.dumps([1, 2]).encode(), 400),
+    ]
+    async with aiohttp.ClientSession() as s:
+        for raw, status in cases:
+            async with s.post(
+                engine.url + "/v1/completions",
+                data=raw,
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                assert r.status == status, raw
+                err = (await r.json())["error"]
+                assert err["message"] and "type" in err and "code" in err
+        async with s.post(
+            engine.url + "/v1/chat/completions", json={"model": MODEL, "messages": []}
+        ) as r:
+            assert r.status == 400
+
+
+def test_openai_client_raises_on_bad_input(client):
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="missing-model", prompt="x", max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="x", max_tokens=0)
+
+
+def test_no_tracebacks_in_server_log(engine):
+    assert "Traceback" not in engine.log_tail(100_000), engine.log_tail(5000)

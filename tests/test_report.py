@@ -1,0 +1,61 @@
+"""`nexussched report`: a tiny run of the scenario matrix writes report.md, results.json, PNGs."""
+
+from __future__ import annotations
+
+import json
+
+from nexussched.cli import main
+from nexussched.eval.report import compute_bars
+
+
+def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
+    out = tmp_path / "rep"
+    rc = main(
+        ["report", "--out", str(out), "--scenarios", "heterogeneous",
+         "--policies", "round_robin,prism,no_such_policy", "--requests-scale", "0.05",
+         "--bisect", "1", "--decisions", "300", "--workers", "1"]
+    )  # fmt: skip
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    assert "## Bars" in md and "## heterogeneous" in md and "prism+vllm_default" in md
+    assert "Skipped" in md and "no_such_policy" in md  # unknown policies are noted, not fatal
+    for png in ("goodput.png", "attainment_heterogeneous.png"):
+        assert (out / png).stat().st_size > 5000
+    res = json.loads((out / "results.json").read_text())
+    het = res["scenarios"]["heterogeneous"]
+    assert het["requests"] == 150
+    pairs = het["pairs"]
+    assert set(pairs) >= {"round_robin+vllm_default", "prism+vllm_default"}
+    base = pairs["round_robin+vllm_default"]["at_operating_point"]
+    assert 0.0 <= base["slo_attainment"] <= 1.0
+    assert res["decision_throughput"]["decisions_per_s"] > 0
+
+
+def _entry(att: dict[str, float], good: dict[str, float]) -> dict:
+    pairs = {}
+    for key, a in att.items():
+        p, e = key.split("+")
+        pairs[key] = {
+            "policy": p,
+            "engine_policy": e,
+            "at_operating_point": {"slo_attainment": a, "rate_rps": 10.0},
+            "goodput_rps": good.get(key, 0.0),
+        }
+    return {"pairs": pairs}
+
+
+def test_bars_compare_with_round_robin_and_the_best_other_baseline():
+    att = {
+        "round_robin+vllm_default": 0.6,
+        "least_load+vllm_default": 0.7,
+        "round_robin+lens": 0.9,
+        "prism+lens": 0.9,
+    }
+    good = {"round_robin+vllm_default": 2.0, "least_load+vllm_default": 4.0, "prism+lens": 6.0}
+    res = {"scenarios": {"heterogeneous": _entry(att, good), "azure-conv": _entry(att, good)}}
+    bars = compute_bars(res)
+    assert abs(bars["mean_gain_rr"] - 0.5) < 1e-9  # 0.9 / 0.6
+    assert abs(bars["mean_gain_best"] - (0.9 / 0.7 - 1)) < 1e-9  # vllm_default baselines only
+    assert abs(bars["mean_gain_best_any"]) < 1e-9  # round_robin+lens ties prism+lens
+    (row,) = bars["goodput_rows"]
+    assert row["x_rr"] == 3.0 and row["x_best"] == 1.5 and row["best_other"].startswith("least")
