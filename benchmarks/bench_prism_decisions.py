@@ -25,6 +25,7 @@ def main() -> None:
         f"{'engines':>8} {'decisions/s':>12} {'us/decision':>12} {'observe us':>11} "
         f"{'tick us':>8} {'held':>6}"
     )
+    decision_throughput(4, 1000)  # warm-up: first imports and first model fits
     for n in (int(x) for x in a.engines.split(",")):
         rate, obs_us, tick_us, held = decision_throughput(n, a.decisions)
         print(

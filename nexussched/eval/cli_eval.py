@@ -15,7 +15,6 @@ from ..perfmodel.telemetry import TelemetryLog
 from ..router.policies import POLICIES
 from ..sim import get_profile, parse_cluster
 from ..traces import Trace, head, load_trace
-from .plot import plot_attainment
 from .replay import SimSetup, simulate
 from .sweep import goodput_sweep
 from .table import format_table
@@ -224,6 +223,8 @@ def _finish(args: argparse.Namespace, runs: list[dict], out: Path) -> int:
         f"{args.trace} on {runs[0]['cluster'] if runs else ''}: TTFT<={args.slo_ttft}s, "
         f"TPOT<={args.slo_tpot}s"
     )
+    from .plot import plot_attainment  # matplotlib only when a plot is written
+
     png = plot_attainment(runs, out / "attainment.png", title=title)
     print(f"wrote {out / 'results.json'} and {png}")
     return 0

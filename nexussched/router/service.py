@@ -20,8 +20,6 @@ import itertools
 import json
 import logging
 import math
-import os
-import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,6 +28,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from ..aio import serve_app
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .errors import APIError, bad_request
@@ -827,45 +826,8 @@ def create_app(settings: RouterSettings, dispatcher: Dispatcher | None = None) -
     return app
 
 
-def run_event_loop(coro) -> object:
-    """asyncio.run, on uvloop when it is installed (less CPU per event; NEXUSSCHED_NO_UVLOOP=1
-    turns it off)."""
-    if not os.environ.get("NEXUSSCHED_NO_UVLOOP"):
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(coro)
-    return asyncio.run(coro)
-
-
 def run_app(
     app: web.Application, host: str, port: int, what: str, shutdown_timeout: float = 5.0
 ) -> int:
     """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
-
-    async def main() -> None:
-        runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=4096)
-        try:
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        print(f"{what} listening on http://{host}:{port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    run_event_loop(main())
-    return 0
+    return serve_app(app, host, port, what, shutdown_timeout)

@@ -21,8 +21,6 @@ import asyncio
 import itertools
 import json
 import math
-import os
-import signal
 import time
 import warnings
 from collections import deque
@@ -34,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..aio import serve_app
 from ..engine_sched import make_engine_policy
 from ..perfmodel.telemetry import StepRecord
 from .engine import EngineConfig, EngineSim
@@ -764,50 +763,10 @@ class EngineServer:
         return web.json_response({"speed": self.engine.profile.speed})
 
 
-def run_event_loop(coro) -> object:
-    """asyncio.run, on uvloop when it is installed (less CPU per event; NEXUSSCHED_NO_UVLOOP=1
-    turns it off)."""
-    if not os.environ.get("NEXUSSCHED_NO_UVLOOP"):
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(coro)
-    return asyncio.run(coro)
-
-
 def run_server(cfg: ServerConfig, host: str, port: int) -> int:
     """Serve until SIGINT/SIGTERM; a port in use is a one-line ValueError."""
     if not cfg.name:
         cfg.name = f"{cfg.profile}-{port}"
     server = EngineServer(cfg)
-
-    async def main() -> None:
-        runner = web.AppRunner(
-            server.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=4096)
-        try:
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        print(
-            f"engine-sim {server.name} ({cfg.profile}, time-scale {cfg.time_scale:g}) "
-            f"listening on http://{host}:{port}",
-            flush=True,
-        )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    run_event_loop(main())
-    return 0
+    banner = f"engine-sim {server.name} ({cfg.profile}, time-scale {cfg.time_scale:g})"
+    return serve_app(server.app(), host, port, banner, shutdown_timeout=1.0)
