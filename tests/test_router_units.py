@@ -191,3 +191,18 @@ def test_prompt_token_estimate():
         ]
     }
     assert estimate_prompt_tokens(CHAT, chat) == 10 + 4 + 2 + 4
+
+
+def test_stated_slos_are_forwarded_in_vllm_xargs_for_the_engine_plugin():
+    import json
+
+    from nexussched.router.service import with_slo_xargs
+    from nexussched.sim.server import _slo
+
+    body = {"model": "m", "prompt": "x", "vllm_xargs": {"other": 1, "slo_tpot": 0.02}}
+    fwd = json.loads(with_slo_xargs(body, 0.5, 0.05, 2))
+    # a value the client already put in vllm_xargs wins; the rest is filled in
+    assert fwd["vllm_xargs"] == {"other": 1, "slo_tpot": 0.02, "slo_ttft": 0.5, "priority": 2}
+    # the engine reads them back from vllm_xargs when the top level has none
+    assert _slo({}, {"model": "m", "vllm_xargs": fwd["vllm_xargs"]}, 2.0, 0.1) == (0.5, 0.02, 2)
+    assert _slo({}, {"model": "m"}, 2.0, 0.1) == (2.0, 0.1, 0)

@@ -104,6 +104,20 @@ def parse_slo(
     return ttft, tpot, prio
 
 
+def with_slo_xargs(body: dict, ttft: float, tpot: float, prio: int) -> bytes:
+    """The body to forward when a client stated SLOs: also put them in `vllm_xargs`.
+
+    vLLM ignores unknown top-level fields but hands `vllm_xargs` to the scheduler (as
+    SamplingParams.extra_args), which is where the LENS plug-in reads per-request SLOs.
+    """
+    xargs = dict(body.get("vllm_xargs") or {})
+    xargs.setdefault("slo_ttft", ttft)
+    xargs.setdefault("slo_tpot", tpot)
+    xargs.setdefault("priority", prio)
+    body["vllm_xargs"] = xargs
+    return json.dumps(body).encode()
+
+
 def _text_tokens(s: str) -> int:
     return (len(s) + 3) // 4  # ~4 characters per token; routing needs a size, not an exact count
 
@@ -770,6 +784,8 @@ class Router:
         )
         h = request.headers
         fwd = {k: h[k] for k in FORWARD_HEADERS if k in h}
+        if fwd.keys() - {"x-request-id"} or "slo_ttft" in body or "slo_tpot" in body:
+            raw = with_slo_xargs(body, ttft, tpot, prio)
         return ProxyCall(request, path, raw, body, info, stream, model, t0, fwd)
 
     async def _serve(self, request: web.Request, path: str) -> web.StreamResponse:

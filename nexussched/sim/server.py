@@ -160,6 +160,9 @@ def _slo(headers, body: dict, dttft: float, dtpot: float) -> tuple[float, float,
             return None
         return x if x > 0 and math.isfinite(x) else None
 
+    xargs = body.get("vllm_xargs")
+    if isinstance(xargs, dict):  # what a router forwards for vLLM's scheduler plug-in
+        body = {**xargs, **body}
     ttft = num(body.get("slo_ttft"))
     if ttft is None:
         h = num(headers.get("x-slo-ttft-ms"))
