@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 # simulated mixed cluster under every routing and engine policy; prints the SLO table, writes a plot.
 demo: $(STAMP)
 	$(VENV)/bin/nexussched eval --trace bundled --cluster a100:2,h100:1,l4:1 --policies all \
-		--engine-policy all --rate-scale 3 --out demo-out
+		--engine-policy all --rate-scale 5 --out demo-out
 
 redis:
 	@command -v redis-server >/dev/null 2>&1 || { \
