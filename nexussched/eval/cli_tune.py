@@ -66,10 +66,12 @@ def run_tune(args: argparse.Namespace) -> int:
     if epol not in ENGINE_POLICIES:
         raise ValueError(f"unknown engine policy {epol!r}; known: {', '.join(ENGINE_POLICIES)}")
     scales = _positive_floats(args.rate_scale, "--rate-scale")
+    train_slice = _slice(args.train, "--train")  # cheap checks before loading any trace
+    eval_slice = _slice(args.eval, "--eval")
     tr = resolve_trace(args.trace)
     ev = resolve_trace(args.eval_trace) if args.eval_trace else tr
-    train = slice_trace(tr, *_slice(args.train, "--train"))
-    evaluation = slice_trace(ev, *_slice(args.eval, "--eval"))
+    train = slice_trace(tr, *train_slice)
+    evaluation = slice_trace(ev, *eval_slice)
     if len(train) < 10 or len(evaluation) < 10:
         raise ValueError("the training and evaluation slices need at least 10 requests each")
     profiles = parse_cluster(args.cluster) if args.cluster else [get_profile("a100")] * args.engines

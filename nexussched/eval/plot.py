@@ -26,7 +26,17 @@ def plot_attainment(runs: list[dict], path: str | Path, title: str = "") -> Path
         ax.set_xlim(0, 1.0)
         ax.set_xlabel("SLO attainment (TTFT and TPOT met)")
         for i, v in enumerate(vals):
-            ax.text(min(v + 0.01, 0.93), i, f"{v:.1%}", va="center", fontsize=8)
+            inside = v > 0.85  # long bars carry their label inside, in white
+            x = v - 0.01 if inside else v + 0.01
+            ax.text(
+                x,
+                i,
+                f"{v:.1%}",
+                va="center",
+                fontsize=8,
+                ha="right" if inside else "left",
+                color="white" if inside else "black",
+            )
     else:
         for label, pts in sorted(series.items()):
             pts.sort()
