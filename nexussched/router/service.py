@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from ..aio import serve_app
+from ..tokens import message_tokens, text_tokens
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .errors import APIError, bad_request
@@ -118,32 +119,21 @@ def with_slo_xargs(body: dict, ttft: float, tpot: float, prio: int) -> bytes:
     return json.dumps(body).encode()
 
 
-def _text_tokens(s: str) -> int:
-    return (len(s) + 3) // 4  # ~4 characters per token; routing needs a size, not an exact count
-
-
 def estimate_prompt_tokens(path: str, body: dict) -> int:
     """Prompt size for routing: token-id lists are exact, text is ~4 characters per token."""
     if path == CHAT:
         n = 0
         for m in body["messages"]:
-            c = m.get("content")
-            if isinstance(c, str):
-                n += _text_tokens(c)
-            elif isinstance(c, list):
-                for part in c:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        n += _text_tokens(part["text"])
-            n += 4  # role and separators
+            n += message_tokens(m)
         return max(1, n)
     p = body["prompt"]
     if isinstance(p, str):
-        return max(1, _text_tokens(p))
+        return max(1, text_tokens(p))
     if isinstance(p[0], int):
         return len(p)  # token ids (the first element decides: no per-token work here)
     n = 0
     for x in p:
-        n += _text_tokens(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1
+        n += text_tokens(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1
     return max(1, n)
 
 

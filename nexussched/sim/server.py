@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from ..aio import serve_app
 from ..engine_sched import make_engine_policy
 from ..perfmodel.telemetry import StepRecord
+from ..tokens import message_tokens, text_tokens
 from .engine import EngineConfig, EngineSim
 from .hardware import get_profile
 from .request import SimRequest
@@ -115,10 +116,6 @@ class _BadRequest(Exception):
         )
 
 
-def _text_tokens(s: str) -> int:
-    return (len(s) + 3) // 4
-
-
 def count_prompt_tokens(body: dict, chat: bool) -> int:
     """The engine's deterministic tokenizer: ~4 characters per token; token ids count as given."""
     if chat:
@@ -129,20 +126,13 @@ def count_prompt_tokens(body: dict, chat: bool) -> int:
         for m in msgs:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise _BadRequest(400, "each message needs a role", param="messages")
-            c = m.get("content")
-            if isinstance(c, str):
-                n += _text_tokens(c)
-            elif isinstance(c, list):
-                for part in c:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        n += _text_tokens(part["text"])
-            n += 4
+            n += message_tokens(m)
         return max(1, n)
     p = body.get("prompt")
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
         p = p[0]  # a batch of one
     if isinstance(p, str):
-        return max(1, _text_tokens(p))
+        return max(1, text_tokens(p))
     if isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
         return len(p)
     if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str | list) for x in p):
