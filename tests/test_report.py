@@ -59,3 +59,17 @@ def test_bars_compare_with_round_robin_and_the_best_other_baseline():
     assert abs(bars["mean_gain_best_any"]) < 1e-9  # round_robin+lens ties prism+lens
     (row,) = bars["goodput_rows"]
     assert row["x_rr"] == 3.0 and row["x_best"] == 1.5 and row["best_other"].startswith("least")
+
+
+def test_report_gives_splitwise_its_best_prefill_decode_split(tmp_path, traces_dir):
+    out = tmp_path / "rep"
+    rc = main(
+        ["report", "--out", str(out), "--scenarios", "heterogeneous",
+         "--policies", "round_robin,splitwise", "--engine-policies", "vllm_default",
+         "--requests-scale", "0.05", "--bisect", "0", "--decisions", "0", "--workers", "1"]
+    )  # fmt: skip
+    assert rc == 0
+    sc = json.loads((out / "results.json").read_text())["scenarios"]["heterogeneous"]["scenario"]
+    k = sc["policy_kwargs"]["splitwise"]["prefill_nodes"]
+    assert k in (2, 4, 6)  # a quarter, half or three quarters of the 8 engines
+    assert f"{k} prefill nodes" in (out / "report.md").read_text()

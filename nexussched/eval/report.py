@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Scenario:
     slo_tpot: float  # s
     start: float  # first guess of the operating point's rate scale
     description: str
+    policy_kwargs: dict = field(default_factory=dict)  # per routing policy, chosen by the report
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -94,7 +95,8 @@ def _n_requests(sc: Scenario, scale: float) -> int:
 
 def run_point(sc: Scenario, n: int, policy: str, engine: str, scale: float, seed: int) -> dict:
     """Replay scenario `sc` (first n requests) at `scale` x its rate under one policy pair."""
-    setup = SimSetup(parse_cluster(sc.cluster), sc.slo_ttft, sc.slo_tpot, seed)
+    setup = SimSetup(parse_cluster(sc.cluster), sc.slo_ttft, sc.slo_tpot, seed,
+                     policy_kwargs=sc.policy_kwargs)  # fmt: skip
     s = simulate(_trace(sc.trace, n), setup, policy, engine, scale, trace_label=sc.name).summary
     s["scenario"] = sc.name
     return s
@@ -140,6 +142,38 @@ def _goodput_from(points: dict[float, dict]) -> tuple[float | None, float | None
     return lo, (min(above) if above else None)
 
 
+def _choose_splits(
+    cfg: ReportConfig, ns: dict, ops: dict, runner: _Runner, say: Callable[[str], None]
+) -> list[Scenario]:
+    """Give splitwise its best prefill:decode split per scenario, as a FastDeploy user would.
+
+    A fixed half/half split is prefill-bound on prompt-heavy traces and would make the baseline a
+    straw man: try a quarter, half and three quarters of the engines as prefill nodes at the
+    operating point (vLLM-default engines) and keep the best.
+    """
+    if "splitwise" not in cfg.routers:
+        return list(cfg.scenarios)
+    out = []
+    for sc in cfg.scenarios:
+        n = len(parse_cluster(sc.cluster))
+        splits = sorted({min(n - 1, max(1, round(n * f))) for f in (0.25, 0.5, 0.75)})
+        tasks = [
+            (replace(sc, policy_kwargs={**sc.policy_kwargs, "splitwise": {"prefill_nodes": k}}),
+             ns[sc.name], "splitwise", "vllm_default", ops[sc.name], cfg.seed)
+            for k in splits
+        ]  # fmt: skip
+        res = runner.map(tasks)
+        best = max(range(len(splits)), key=lambda i: res[i]["slo_attainment"])
+        say(
+            f"{sc.name}: splitwise prefill nodes "
+            + ", ".join(
+                f"{k}/{n} -> {r['slo_attainment']:.1%}" for k, r in zip(splits, res, strict=True)
+            )
+        )
+        out.append(tasks[best][0])
+    return out
+
+
 def run_matrix(cfg: ReportConfig) -> dict:
     """Run the whole matrix; returns a JSON-able dict of every run and the derived figures."""
     say = cfg.progress or (lambda m: None)
@@ -179,9 +213,10 @@ def run_matrix(cfg: ReportConfig) -> dict:
                 best = min(searches[sc.name],
                            key=lambda p: abs(p[1]["slo_attainment"] - TARGET))  # fmt: skip
                 ops[sc.name] = best[0]
+        scenarios = _choose_splits(cfg, ns, ops, runner, say)
         # 2. + 3. every pair on the grid around the operating point (the grid contains it)
         tasks = []
-        for sc in cfg.scenarios:
+        for sc in scenarios:
             for p, e in pairs:
                 for g in cfg.grid:
                     tasks.append((sc, ns[sc.name], p, e, ops[sc.name] * g, cfg.seed))
@@ -194,7 +229,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
         for _ in range(3):
             more = []
             for (name, p, e), P in pts.items():
-                sc = next(s for s in cfg.scenarios if s.name == name)
+                sc = next(s for s in scenarios if s.name == name)
                 lo, hi = _goodput_from(P)
                 if lo is None and min(P) > ops[name] / 64:
                     more.append((sc, ns[name], p, e, min(P) / 2.0, cfg.seed))
@@ -208,7 +243,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
         for i in range(cfg.bisect):
             more = []
             for (name, p, e), P in pts.items():
-                sc = next(s for s in cfg.scenarios if s.name == name)
+                sc = next(s for s in scenarios if s.name == name)
                 lo, hi = _goodput_from(P)
                 if lo is not None and hi is not None:
                     more.append((sc, ns[name], p, e, (lo * hi) ** 0.5, cfg.seed))
@@ -217,7 +252,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
             say(f"goodput bisection {i + 1}/{cfg.bisect}: {len(more)} runs")
             for t, r in zip(more, runner.map(more), strict=True):
                 pts[(t[0].name, t[2], t[3])][t[4]] = r
-        for sc in cfg.scenarios:
+        for sc in scenarios:
             op = ops[sc.name]
             entry: dict = {
                 "scenario": asdict(sc),
@@ -373,6 +408,11 @@ def _verdict(ok: bool | None) -> str:
     return "-" if ok is None else ("PASS" if ok else "FAIL")
 
 
+def _split_note(sc: dict) -> str:
+    k = sc.get("policy_kwargs", {}).get("splitwise", {}).get("prefill_nodes")
+    return f" Splitwise runs its best prefill:decode split here: {k} prefill nodes." if k else ""
+
+
 def write_report(res: dict, cfg: ReportConfig, decision: dict | None) -> Path:
     from .plot_report import plot_goodput, plot_scenario
 
@@ -509,7 +549,9 @@ def write_report(res: dict, cfg: ReportConfig, decision: dict | None) -> Path:
             f"{sc['slo_tpot']} s. Operating point: x{entry['operating_scale']:.3g} the trace's "
             f"rate = {_num(rate)} req/s (search: "
             + ", ".join(f"x{s['scale']:.3g} -> {s['slo_attainment']:.0%}" for s in entry["search"])
-            + ").\n"
+            + ")."
+            + _split_note(sc)
+            + "\n"
         )
         L.append(
             "| pair | SLO att | TTFT att | TPOT att | TTFT p50 | TTFT p99 | TPOT p50 | "
