@@ -22,17 +22,6 @@ from nexussched.router.policies import make_policy
 from nexussched.sim import ClusterSim, parse_cluster
 from nexussched.traces import Trace, load_trace, scale_rate
 
-COLS = (
-    "slo_attainment",
-    "ttft_attainment",
-    "tpot_attainment",
-    "ttft_p50",
-    "ttft_p90",
-    "tpot_p50",
-    "tpot_p90",
-    "throughput_rps",
-)
-
 
 def find_rate(
     trace: Trace, setup: SimSetup, router: str, lo: float, hi: float

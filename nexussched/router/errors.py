@@ -70,9 +70,3 @@ class APIError(Exception):
 
 def bad_request(message: str, code: str = "invalid_request", param: str | None = None) -> APIError:
     return APIError(400, message, code=code, param=param)
-
-
-def error_response(
-    status: int, message: str, code: str | None = None, type: str | None = None
-) -> web.Response:
-    return APIError(status, message, code=code, type=type).response()

@@ -24,13 +24,12 @@ from .request import SimRequest
 class SimEngineView:
     """An engine as a routing policy sees it (the same fields the live router scrapes)."""
 
-    __slots__ = ("engine", "name", "healthy", "profile_name", "sent")
+    __slots__ = ("engine", "name", "healthy", "sent")
 
     def __init__(self, engine: EngineSim) -> None:
         self.engine = engine
         self.name = engine.name
         self.healthy = True
-        self.profile_name = engine.profile.name
         self.sent = 0  # requests routed here and not finished (the router's in-flight count)
 
     @property
@@ -218,7 +217,6 @@ class ClusterSim:
         tick = routing.tick_interval
         if tick and n:
             self.add_timer(reqs[0].arrival + tick, self._tick_fn(tick))
-        done_count = 0
         last_report = 0
         while True:
             # skip stale engine events
@@ -239,7 +237,6 @@ class ClusterSim:
                     if self._split_output and r.id in self._split_output:
                         if self._handoff(r, idx, t_eng):
                             continue
-                    done_count += 1
                     routing.on_finish(r.id, idx, t_eng)
                 if routing.holds:
                     self._offer(idx, t_eng)

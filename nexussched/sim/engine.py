@@ -65,16 +65,6 @@ class NoiseStream:
         self._i += 1
         return v
 
-    def take(self, k: int) -> list[float]:
-        out: list[float] = []
-        while len(out) < k:
-            if self._i >= len(self._buf):
-                self._refill()
-            j = min(len(self._buf), self._i + k - len(out))
-            out.extend(self._buf[self._i : j])
-            self._i = j
-        return out
-
 
 class EngineSim:
     """One simulated engine on simulated time. The cluster drives it with start/finish calls."""
