@@ -21,11 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing as mp
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,54 +32,17 @@ import aiohttp  # noqa: E402
 import redis  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from nexussched.localproc import LocalRedis, free_port  # noqa: E402
 from nexussched.plane import Chunk, Plane, RedisAddress, lane_of, shard_of  # noqa: E402
 
 
 # ---- a throwaway redis-server -----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
+class RedisServer(LocalRedis):
     def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = tempfile.mkdtemp(prefix="nxs-bench-redis-")
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        r = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                r.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        super().__init__(prefix="nxs-bench-redis-")
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True)
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def commandstats(r: redis.Redis) -> dict[str, int]:

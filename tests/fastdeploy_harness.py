@@ -5,25 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
+from nexussched.localproc import free_port
 from nexussched.router.config import BackendSpec, RouterSettings
 from nexussched.router.modes import SchedulerParams
 from nexussched.router.service import create_app
 from nexussched.sim.server import EngineServer, ServerConfig
 
 MODEL = "sim-llama-3-8b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Host:

@@ -10,7 +10,8 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import free_ports
+
+from nexussched.localproc import free_ports
 
 MODEL = "sim-llama-3-8b"
 TOKENS = 400

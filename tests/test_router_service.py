@@ -11,7 +11,8 @@ import urllib.request
 import aiohttp
 import openai
 import pytest
-from conftest import free_ports
+
+from nexussched.localproc import free_ports
 
 MODEL = "sim-llama-3-8b"
 OTHER = "other-model"
