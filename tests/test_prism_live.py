@@ -60,7 +60,7 @@ async def test_live_prism_learns_each_engine_from_its_telemetry(spawn):
         await wait_healthy(server, 2)
         url = str(server.make_url("")).rstrip("/")
         async with aiohttp.ClientSession() as s:
-            for _ in range(5):  # waves of mixed work, so both engines run prefill and decodes
+            for _ in range(10):  # waves of mixed work, so both engines run prefill and decodes
                 codes = await asyncio.gather(
                     *(complete(s, url, 300 + 150 * k, 24) for k in range(12))
                 )
@@ -71,6 +71,7 @@ async def test_live_prism_learns_each_engine_from_its_telemetry(spawn):
         assert st[0]["steps_seen"] > 10 and st[1]["steps_seen"] > 10
         # what the two engines' own telemetry taught it: the l4 prefills far slower
         m0, m1 = policy.model(0), policy.model(1)
+        assert m0.fitted and m1.fitted  # both past the prior, learned from their own steps
         assert m1.predict_step(prefill_tokens=2000) > 1.5 * m0.predict_step(prefill_tokens=2000)
     finally:
         await server.close()
