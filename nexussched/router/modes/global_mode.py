@@ -659,10 +659,23 @@ class PlaneDispatcher(Dispatcher):
             w.name, w.role, w.shard, w.backend.url, self.replica, sum(v for v, _ in w.load.values())
         )
 
+    def _healthy_backends(self) -> set[int]:
+        return {i for i, b in enumerate(self.router.backends) if b.healthy}
+
     async def _registry_loop(self) -> None:
+        # A round every keepalive/3 s, and at once when a backend has come into rotation since
+        # the last round: an engine that starts after its router should not wait ~10 s to serve.
         every = self.params.keepalive / 3.0
+        last = time.monotonic()
+        seen = self._healthy_backends()
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(min(every, 0.5))
+            healthy = self._healthy_backends()
+            if time.monotonic() - last < every and healthy <= seen:
+                seen = healthy
+                continue
+            last = time.monotonic()
+            seen = healthy
             try:
                 await self._registry_round()
                 self.warn_loop.ok()
