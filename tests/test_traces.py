@@ -30,12 +30,10 @@ from nexussched.traces import (
     time_window,
     with_slo,
 )
+from nexussched.traces.loaders import PACKAGED_TRACES_DIR, known_trace_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
-needs_shared = pytest.mark.skipif(
-    not all((SHARED / f).is_file() for f in KNOWN_TRACES.values()),
-    reason=f"shared traces not found at {SHARED}",
-)
+# The copies shipped in the package: every test below runs with or without ../shared beside it.
+PACKAGED = PACKAGED_TRACES_DIR
 
 
 def _arrivals(trace: Trace) -> np.ndarray:
@@ -50,10 +48,9 @@ def _check_shape(trace: Trace) -> None:
     assert all(r.prompt_tokens >= 1 and r.output_tokens >= 1 for r in trace.requests)
 
 
-# ---------------------------------------------------------------------------- shared traces
+# ---------------------------------------------------------------------------- public traces
 
 
-@needs_shared
 @pytest.mark.parametrize(
     ("name", "rows", "prompt_mean", "output_mean"),
     [
@@ -62,8 +59,8 @@ def _check_shape(trace: Trace) -> None:
         ("mooncake-conv", 12031, 12035, 343),
     ],
 )
-def test_shared_traces_load_with_documented_shape(name, rows, prompt_mean, output_mean):
-    trace = load_trace(name, traces_dir=SHARED)
+def test_public_traces_load_with_documented_shape(name, rows, prompt_mean, output_mean):
+    trace = load_trace(name, traces_dir=PACKAGED)
     assert trace.name == name
     assert len(trace) == rows
     _check_shape(trace)
@@ -75,24 +72,79 @@ def test_shared_traces_load_with_documented_shape(name, rows, prompt_mean, outpu
     assert 3000 < stats["duration_s"] < 4000
 
 
-@needs_shared
 def test_default_traces_dir_is_found_from_env(monkeypatch):
-    monkeypatch.setenv("NEXUSSCHED_TRACES_DIR", str(SHARED))
+    monkeypatch.setenv("NEXUSSCHED_TRACES_DIR", str(PACKAGED))
     assert len(load_trace("azure-code")) == 8819
 
 
-@needs_shared
+def _tiny_azure(path: Path, rows: int) -> None:
+    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
+    lines += [f"2023-11-16 18:15:{i:02d}.0000000,{100 + i},{10 + i}" for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_lookup_order_flag_then_env_then_shared_then_package(tmp_path, monkeypatch):
+    flag, env, root = tmp_path / "flag", tmp_path / "env", tmp_path / "work"
+    for d in (flag, env, root / "shared" / "traces", root / "proj"):
+        d.mkdir(parents=True)
+    _tiny_azure(flag / "azure2023_conv.csv", 3)
+    _tiny_azure(env / "azure2023_conv.csv", 4)
+    _tiny_azure(root / "shared" / "traces" / "azure2023_conv.csv", 5)
+    monkeypatch.chdir(root / "proj")
+    monkeypatch.setenv("NEXUSSCHED_TRACES_DIR", str(env))
+    assert len(load_trace("azure-conv", traces_dir=flag)) == 3
+    assert len(load_trace("azure-conv")) == 4
+    monkeypatch.delenv("NEXUSSCHED_TRACES_DIR")
+    assert len(load_trace("azure-conv")) == 5
+    # a shared/traces without this trace falls through to the packaged copy
+    assert known_trace_file("azure-code").parent == PACKAGED
+    assert len(load_trace("azure-code")) == 8819
+    # a directory the user named must hold the trace: no silent fallback
+    with pytest.raises(FileNotFoundError, match="--traces-dir"):
+        load_trace("azure-code", traces_dir=flag)
+
+
+def test_compressed_trace_files_are_read(tmp_path):
+    import gzip
+    import lzma
+
+    _tiny_azure(tmp_path / "a.csv", 6)
+    raw = (tmp_path / "a.csv").read_bytes()
+    (tmp_path / "b.csv.xz").write_bytes(lzma.compress(raw))
+    (tmp_path / "c.csv.gz").write_bytes(gzip.compress(raw))
+    plain = [(r.arrival, r.prompt_tokens) for r in load_trace(str(tmp_path / "a.csv")).requests]
+    for f in ("b.csv.xz", "c.csv.gz"):
+        assert [
+            (r.arrival, r.prompt_tokens) for r in load_trace(str(tmp_path / f)).requests
+        ] == plain
+
+
+def test_bundled_is_the_head_of_the_packaged_azure_conv():
+    b, full = load_trace("bundled"), load_trace("azure-conv", traces_dir=PACKAGED)
+    assert len(b) == 3000 and b.name.startswith("bundled")
+    assert [r.prompt_tokens for r in b.requests] == [r.prompt_tokens for r in full.requests[:3000]]
+
+
+def test_packaged_traces_are_small_and_carry_their_licences():
+    files = {p.name: p.stat().st_size for p in PACKAGED.iterdir()}
+    for name in KNOWN_TRACES.values():
+        assert name + ".xz" in files
+    assert sum(files.values()) < 2_000_000
+    notes = (PACKAGED / "README.md").read_text()
+    assert "CC-BY 4.0" in notes and "Apache-2.0" in notes and "Splitwise" in notes
+    assert "Mooncake" in notes
+
+
 def test_mooncake_keeps_prefix_hashes_and_path_detection():
-    trace = load_trace(str(SHARED / "mooncake_conversation.jsonl"))
+    trace = load_trace(str(PACKAGED / "mooncake_conversation.jsonl.xz"))
     assert trace.requests[0].prefix_hashes[:3] == (0, 1, 2)
     # Each hash block covers 512 tokens, so the block count bounds the prompt.
     r = trace.requests[1]
     assert (len(r.prefix_hashes) - 1) * 512 < r.prompt_tokens <= len(r.prefix_hashes) * 512
 
 
-@needs_shared
 def test_azure_timestamps_keep_seven_digit_precision():
-    trace = load_trace(str(SHARED / "azure2023_code.csv"))
+    trace = load_trace(str(PACKAGED / "azure2023_code.csv.xz"))
     # Rows 1 and 2: 18:17:03.9799600 and 18:17:04.0319600.
     assert trace.requests[1].arrival == pytest.approx(0.052, abs=1e-9)
 
@@ -107,7 +159,7 @@ def test_unknown_trace_name_lists_known_names(tmp_path):
 
 
 def test_known_name_with_missing_dir_says_where(tmp_path):
-    with pytest.raises(FileNotFoundError, match="NEXUSSCHED_TRACES_DIR"):
+    with pytest.raises(FileNotFoundError, match=f"azure2023_conv.csv.* in {tmp_path}"):
         load_trace("azure-conv", traces_dir=tmp_path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,22 +14,16 @@ from ..perfmodel.telemetry import TelemetryLog
 from ..router.policies import POLICIES
 from ..sim import get_profile, parse_cluster
 from ..traces import Trace, head, load_trace
+from ..traces.cli_trace import TRACE_HELP, add_traces_dir_argument
+from ..traces.loaders import BUNDLED
 from .replay import SimSetup, simulate
 from .sweep import goodput_sweep
 from .table import format_table
 
-BUNDLED = "bundled"
 
-
-def resolve_trace(spec: str) -> Trace:
-    """A trace name, path or synthetic spec; `bundled` is the sample shipped in the package."""
-    if spec == BUNDLED:
-        path = resources.files("nexussched") / "data" / "azure_conv_sample.csv"
-        with resources.as_file(path) as p:
-            tr = load_trace(str(p))
-        tr.name = "bundled-azure-conv-3k"
-        return tr
-    return load_trace(spec)
+def resolve_trace(spec: str, traces_dir: str | None = None) -> Trace:
+    """A trace name, path or synthetic spec (see `load_trace`; `bundled` is the demo's sample)."""
+    return load_trace(spec, traces_dir)
 
 
 def _names(value: str, known: dict, what: str) -> list[str]:
@@ -68,9 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trace",
         default=BUNDLED,
-        help="azure-code | azure-conv | mooncake-conv | PATH | synthetic:NAME[,k=v] | "
-        "bundled (default)",
+        help=f"{TRACE_HELP} (default: %(default)s)",
     )
+    add_traces_dir_argument(p)
     p.add_argument("--head", type=int, default=None, help="use only the first N requests")
     p.add_argument("--engines", type=int, default=8, help="number of a100 engines (default 8)")
     p.add_argument("--cluster", default=None, help="mixed hardware, e.g. a100:4,h100:2,l4:2")
@@ -125,7 +118,7 @@ def _check(args: argparse.Namespace) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     _check(args)
-    trace = resolve_trace(args.trace)
+    trace = resolve_trace(args.trace, args.traces_dir)
     if args.head:
         trace = head(trace, args.head)
     if not trace.requests:

@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from ..traces.cli_trace import add_traces_dir_argument
 from .report import ENGINES, ROUTERS, SCENARIOS, ReportConfig, make_report
 
 
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="PRISM decision-throughput sample size (0: skip)",
     )
     p.add_argument("--seed", type=int, default=0)
+    add_traces_dir_argument(p)
     p.set_defaults(func=run_report)  # fmt: skip
 
 
@@ -82,6 +84,7 @@ def run_report(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         decisions=args.decisions,
+        traces_dir=args.traces_dir,
         progress=say,
     )
     cfg = replace(cfg)

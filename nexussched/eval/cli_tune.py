@@ -11,6 +11,7 @@ from pathlib import Path
 from ..engine_sched import ENGINE_POLICIES
 from ..sim import get_profile, parse_cluster
 from ..traces import slice_trace
+from ..traces.cli_trace import add_traces_dir_argument
 from .cli_eval import _positive_floats, resolve_trace
 from .tune import TuneSetup, tune
 
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", default="1500:3000", help="evaluation slice START:STOP of --trace")
     p.add_argument("--eval-trace", default=None,
                    help="take the evaluation slice from this trace instead")  # fmt: skip
+    add_traces_dir_argument(p)
     p.add_argument("--engines", type=int, default=8, help="number of a100 engines")
     p.add_argument("--cluster", default=None, help="mixed hardware, e.g. h100:2,a100:4,l4:2")
     p.add_argument(
@@ -68,8 +70,8 @@ def run_tune(args: argparse.Namespace) -> int:
     scales = _positive_floats(args.rate_scale, "--rate-scale")
     train_slice = _slice(args.train, "--train")  # cheap checks before loading any trace
     eval_slice = _slice(args.eval, "--eval")
-    tr = resolve_trace(args.trace)
-    ev = resolve_trace(args.eval_trace) if args.eval_trace else tr
+    tr = resolve_trace(args.trace, args.traces_dir)
+    ev = resolve_trace(args.eval_trace, args.traces_dir) if args.eval_trace else tr
     train = slice_trace(tr, *train_slice)
     evaluation = slice_trace(ev, *eval_slice)
     if len(train) < 10 or len(evaluation) < 10:

@@ -79,25 +79,29 @@ class ReportConfig:
     seed: int = 0
     decision_engines: int = 64
     decisions: int = 20000
+    traces_dir: str | None = None  # --traces-dir (None: the usual lookup, see load_trace)
     progress: Callable[[str], None] | None = None
     skipped: list[str] = field(default_factory=list)
 
 
 # ---- one simulation (runs in a worker process) ---------------------------------------------------
 @lru_cache(maxsize=8)
-def _trace(spec: str, n: int) -> Trace:
-    return head(load_trace(spec), n)
+def _trace(spec: str, n: int, traces_dir: str | None = None) -> Trace:
+    return head(load_trace(spec, traces_dir), n)
 
 
 def _n_requests(sc: Scenario, scale: float) -> int:
     return max(50, int(round(sc.requests * scale)))
 
 
-def run_point(sc: Scenario, n: int, policy: str, engine: str, scale: float, seed: int) -> dict:
+def run_point(sc: Scenario, n: int, policy: str, engine: str, scale: float, seed: int,
+              traces_dir: str | None = None) -> dict:  # fmt: skip
     """Replay scenario `sc` (first n requests) at `scale` x its rate under one policy pair."""
     setup = SimSetup(parse_cluster(sc.cluster), sc.slo_ttft, sc.slo_tpot, seed,
                      policy_kwargs=sc.policy_kwargs)  # fmt: skip
-    s = simulate(_trace(sc.trace, n), setup, policy, engine, scale, trace_label=sc.name).summary
+    s = simulate(
+        _trace(sc.trace, n, traces_dir), setup, policy, engine, scale, trace_label=sc.name
+    ).summary
     s["scenario"] = sc.name
     return s
 
@@ -159,7 +163,7 @@ def _choose_splits(
         splits = sorted({min(n - 1, max(1, round(n * f))) for f in (0.25, 0.5, 0.75)})
         tasks = [
             (replace(sc, policy_kwargs={**sc.policy_kwargs, "splitwise": {"prefill_nodes": k}}),
-             ns[sc.name], "splitwise", "vllm_default", ops[sc.name], cfg.seed)
+             ns[sc.name], "splitwise", "vllm_default", ops[sc.name], cfg.seed, cfg.traces_dir)
             for k in splits
         ]  # fmt: skip
         res = runner.map(tasks)
@@ -191,7 +195,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
             todo = [sc for sc in cfg.scenarios if sc.name not in ops]
             if not todo:
                 break
-            res = runner.map([(sc, ns[sc.name], *BASELINE, state[sc.name][2], cfg.seed)
+            res = runner.map([(sc, ns[sc.name], *BASELINE, state[sc.name][2], cfg.seed, cfg.traces_dir)
                               for sc in todo])  # fmt: skip
             for sc, r in zip(todo, res, strict=True):
                 lo, hi, s = state[sc.name]
@@ -219,7 +223,9 @@ def run_matrix(cfg: ReportConfig) -> dict:
         for sc in scenarios:
             for p, e in pairs:
                 for g in cfg.grid:
-                    tasks.append((sc, ns[sc.name], p, e, ops[sc.name] * g, cfg.seed))
+                    tasks.append(
+                        (sc, ns[sc.name], p, e, ops[sc.name] * g, cfg.seed, cfg.traces_dir)
+                    )
         say(f"grid: {len(tasks)} runs")
         results = runner.map(tasks)
         pts: dict[tuple[str, str, str], dict[float, dict]] = {}
@@ -232,9 +238,9 @@ def run_matrix(cfg: ReportConfig) -> dict:
                 sc = next(s for s in scenarios if s.name == name)
                 lo, hi = _goodput_from(P)
                 if lo is None and min(P) > ops[name] / 64:
-                    more.append((sc, ns[name], p, e, min(P) / 2.0, cfg.seed))
+                    more.append((sc, ns[name], p, e, min(P) / 2.0, cfg.seed, cfg.traces_dir))
                 elif hi is None and max(P) < ops[name] * 8:
-                    more.append((sc, ns[name], p, e, max(P) * 2.0, cfg.seed))
+                    more.append((sc, ns[name], p, e, max(P) * 2.0, cfg.seed, cfg.traces_dir))
             if not more:
                 break
             say(f"goodput brackets: {len(more)} runs")
@@ -246,7 +252,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
                 sc = next(s for s in scenarios if s.name == name)
                 lo, hi = _goodput_from(P)
                 if lo is not None and hi is not None:
-                    more.append((sc, ns[name], p, e, (lo * hi) ** 0.5, cfg.seed))
+                    more.append((sc, ns[name], p, e, (lo * hi) ** 0.5, cfg.seed, cfg.traces_dir))
             if not more:
                 break
             say(f"goodput bisection {i + 1}/{cfg.bisect}: {len(more)} runs")

@@ -15,6 +15,7 @@ import csv
 import gzip
 import io
 import json
+import lzma
 import math
 import os
 import re
@@ -24,16 +25,27 @@ from pathlib import Path
 
 from .errors import TraceError
 from .synthetic import SCENARIOS, SYNTHETIC_PREFIX, synthetic_from_spec
+from .transform import head
 from .types import Trace, TraceRequest
 
 TRACES_DIR_ENV = "NEXUSSCHED_TRACES_DIR"
 
-#: Short names for the trace files shipped in the shared traces directory.
+#: Short names for the public traces: the file in a traces directory (plain, .xz or .gz), also
+#: shipped xz-compressed in the package (nexussched/data/traces, with their licences).
 KNOWN_TRACES: dict[str, str] = {
     "azure-code": "azure2023_code.csv",
     "azure-conv": "azure2023_conv.csv",
     "mooncake-conv": "mooncake_conversation.jsonl",
 }
+
+#: `bundled`: the first BUNDLED_REQUESTS requests of the packaged azure-conv (the demo's default).
+BUNDLED = "bundled"
+BUNDLED_REQUESTS = 3000
+
+#: Where the packaged copies live (a data folder, not a module: this imports nothing of ours).
+PACKAGED_TRACES_DIR = Path(__file__).resolve().parents[1] / "data" / "traces"
+
+_COMPRESSED = (".xz", ".gz")
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BURSTGPT_COLUMNS = ("Timestamp", "Request tokens", "Response tokens")
@@ -102,6 +114,8 @@ def _open_text(path: Path) -> io.TextIOBase:
     # utf-8-sig drops the BOM spreadsheet exports put before the header.
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
     return open(path, encoding="utf-8-sig", newline="")
 
 
@@ -304,7 +318,7 @@ def load_mooncake(path: str | os.PathLike[str]) -> Trace:
 def detect_format(path: str | os.PathLike[str]) -> str:
     """'mooncake', 'azure' or 'burstgpt', from the extension and the header line."""
     path = Path(path)
-    suffixes = [s for s in path.suffixes if s != ".gz"]
+    suffixes = [s for s in path.suffixes if s not in _COMPRESSED]
     if suffixes and suffixes[-1] in (".jsonl", ".json"):
         return "mooncake"
     with _open_text(path) as f:
@@ -347,34 +361,67 @@ def default_traces_dir() -> Path | None:
     return None
 
 
+def _in_dir(directory: Path, filename: str) -> Path | None:
+    for name in (filename, *(filename + z for z in _COMPRESSED)):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def known_trace_file(name: str, traces_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The file behind a short trace name. Order: `traces_dir` (a directory the user named: the
+    file must be there), $NEXUSSCHED_TRACES_DIR (likewise), a `shared/traces` found above the cwd
+    or the package, then the copy shipped in the package."""
+    filename = KNOWN_TRACES[name]
+    explicit = traces_dir if traces_dir is not None else os.environ.get(TRACES_DIR_ENV) or None
+    if explicit is not None:
+        directory = Path(explicit).expanduser()
+        found = _in_dir(directory, filename)
+        if found is None:
+            via = "--traces-dir" if traces_dir is not None else TRACES_DIR_ENV
+            raise FileNotFoundError(
+                f"trace {name!r}: no {filename}[.xz|.gz] in {directory} (from {via}); "
+                f"without it the copy shipped in the package is used"
+            )
+        return found
+    shared = default_traces_dir()
+    found = _in_dir(shared, filename) if shared is not None else None
+    if found is None:
+        found = _in_dir(PACKAGED_TRACES_DIR, filename)
+    if found is None:  # a broken install: the package data was left out
+        raise FileNotFoundError(
+            f"trace {name!r}: not in the package ({PACKAGED_TRACES_DIR}) and no shared/traces "
+            f"found; set {TRACES_DIR_ENV} to a directory holding {filename}"
+        )
+    return found
+
+
 def _known_names() -> str:
     return (
-        f"known traces: {', '.join(KNOWN_TRACES)}; or a .csv/.jsonl path; "
+        f"known traces: {', '.join(KNOWN_TRACES)}, {BUNDLED}; or a .csv/.jsonl path; "
         f"or {SYNTHETIC_PREFIX}NAME[,key=value...] with NAME in {', '.join(SCENARIOS)}"
     )
 
 
 def load_trace(spec: str, traces_dir: str | os.PathLike[str] | None = None) -> Trace:
-    """Load a trace by short name (see KNOWN_TRACES), file path, or `synthetic:` spec."""
+    """Load a trace by short name (see KNOWN_TRACES, and `bundled`), file path, or `synthetic:`
+    spec. Short names resolve as in `known_trace_file`."""
     spec = spec.strip()
     if spec.startswith(SYNTHETIC_PREFIX):
         return synthetic_from_spec(spec)
+    if spec == BUNDLED:
+        # Always the packaged copy, so the demo's numbers do not depend on what lies beside it.
+        full = load_path(PACKAGED_TRACES_DIR / (KNOWN_TRACES["azure-conv"] + ".xz"))
+        trace = head(full, BUNDLED_REQUESTS)
+        trace.name = "bundled-azure-conv-3k"
+        return trace
     if spec in KNOWN_TRACES:
-        directory = Path(traces_dir) if traces_dir is not None else default_traces_dir()
-        if directory is None:
-            raise FileNotFoundError(
-                f"trace {spec!r} lives in the shared traces directory, which was not found; "
-                f"set {TRACES_DIR_ENV} or pass traces_dir"
-            )
-        file = directory / KNOWN_TRACES[spec]
-        if not file.is_file():
-            raise FileNotFoundError(f"trace {spec!r}: no file {file} (set {TRACES_DIR_ENV})")
-        trace = load_path(file)
+        trace = load_path(known_trace_file(spec, traces_dir))
         trace.name = spec
         return trace
     path = Path(spec).expanduser()
     if path.exists():
         return load_path(path)
-    if "/" in spec or os.sep in spec or path.suffix in (".csv", ".jsonl", ".json", ".gz"):
+    if "/" in spec or os.sep in spec or path.suffix in (".csv", ".jsonl", ".json", *_COMPRESSED):
         raise FileNotFoundError(f"trace file not found: {spec}")
     raise ValueError(f"unknown trace {spec!r}; {_known_names()}")
