@@ -75,9 +75,9 @@ async def ops_per_request(n: int, max_tokens: int, time_scale: float, stream: bo
     from redis.asyncio.client import Pipeline
     from redis.asyncio.client import Redis as AsyncRedis
 
+    from nexussched.router.compose import create_app
     from nexussched.router.config import BackendSpec, RouterSettings
     from nexussched.router.modes import SchedulerParams
-    from nexussched.router.service import create_app
     from nexussched.sim.server import EngineServer, ServerConfig
 
     trips: Counter = Counter()

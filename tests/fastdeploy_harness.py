@@ -12,9 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from nexussched.localproc import free_port
+from nexussched.router.compose import create_app
 from nexussched.router.config import BackendSpec, RouterSettings
 from nexussched.router.modes import SchedulerParams
-from nexussched.router.service import create_app
 from nexussched.sim.server import EngineServer, ServerConfig
 
 MODEL = "sim-llama-3-8b"

@@ -10,11 +10,11 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestServer
 
 from nexussched.eval.live_replicas import replay_replicas
+from nexussched.router.compose import create_app
 from nexussched.router.config import RouterSettings, backend_from_url
 from nexussched.router.policies import Prism
 from nexussched.router.prism_live import PrismDispatcher
 from nexussched.router.prism_share import clock_key, model_key, share_key
-from nexussched.router.service import create_app
 from nexussched.traces import Trace, TraceRequest
 
 MODEL = "sim-llama-3-8b"

@@ -14,9 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from nexussched.router.compose import create_app
 from nexussched.router.config import RouterSettings, backend_from_url
+from nexussched.router.dispatch import Dispatcher, ProxyCall
 from nexussched.router.policies import Move, RoutingPolicy
-from nexussched.router.service import Dispatcher, PolicyDispatcher, ProxyCall, create_app
+from nexussched.router.policy_dispatch import PolicyDispatcher
 
 MODEL = "sim-llama-3-8b"
 

@@ -17,7 +17,7 @@ from nexussched.router.config import (
 )
 from nexussched.router.errors import APIError
 from nexussched.router.policies import EngineView, LeastLoad, RequestInfo
-from nexussched.router.service import (
+from nexussched.router.requests import (
     CHAT,
     COMPLETIONS,
     estimate_prompt_tokens,
@@ -196,7 +196,7 @@ def test_prompt_token_estimate():
 def test_stated_slos_are_forwarded_in_vllm_xargs_for_the_engine_plugin():
     import json
 
-    from nexussched.router.service import with_slo_xargs
+    from nexussched.router.requests import with_slo_xargs
     from nexussched.sim.server import _slo
 
     body = {"model": "m", "prompt": "x", "vllm_xargs": {"other": 1, "slo_tpot": 0.02}}

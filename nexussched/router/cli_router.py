@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         default="policy",
-        help="placement mode (nexussched.router.service.MODES); 'policy' routes with --policy",
+        help="placement mode (nexussched.router.compose.MODES); 'policy' routes with --policy",
     )
     p.add_argument("--mode-arg", action="append", metavar="KEY=VALUE")
     p.add_argument(
@@ -112,7 +112,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .service import create_app, run_app  # aiohttp only when serving
+    from .compose import create_app, run_app  # aiohttp only when serving
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = settings_from_args(args)

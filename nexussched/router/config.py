@@ -154,7 +154,7 @@ class RouterSettings:
     port: int = 8000
     policy: str = "least_load"
     policy_args: dict = field(default_factory=dict)
-    mode: str = "policy"  # how requests are placed: see service.MODES
+    mode: str = "policy"  # how requests are placed: see compose.MODES
     mode_args: dict = field(default_factory=dict)
     api_key: str | None = None  # clients must send `Authorization: Bearer <key>`
     max_body_bytes: int = 16 * 2**20

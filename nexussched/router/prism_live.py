@@ -18,8 +18,8 @@ import os
 import zlib
 
 from .policies import make_policy
+from .policy_dispatch import PolicyDispatcher
 from .prism_share import PrismShare
-from .service import PolicyDispatcher
 from .telemetry_feed import TelemetryFeed
 
 log = logging.getLogger("nexussched.router")

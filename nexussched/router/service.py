@@ -1,9 +1,9 @@
-"""The live router: an aiohttp service proxying the OpenAI API to a set of engine backends.
+"""The live router's HTTP service: an aiohttp app proxying the OpenAI API to engine backends.
 
-Request path: parse and validate the body (OpenAI-style 4xx on bad input), build a RequestInfo (with
-per-request SLOs from headers or body), hand a ProxyCall to the dispatcher, which picks a backend
-and relays the answer. The default dispatcher asks a RoutingPolicy (the same objects the simulator
-runs); other placement modes plug in as Dispatcher subclasses through `MODES`.
+Request path: parse and validate the body (router/requests.py; OpenAI-style 4xx on bad input),
+build a RequestInfo (with per-request SLOs from headers or body), hand a ProxyCall to the
+dispatcher (router/dispatch.py is the interface; router/compose.py picks the dispatcher from
+settings), which picks a backend and calls back into the Router's primitives to relay the answer.
 
 Failure handling: a backend that refuses connections is taken out of rotation at once; a request
 that has not yet received a response byte is retried once on another backend; a stream that breaks
@@ -14,482 +14,40 @@ the request on the engine.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import itertools
 import json
 import logging
-import math
 import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
 
-from ..aio import serve_app
-from ..tokens import message_tokens, text_tokens
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
+from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, Upstream
 from .errors import APIError, bad_request
-from .policies import NoEngineAvailable, RequestInfo, RoutingPolicy, make_policy
+from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
+from .requests import (
+    CHAT,
+    COMPLETIONS,
+    FORWARD_HEADERS,
+    estimate_prompt_tokens,
+    parse_slo,
+    validate_body,
+    with_slo_xargs,
+)
 
 log = logging.getLogger("nexussched.router")
-
-SLO_TTFT_HEADER = "x-slo-ttft-ms"
-SLO_TPOT_HEADER = "x-slo-tpot-ms"
-PRIORITY_HEADER = "x-priority"
-# request headers passed on to the engine (an engine-side planner reads the SLO ones)
-FORWARD_HEADERS = (SLO_TTFT_HEADER, SLO_TPOT_HEADER, PRIORITY_HEADER, "x-request-id")
-
-COMPLETIONS = "/v1/completions"
-CHAT = "/v1/chat/completions"
-
-
-# ---- request parsing (pure) ------------------------------------------------------------------
-def _positive(v: object, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or not math.isfinite(v):
-        raise bad_request(
-            f"{what} must be a positive number, got {v!r}", code="invalid_value", param=what
-        )
-    return float(v)
-
-
-def _header_num(headers, name: str) -> float | None:
-    v = headers.get(name)
-    if v is None:
-        return None
-    try:
-        x = float(v)
-    except ValueError:
-        raise bad_request(
-            f"header {name} must be a number, got {v!r}", code="invalid_value"
-        ) from None
-    return _positive(x, name)
-
-
-def parse_slo(
-    headers, body: dict, default_ttft: float, default_tpot: float
-) -> tuple[float, float, int]:
-    """(slo_ttft s, slo_tpot s, priority) of a request.
-
-    Headers `x-slo-ttft-ms` / `x-slo-tpot-ms` are milliseconds; body fields `slo_ttft` / `slo_tpot`
-    are seconds (as in RequestInfo and traces) and take precedence; `priority` likewise (int).
-    """
-    ttft = _header_num(headers, SLO_TTFT_HEADER)
-    tpot = _header_num(headers, SLO_TPOT_HEADER)
-    ttft = ttft / 1000.0 if ttft is not None else default_ttft
-    tpot = tpot / 1000.0 if tpot is not None else default_tpot
-    if body.get("slo_ttft") is not None:
-        ttft = _positive(body["slo_ttft"], "slo_ttft")
-    if body.get("slo_tpot") is not None:
-        tpot = _positive(body["slo_tpot"], "slo_tpot")
-    prio: object = body.get("priority")
-    if prio is None:
-        h = headers.get(PRIORITY_HEADER)
-        if h is not None:
-            try:
-                prio = int(h)
-            except ValueError:
-                raise bad_request(
-                    f"header {PRIORITY_HEADER} must be an integer, got {h!r}", code="invalid_value"
-                ) from None
-    if prio is None:
-        prio = 0
-    if isinstance(prio, bool) or not isinstance(prio, int):
-        raise bad_request(
-            f"priority must be an integer, got {prio!r}", code="invalid_value", param="priority"
-        )
-    return ttft, tpot, prio
-
-
-def with_slo_xargs(body: dict, ttft: float, tpot: float, prio: int) -> bytes:
-    """The body to forward when a client stated SLOs: also put them in `vllm_xargs`.
-
-    vLLM ignores unknown top-level fields but hands `vllm_xargs` to the scheduler (as
-    SamplingParams.extra_args), which is where the LENS plug-in reads per-request SLOs.
-    """
-    xargs = dict(body.get("vllm_xargs") or {})
-    xargs.setdefault("slo_ttft", ttft)
-    xargs.setdefault("slo_tpot", tpot)
-    xargs.setdefault("priority", prio)
-    body["vllm_xargs"] = xargs
-    return json.dumps(body).encode()
-
-
-def estimate_prompt_tokens(path: str, body: dict) -> int:
-    """Prompt size for routing: token-id lists are exact, text is ~4 characters per token."""
-    if path == CHAT:
-        n = 0
-        for m in body["messages"]:
-            n += message_tokens(m)
-        return max(1, n)
-    p = body["prompt"]
-    if isinstance(p, str):
-        return max(1, text_tokens(p))
-    if isinstance(p[0], int):
-        return len(p)  # token ids (the first element decides: no per-token work here)
-    n = 0
-    for x in p:
-        n += text_tokens(x) if isinstance(x, str) else len(x) if isinstance(x, list) else 1
-    return max(1, n)
-
-
-def validate_body(path: str, body: object) -> tuple[str, bool, int | None]:
-    """Check the fields the router relies on; returns (model, stream, max_tokens or None)."""
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise bad_request(
-            "you must provide a model parameter", code="missing_required_parameter", param="model"
-        )
-    if not isinstance(model, str) or not model:
-        raise bad_request("model must be a non-empty string", code="invalid_value", param="model")
-    stream = body.get("stream")
-    if stream is None:
-        stream = False
-    elif not isinstance(stream, bool):
-        raise bad_request("stream must be true or false", code="invalid_value", param="stream")
-    max_tokens = None
-    for key in ("max_tokens", "max_completion_tokens"):
-        v = body.get(key)
-        if v is None:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-            raise bad_request(
-                f"{key} must be a positive integer, got {v!r}", code="invalid_value", param=key
-            )
-        max_tokens = v
-    if path == CHAT:
-        msgs = body.get("messages")
-        if msgs is None:
-            raise bad_request(
-                "you must provide a messages parameter",
-                code="missing_required_parameter",
-                param="messages",
-            )
-        if (
-            not isinstance(msgs, list)
-            or not msgs
-            or not all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in msgs)
-        ):
-            raise bad_request(
-                "messages must be a non-empty list of {role, content} objects",
-                code="invalid_value",
-                param="messages",
-            )
-    else:
-        p = body.get("prompt")
-        if p is None:
-            raise bad_request(
-                "you must provide a prompt parameter",
-                code="missing_required_parameter",
-                param="prompt",
-            )
-        # the first element decides the kind (token ids, texts, id lists); the engine checks the rest
-        ok = isinstance(p, str) or (
-            isinstance(p, list)
-            and p
-            and not isinstance(p[0], bool)
-            and isinstance(p[0], int | str | list)
-        )
-        if not ok:
-            raise bad_request(
-                "prompt must be a string, a list of strings or a list of token ids",
-                code="invalid_value",
-                param="prompt",
-            )
-    return model, stream, max_tokens
-
-
-# ---- the dispatch hook -----------------------------------------------------------------------
-@dataclass(slots=True)
-class ProxyCall:
-    """One client request, parsed: what a dispatcher needs to place and forward it."""
-
-    request: web.Request
-    path: str  # /v1/completions or /v1/chat/completions
-    raw: bytes  # the body as received (forwarded unchanged)
-    body: dict
-    info: RequestInfo
-    stream: bool
-    model: str
-    t0: float  # receipt, time.monotonic()
-    forward_headers: dict = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class Upstream:
-    """An upstream response whose first body bytes (or whole body, when not streaming) arrived."""
-
-    resp: aiohttp.ClientResponse
-    first: bytes
-    idx: int
-
-
-class BackendFailed(Exception):
-    """The backend failed before sending a response byte: the request may go elsewhere."""
-
-    def __init__(self, idx: int, reason: str, refused: bool = False) -> None:
-        super().__init__(reason)
-        self.idx = idx
-        self.reason = reason
-        self.refused = refused  # connection refused/unreachable: definitely down
-
-
-class Dispatcher:
-    """How the router places requests. Subclass for other modes (e.g. FastDeploy's local, global
-    and splitwise schedulers) and register a factory in MODES; use the Router's primitives:
-    `views_for`, `open_upstream` (raises BackendFailed), `relay`, `backend_failed`."""
-
-    router: Router
-
-    async def start(self, router: Router) -> None:
-        self.router = router
-
-    async def close(self) -> None:
-        return None
-
-    async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
-        raise NotImplementedError
-
-
-class _Masked:
-    """An engine view with `healthy` forced off (backend not serving the model, or already tried)."""
-
-    __slots__ = ("_b", "_ok")
-
-    def __init__(self, b: Backend, ok: bool) -> None:
-        self._b = b
-        self._ok = ok
-
-    @property
-    def healthy(self) -> bool:
-        return self._ok and self._b.healthy
-
-    def __getattr__(self, name: str):
-        return getattr(self._b, name)
-
-
-@dataclass(slots=True)
-class _Flight:
-    """A request between dispatch and first byte, for policies that re-bind (tick() -> Moves)."""
-
-    idx: int
-    task: asyncio.Task | None = None
-    move_to: int | None = None
-
-
-class PolicyDispatcher(Dispatcher):
-    """Default mode: the policy picks a backend; the request is proxied there.
-
-    Supports the whole RoutingPolicy contract: a policy that `holds` returns None from route() and
-    hands requests out through pull(idx); one with a `tick_interval` may return Moves, applied to
-    requests that have not yet received a byte (the upstream attempt is cancelled and re-sent).
-    """
-
-    def __init__(self, policy: RoutingPolicy) -> None:
-        self.policy = policy
-        self._held: dict[object, asyncio.Future] = {}
-        self._flights: dict[object, _Flight] = {}
-        self._tasks: list[asyncio.Task] = []
-
-    @classmethod
-    def from_settings(cls, settings: RouterSettings, **kwargs: object) -> PolicyDispatcher:
-        try:
-            return cls(make_policy(settings.policy, **settings.policy_args))
-        except TypeError as e:
-            raise ValueError(f"bad --policy-arg for {settings.policy!r}: {e}") from None
-
-    async def start(self, router: Router) -> None:
-        self.router = router
-        p = self.policy
-        if p.holds:
-            router.registry.on_change.append(lambda i, up: up and self._offer(i))
-            self._tasks.append(asyncio.create_task(self._offer_loop(p.tick_interval or 0.05)))
-        if p.tick_interval:
-            self._tasks.append(asyncio.create_task(self._tick_loop(p.tick_interval)))
-
-    async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        self._tasks = []
-
-    # ---- holding and re-binding ------------------------------------------------------------------
-    def _offer(self, idx: int) -> None:
-        views = self.router.backends
-        now = time.monotonic()
-        for info in self.policy.pull(idx, views, now):
-            fut = self._held.pop(info.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(idx)
-            else:  # its client left while it was held: close the policy's books on it
-                self.policy.on_finish(info.id, idx, now)
-
-    async def _offer_loop(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            if self._held:
-                for i, b in enumerate(self.router.backends):
-                    if b.healthy:
-                        self._offer(i)
-
-    async def _tick_loop(self, every: float) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                moves = self.policy.tick(self.router.backends, time.monotonic())
-            except Exception as e:  # a policy bug must not stop the router
-                log.error("policy tick failed: %r", e)
-                continue
-            for mv in moves:
-                f = self._flights.get(mv.req_id)
-                if f is not None and f.idx == mv.src and f.task is not None and not f.task.done():
-                    f.move_to = mv.dst
-                    f.task.cancel()
-
-    async def _choose(self, call: ProxyCall, tried: list[int]) -> int:
-        router = self.router
-        views: Sequence = router.views_for(call.model)
-        if tried:
-            views = [
-                _Masked(v._b if isinstance(v, _Masked) else v, i not in tried and v.healthy)
-                for i, v in enumerate(views)
-            ]
-        now = time.monotonic()
-        t = time.perf_counter()
-        try:
-            idx = self.policy.route(call.info, views, now)
-        except NoEngineAvailable as e:
-            retry = getattr(e, "retry_after", None)
-            if retry is not None:  # admission control (PRISM's shed): 429 with Retry-After
-                raise APIError(
-                    429,
-                    str(e),
-                    code="slo_unattainable",
-                    headers={"Retry-After": str(max(1, math.ceil(retry)))},
-                ) from None
-            raise router.no_backend(call.model) from None
-        router.metrics.observe_decision(time.perf_counter() - t)
-        if idx is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._held[call.info.id] = fut
-            for i, b in enumerate(router.backends):
-                if b.healthy:
-                    self._offer(i)
-            try:
-                idx = await fut
-            finally:
-                self._held.pop(call.info.id, None)
-        return idx
-
-    # ---- the request -------------------------------------------------------------------------
-    async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
-        router = self.router
-        policy = self.policy
-        rid = call.info.id
-        tried: list[int] = []
-        spent = 0
-        rebinds = policy.tick_interval is not None
-        forced: int | None = None
-        while True:
-            if forced is not None:
-                idx, forced = forced, None
-            else:
-                try:
-                    idx = await self._choose(call, tried)
-                except APIError as e:
-                    raise (router.after_failure(tried[-1]) if tried else e) from None
-            b = router.backends[idx]
-            b.inflight += 1
-            b.sent += 1
-            finished = True
-            try:
-                try:
-                    if rebinds:
-                        flight = _Flight(idx)
-                        self._flights[rid] = flight
-                        flight.task = asyncio.ensure_future(router.open_upstream(call, idx))
-                        try:
-                            up = await flight.task
-                        except asyncio.CancelledError:
-                            cur = asyncio.current_task()
-                            if flight.move_to is None or (cur is not None and cur.cancelling()):
-                                raise
-                            forced = flight.move_to
-                            finished = False
-                            router.metrics.moves.inc()
-                            continue
-                        finally:
-                            self._flights.pop(rid, None)
-                    else:
-                        up = await router.open_upstream(call, idx)
-                except BackendFailed as e:
-                    router.backend_failed(e)
-                    tried.append(idx)
-                    if not e.refused:
-                        # the backend may have started on it: only `retries` more tries. A refused
-                        # connection did no work, so trying every other backend is safe.
-                        spent += 1
-                        if spent > router.settings.retries:
-                            raise router.after_failure(idx) from None
-                    router.metrics.retries.inc()
-                    continue
-                return await router.relay(call, up)
-            finally:
-                b.inflight -= 1
-                if finished:
-                    policy.on_finish(rid, idx, time.monotonic())
-                    if policy.holds:
-                        self._offer(idx)
-
-
-MODES: dict[str, Callable[..., Dispatcher]] = {
-    "policy": PolicyDispatcher.from_settings,
-}
-
-
-def _fastdeploy_mode(name: str) -> Callable[..., Dispatcher]:
-    """FastDeploy's scheduler modes (router/modes), imported only when chosen."""
-
-    def factory(settings: RouterSettings, **kw: object) -> Dispatcher:
-        from .modes import make_mode_dispatcher
-
-        return make_mode_dispatcher(name, settings, **kw)
-
-    return factory
-
-
-MODES.update({n: _fastdeploy_mode(n) for n in ("local", "global", "splitwise")})
-
-
-def _prism_mode(settings: RouterSettings, **kw: object) -> Dispatcher:
-    from .prism_live import PrismDispatcher  # PRISM: engine telemetry + Redis state sharing
-
-    return PrismDispatcher.from_settings(settings, **kw)
-
-
-MODES["prism"] = _prism_mode
-
-
-def make_dispatcher(settings: RouterSettings) -> Dispatcher:
-    try:
-        factory = MODES[settings.mode]
-    except KeyError:
-        raise ValueError(
-            f"unknown router mode {settings.mode!r}; known: {', '.join(sorted(MODES))}"
-        ) from None
-    return factory(settings, **settings.mode_args)
 
 
 # ---- the service -----------------------------------------------------------------------------
 class Router:
     """One router replica: backends, their probe loops, one client session, metrics, handlers."""
 
-    def __init__(self, settings: RouterSettings, dispatcher: Dispatcher | None = None) -> None:
+    def __init__(self, settings: RouterSettings, dispatcher: Dispatcher) -> None:
         settings.validate()
         self.settings = settings
         self.registry = BackendRegistry(
@@ -501,7 +59,7 @@ class Router:
         )
         self.backends = self.registry.backends
         self.metrics = RouterMetrics(lambda: self.backends)
-        self.dispatcher = dispatcher or make_dispatcher(settings)
+        self.dispatcher = dispatcher
         self.session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
         self._timeout = aiohttp.ClientTimeout(
@@ -559,7 +117,7 @@ class Router:
         bs = self.backends
         serves = [not b.models or model in b.models for b in bs]
         views: Sequence = (
-            bs if all(serves) else [_Masked(b, ok) for b, ok in zip(bs, serves, strict=True)]
+            bs if all(serves) else [MaskedView(b, ok) for b, ok in zip(bs, serves, strict=True)]
         )
         self._views[model] = (version, views)
         return views
@@ -820,20 +378,3 @@ class Router:
         return APIError(
             404, f"no route {request.method} {request.path}", code="not_found"
         ).response()
-
-
-def create_app(settings: RouterSettings, dispatcher: Dispatcher | None = None) -> web.Application:
-    """The router as an aiohttp Application (its Router is at app['router'])."""
-    router = Router(settings, dispatcher)
-    app = router.app()
-    with warnings.catch_warnings():  # a plain string key: app["router"] is the public handle
-        warnings.simplefilter("ignore", web.NotAppKeyWarning)
-        app["router"] = router
-    return app
-
-
-def run_app(
-    app: web.Application, host: str, port: int, what: str, shutdown_timeout: float = 5.0
-) -> int:
-    """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
-    return serve_app(app, host, port, what, shutdown_timeout)

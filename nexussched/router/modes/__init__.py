@@ -1,6 +1,6 @@
 """FastDeploy's scheduler modes in the live router: local (in-memory per-node queues), global
 (work stealing over the Redis plane) and splitwise (prefill/decode disaggregation over the plane).
-The router's service imports this lazily, through `make_mode_dispatcher`."""
+The composition root (router/compose.py) imports this lazily, through `make_mode_dispatcher`."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..dispatch import ProxyCall
 from ..errors import APIError
-from ..service import ProxyCall
 
 
 class NodeView:
@@ -125,7 +125,7 @@ class Payload:
         )
 
     def call(self, body: bytes | None = None) -> ProxyCall:
-        """A ProxyCall for Router.open_upstream (no client request attached)."""
+        """A ProxyCall for RouterCore.open_upstream (no client request attached)."""
         from ..policies import RequestInfo
 
         raw = body if body is not None else self.body.encode()

@@ -47,6 +47,7 @@ from ...plane import (
     lane_of,
     shard_of,
 )
+from ..dispatch import BackendFailed, Dispatcher, ProxyCall, RouterCore
 from ..errors import APIError
 from ..policies.fastdeploy import (
     LOAD_COUNT,
@@ -57,7 +58,6 @@ from ..policies.fastdeploy import (
     mini_batches,
     steal_candidates,
 )
-from ..service import BackendFailed, Dispatcher, ProxyCall, Router
 from .common import ClientAnswer, NodeState, NodeView, Payload, SSESplitter
 from .params import SchedulerParams
 
@@ -368,7 +368,7 @@ class PlaneDispatcher(Dispatcher):
         self.warn_loop = _Warn("registry")
 
     # ---- lifecycle ---------------------------------------------------------------------------
-    async def start(self, router: Router) -> None:
+    async def start(self, router: RouterCore) -> None:
         self.router = router
         p = self.params
         s = router.settings

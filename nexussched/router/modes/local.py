@@ -16,10 +16,10 @@ import time
 
 from aiohttp import web
 
+from ..dispatch import BackendFailed, Dispatcher, ProxyCall, RouterCore
 from ..errors import APIError
 from ..policies import NoEngineAvailable
 from ..policies.fastdeploy_modes import FastDeployLocal, QueueFull
-from ..service import BackendFailed, Dispatcher, ProxyCall, Router
 from .common import NodeState, NodeView
 from .params import SchedulerParams
 
@@ -56,7 +56,7 @@ class LocalDispatcher(Dispatcher):
         self.nodes: list[NodeState] = []
         self.views: list[NodeView] = []
 
-    async def start(self, router: Router) -> None:
+    async def start(self, router: RouterCore) -> None:
         self.router = router
         p = self.params
         self.nodes = [NodeState(p.kv_blocks, p.block_size) for _ in router.backends]

@@ -23,10 +23,10 @@ import random
 import time
 
 from ...plane import Claimed, NodeInfo, shard_of
+from ..dispatch import BackendFailed, ProxyCall, RouterCore
 from ..errors import APIError
 from ..policies.fastdeploy import blur_select, decode_blur_step, prefill_blur_step
 from ..policies.fastdeploy_modes import split_roles
-from ..service import BackendFailed, ProxyCall, Router
 from .common import Payload
 from .global_mode import ERRORS, ChunkWriter, NodeWorker, PlaneDispatcher
 from .params import SchedulerParams
@@ -55,7 +55,7 @@ class SplitwiseDispatcher(PlaneDispatcher):
         self.rng = random.Random()
         self.counters["handoffs"] = 0
 
-    async def start(self, router: Router) -> None:
+    async def start(self, router: RouterCore) -> None:
         self.roles = split_roles(len(router.backends), roles=self.params.roles or None)
         await super().start(router)
         await self._sync()

@@ -1,0 +1,1 @@
+"""Evaluation: trace replay (simulated or live), metrics, sweeps, reports and plots."""

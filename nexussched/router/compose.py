@@ -1,0 +1,73 @@
+"""The composition root: builds a router replica from its settings.
+
+Placement modes are registered here (`MODES`), so neither the HTTP service nor the dispatchers
+import each other; FastDeploy's modes and PRISM's dispatcher are imported only when chosen.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from aiohttp import web
+
+from ..aio import serve_app
+from .config import RouterSettings
+from .dispatch import Dispatcher
+from .policy_dispatch import PolicyDispatcher
+from .service import Router
+
+MODES: dict[str, Callable[..., Dispatcher]] = {
+    "policy": PolicyDispatcher.from_settings,
+}
+
+
+def _fastdeploy_mode(name: str) -> Callable[..., Dispatcher]:
+    """FastDeploy's scheduler modes (router/modes), imported only when chosen."""
+
+    def factory(settings: RouterSettings, **kw: object) -> Dispatcher:
+        from .modes import make_mode_dispatcher
+
+        return make_mode_dispatcher(name, settings, **kw)
+
+    return factory
+
+
+MODES.update({n: _fastdeploy_mode(n) for n in ("local", "global", "splitwise")})
+
+
+def _prism_mode(settings: RouterSettings, **kw: object) -> Dispatcher:
+    from .prism_live import PrismDispatcher  # PRISM: engine telemetry + Redis state sharing
+
+    return PrismDispatcher.from_settings(settings, **kw)
+
+
+MODES["prism"] = _prism_mode
+
+
+def make_dispatcher(settings: RouterSettings) -> Dispatcher:
+    try:
+        factory = MODES[settings.mode]
+    except KeyError:
+        raise ValueError(
+            f"unknown router mode {settings.mode!r}; known: {', '.join(sorted(MODES))}"
+        ) from None
+    return factory(settings, **settings.mode_args)
+
+
+def create_app(settings: RouterSettings, dispatcher: Dispatcher | None = None) -> web.Application:
+    """The router as an aiohttp Application (its Router is at app['router'])."""
+    settings.validate()
+    router = Router(settings, dispatcher or make_dispatcher(settings))
+    app = router.app()
+    with warnings.catch_warnings():  # a plain string key: app["router"] is the public handle
+        warnings.simplefilter("ignore", web.NotAppKeyWarning)
+        app["router"] = router
+    return app
+
+
+def run_app(
+    app: web.Application, host: str, port: int, what: str, shutdown_timeout: float = 5.0
+) -> int:
+    """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
+    return serve_app(app, host, port, what, shutdown_timeout)

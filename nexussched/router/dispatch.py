@@ -1,0 +1,115 @@
+"""Where the HTTP service and the dispatchers meet: the one interface both sides import.
+
+The service (router/service.py) parses a request into a ProxyCall and hands it to a Dispatcher; a
+dispatcher (the policy dispatcher, PRISM's, FastDeploy's local / global / splitwise modes) places it
+using the primitives of `RouterCore` (open_upstream, relay, backend_failed, ...). Neither side imports
+the other; router/compose.py wires them together from settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+from .backends import Backend, BackendRegistry
+from .config import RouterSettings
+from .errors import APIError
+from .policies import RequestInfo
+from .prom import RouterMetrics
+
+
+@dataclass(slots=True)
+class ProxyCall:
+    """One client request, parsed: what a dispatcher needs to place and forward it."""
+
+    request: web.Request
+    path: str  # /v1/completions or /v1/chat/completions
+    raw: bytes  # the body as received (forwarded unchanged)
+    body: dict
+    info: RequestInfo
+    stream: bool
+    model: str
+    t0: float  # receipt, time.monotonic()
+    forward_headers: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Upstream:
+    """An upstream response whose first body bytes (or whole body, when not streaming) arrived."""
+
+    resp: aiohttp.ClientResponse
+    first: bytes
+    idx: int
+
+
+class BackendFailed(Exception):
+    """The backend failed before sending a response byte: the request may go elsewhere."""
+
+    def __init__(self, idx: int, reason: str, refused: bool = False) -> None:
+        super().__init__(reason)
+        self.idx = idx
+        self.reason = reason
+        self.refused = refused  # connection refused/unreachable: definitely down
+
+
+class RouterCore(Protocol):
+    """What a dispatcher may use of the router replica that runs it (router/service.py's Router)."""
+
+    settings: RouterSettings
+    registry: BackendRegistry
+    backends: list[Backend]
+    metrics: RouterMetrics
+    session: aiohttp.ClientSession | None
+
+    def views_for(self, model: str) -> Sequence: ...
+
+    def no_backend(self, model: str) -> APIError: ...
+
+    def backend_failed(self, e: BackendFailed) -> None: ...
+
+    def after_failure(self, idx: int) -> APIError: ...
+
+    async def open_upstream(
+        self, call: ProxyCall, idx: int, body: bytes | None = None
+    ) -> Upstream: ...
+
+    async def relay(self, call: ProxyCall, up: Upstream) -> web.StreamResponse: ...
+
+
+class Dispatcher:
+    """How the router places requests. Subclass for other modes (e.g. FastDeploy's local, global
+    and splitwise schedulers) and register a factory in compose.MODES; use the router's
+    primitives (RouterCore): `views_for`, `open_upstream` (raises BackendFailed), `relay`,
+    `backend_failed`."""
+
+    router: RouterCore
+
+    async def start(self, router: RouterCore) -> None:
+        self.router = router
+
+    async def close(self) -> None:
+        return None
+
+    async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class MaskedView:
+    """An engine view with `healthy` forced off (backend not serving the model, or already tried)."""
+
+    __slots__ = ("_b", "_ok")
+
+    def __init__(self, b: Backend, ok: bool) -> None:
+        self._b = b
+        self._ok = ok
+
+    @property
+    def healthy(self) -> bool:
+        return self._ok and self._b.healthy
+
+    def __getattr__(self, name: str):
+        return getattr(self._b, name)

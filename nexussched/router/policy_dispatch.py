@@ -1,0 +1,193 @@
+"""The default placement mode: a RoutingPolicy (the same object the simulator runs) picks the
+backend; the request is proxied there. PRISM's live dispatcher (prism_live.py) extends it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from .config import RouterSettings
+from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, RouterCore
+from .errors import APIError
+from .policies import NoEngineAvailable, RoutingPolicy, make_policy
+
+log = logging.getLogger("nexussched.router")
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A request between dispatch and first byte, for policies that re-bind (tick() -> Moves)."""
+
+    idx: int
+    task: asyncio.Task | None = None
+    move_to: int | None = None
+
+
+class PolicyDispatcher(Dispatcher):
+    """Default mode: the policy picks a backend; the request is proxied there.
+
+    Supports the whole RoutingPolicy contract: a policy that `holds` returns None from route() and
+    hands requests out through pull(idx); one with a `tick_interval` may return Moves, applied to
+    requests that have not yet received a byte (the upstream attempt is cancelled and re-sent).
+    """
+
+    def __init__(self, policy: RoutingPolicy) -> None:
+        self.policy = policy
+        self._held: dict[object, asyncio.Future] = {}
+        self._flights: dict[object, _Flight] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    @classmethod
+    def from_settings(cls, settings: RouterSettings, **kwargs: object) -> PolicyDispatcher:
+        try:
+            return cls(make_policy(settings.policy, **settings.policy_args))
+        except TypeError as e:
+            raise ValueError(f"bad --policy-arg for {settings.policy!r}: {e}") from None
+
+    async def start(self, router: RouterCore) -> None:
+        self.router = router
+        p = self.policy
+        if p.holds:
+            router.registry.on_change.append(lambda i, up: up and self._offer(i))
+            self._tasks.append(asyncio.create_task(self._offer_loop(p.tick_interval or 0.05)))
+        if p.tick_interval:
+            self._tasks.append(asyncio.create_task(self._tick_loop(p.tick_interval)))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+
+    # ---- holding and re-binding ------------------------------------------------------------------
+    def _offer(self, idx: int) -> None:
+        views = self.router.backends
+        now = time.monotonic()
+        for info in self.policy.pull(idx, views, now):
+            fut = self._held.pop(info.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(idx)
+            else:  # its client left while it was held: close the policy's books on it
+                self.policy.on_finish(info.id, idx, now)
+
+    async def _offer_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            if self._held:
+                for i, b in enumerate(self.router.backends):
+                    if b.healthy:
+                        self._offer(i)
+
+    async def _tick_loop(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                moves = self.policy.tick(self.router.backends, time.monotonic())
+            except Exception as e:  # a policy bug must not stop the router
+                log.error("policy tick failed: %r", e)
+                continue
+            for mv in moves:
+                f = self._flights.get(mv.req_id)
+                if f is not None and f.idx == mv.src and f.task is not None and not f.task.done():
+                    f.move_to = mv.dst
+                    f.task.cancel()
+
+    async def _choose(self, call: ProxyCall, tried: list[int]) -> int:
+        router = self.router
+        views: Sequence = router.views_for(call.model)
+        if tried:
+            views = [
+                MaskedView(v._b if isinstance(v, MaskedView) else v, i not in tried and v.healthy)
+                for i, v in enumerate(views)
+            ]
+        now = time.monotonic()
+        t = time.perf_counter()
+        try:
+            idx = self.policy.route(call.info, views, now)
+        except NoEngineAvailable as e:
+            retry = getattr(e, "retry_after", None)
+            if retry is not None:  # admission control (PRISM's shed): 429 with Retry-After
+                raise APIError(
+                    429,
+                    str(e),
+                    code="slo_unattainable",
+                    headers={"Retry-After": str(max(1, math.ceil(retry)))},
+                ) from None
+            raise router.no_backend(call.model) from None
+        router.metrics.observe_decision(time.perf_counter() - t)
+        if idx is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._held[call.info.id] = fut
+            for i, b in enumerate(router.backends):
+                if b.healthy:
+                    self._offer(i)
+            try:
+                idx = await fut
+            finally:
+                self._held.pop(call.info.id, None)
+        return idx
+
+    # ---- the request -------------------------------------------------------------------------
+    async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
+        router = self.router
+        policy = self.policy
+        rid = call.info.id
+        tried: list[int] = []
+        spent = 0
+        rebinds = policy.tick_interval is not None
+        forced: int | None = None
+        while True:
+            if forced is not None:
+                idx, forced = forced, None
+            else:
+                try:
+                    idx = await self._choose(call, tried)
+                except APIError as e:
+                    raise (router.after_failure(tried[-1]) if tried else e) from None
+            b = router.backends[idx]
+            b.inflight += 1
+            b.sent += 1
+            finished = True
+            try:
+                try:
+                    if rebinds:
+                        flight = _Flight(idx)
+                        self._flights[rid] = flight
+                        flight.task = asyncio.ensure_future(router.open_upstream(call, idx))
+                        try:
+                            up = await flight.task
+                        except asyncio.CancelledError:
+                            cur = asyncio.current_task()
+                            if flight.move_to is None or (cur is not None and cur.cancelling()):
+                                raise
+                            forced = flight.move_to
+                            finished = False
+                            router.metrics.moves.inc()
+                            continue
+                        finally:
+                            self._flights.pop(rid, None)
+                    else:
+                        up = await router.open_upstream(call, idx)
+                except BackendFailed as e:
+                    router.backend_failed(e)
+                    tried.append(idx)
+                    if not e.refused:
+                        # the backend may have started on it: only `retries` more tries. A refused
+                        # connection did no work, so trying every other backend is safe.
+                        spent += 1
+                        if spent > router.settings.retries:
+                            raise router.after_failure(idx) from None
+                    router.metrics.retries.inc()
+                    continue
+                return await router.relay(call, up)
+            finally:
+                b.inflight -= 1
+                if finished:
+                    policy.on_finish(rid, idx, time.monotonic())
+                    if policy.holds:
+                        self._offer(idx)
