@@ -16,9 +16,14 @@ from nexussched.traces import scenario
 
 
 class View:
+    """The EngineView contract, as of a scrape at t=0."""
+
     def __init__(self, name, running=0, waiting=0, inflight=0, healthy=True):
         self.name, self.num_running, self.num_waiting = name, running, waiting
         self.inflight, self.healthy, self.kv_usage = inflight, healthy, 0.0
+        self.last_scrape = 0.0
+        self.block_size, self.num_gpu_blocks = 16, 25000
+        self.inflight_prompt_tokens = self.inflight_max_tokens = 0
 
 
 def info(i=0):

@@ -21,11 +21,15 @@ from nexussched.traces import scenario
 
 
 class View:
-    """An engine as a live router sees it: no hardware profile anywhere."""
+    """An engine as a live router sees it (the EngineView contract): no hardware profile
+    anywhere; its gauges are those of a scrape at t=0."""
 
     def __init__(self, name, running=0, waiting=0, kv=0.0, healthy=True):
         self.name, self.num_running, self.num_waiting = name, running, waiting
         self.kv_usage, self.healthy, self.inflight = kv, healthy, 0
+        self.last_scrape = 0.0
+        self.block_size, self.num_gpu_blocks = 16, 25000
+        self.inflight_prompt_tokens = self.inflight_max_tokens = 0
 
 
 def info(i, prompt=1000, out=100, t=0.0, ttft=2.0, tpot=0.1, prio=0):

@@ -16,6 +16,7 @@ from ..sim import get_profile, parse_cluster
 from ..traces import Trace, head, load_trace
 from ..traces.cli_trace import TRACE_HELP, add_traces_dir_argument
 from ..traces.loaders import BUNDLED
+from .information import add_information_args, information_from_args
 from .replay import SimSetup, simulate
 from .sweep import goodput_sweep
 from .table import format_table
@@ -81,6 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO in seconds")
     p.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO in seconds")
     p.add_argument("--seed", type=int, default=0)
+    add_information_args(p)
     p.add_argument(
         "--goodput",
         action="store_true",
@@ -130,7 +132,9 @@ def run_eval(args: argparse.Namespace) -> int:
         return _run_live(args, trace, scales, out)
 
     profiles = parse_cluster(args.cluster) if args.cluster else [get_profile("a100")] * args.engines
-    setup = SimSetup(profiles, args.slo_ttft, args.slo_tpot, args.seed)
+    setup = SimSetup(
+        profiles, args.slo_ttft, args.slo_tpot, args.seed, info=information_from_args(args)
+    )
     policies = _names(args.policies, POLICIES, "routing policy")
     engine_policies = _names(args.engine_policy, ENGINE_POLICIES, "engine policy")
     combos = [(p, e) for p in policies for e in engine_policies]

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..traces.cli_trace import add_traces_dir_argument
+from .information import add_information_args, information_from_args
 from .report import ENGINES, ROUTERS, SCENARIOS, ReportConfig, make_report
 
 
@@ -59,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     add_traces_dir_argument(p)
+    add_information_args(p)
     p.set_defaults(func=run_report)  # fmt: skip
 
 
@@ -85,6 +87,7 @@ def run_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         decisions=args.decisions,
         traces_dir=args.traces_dir,
+        info=information_from_args(args),
         progress=say,
     )
     cfg = replace(cfg)

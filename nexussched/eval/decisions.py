@@ -20,16 +20,19 @@ from ..router.policies.prism import Prism
 
 @dataclass
 class View:
-    """An engine as a live router would expose it (scraped metrics + in-flight count)."""
+    """An engine as a live router would expose it (the EngineView contract)."""
 
     name: str
     healthy: bool = True
     num_running: int = 0
     num_waiting: int = 0
     kv_usage: float = 0.2
+    last_scrape: float = 0.0
+    block_size: int | None = 16
+    num_gpu_blocks: int | None = 25000
     inflight: int = 0
-    free_blocks: int = 20000
-    block_size: int = 16
+    inflight_prompt_tokens: int = 0
+    inflight_max_tokens: int = 0
 
 
 def step(rng: random.Random, speed: float, t: float) -> StepRecord:

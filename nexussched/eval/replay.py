@@ -12,6 +12,7 @@ from ..router.policies import make_policy
 from ..sim import ClusterSim, HardwareProfile
 from ..sim.engine import EngineConfig
 from ..traces import Trace, scale_rate
+from .information import Information
 from .metrics import RequestOutcome, outcomes_from_sim, summarize
 
 
@@ -25,6 +26,7 @@ class SimSetup:
     seed: int = 0
     engine_config: EngineConfig | None = None
     policy_kwargs: dict = field(default_factory=dict)  # per routing-policy name -> kwargs
+    info: Information = field(default_factory=Information)  # what the policies may know
 
     @property
     def cluster_label(self) -> str:
@@ -72,6 +74,9 @@ def simulate(
         seed=setup.seed,
         engine_config=setup.engine_config,
         telemetry=telemetry,
+        view=setup.info.view,
+        scrape_period=setup.info.scrape_period,
+        telemetry_delay=setup.info.telemetry_delay,
     )
     t0 = time.perf_counter()
     res = cluster.run(scaled, setup.slo_ttft, setup.slo_tpot, progress=progress)
@@ -88,6 +93,7 @@ def simulate(
         "slo_ttft": setup.slo_ttft,
         "slo_tpot": setup.slo_tpot,
         "seed": setup.seed,
+        **setup.info.summary(),
         **summarize(outcomes),
         "rejected": res.rejected,
         "sim_time_s": res.sim_time,

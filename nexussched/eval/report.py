@@ -27,6 +27,7 @@ from ..engine_sched import ENGINE_POLICIES
 from ..router.policies import POLICIES
 from ..sim import parse_cluster
 from ..traces import Trace, head, load_trace
+from .information import Information
 from .replay import SimSetup, simulate
 
 BASELINE = ("round_robin", "vllm_default")
@@ -80,6 +81,7 @@ class ReportConfig:
     decision_engines: int = 64
     decisions: int = 20000
     traces_dir: str | None = None  # --traces-dir (None: the usual lookup, see load_trace)
+    info: Information = field(default_factory=Information)  # what the policies may know
     progress: Callable[[str], None] | None = None
     skipped: list[str] = field(default_factory=list)
 
@@ -95,10 +97,10 @@ def _n_requests(sc: Scenario, scale: float) -> int:
 
 
 def run_point(sc: Scenario, n: int, policy: str, engine: str, scale: float, seed: int,
-              traces_dir: str | None = None) -> dict:  # fmt: skip
+              traces_dir: str | None = None, info: Information | None = None) -> dict:  # fmt: skip
     """Replay scenario `sc` (first n requests) at `scale` x its rate under one policy pair."""
     setup = SimSetup(parse_cluster(sc.cluster), sc.slo_ttft, sc.slo_tpot, seed,
-                     policy_kwargs=sc.policy_kwargs)  # fmt: skip
+                     policy_kwargs=sc.policy_kwargs, info=info or Information())  # fmt: skip
     s = simulate(
         _trace(sc.trace, n, traces_dir), setup, policy, engine, scale, trace_label=sc.name
     ).summary
@@ -163,7 +165,7 @@ def _choose_splits(
         splits = sorted({min(n - 1, max(1, round(n * f))) for f in (0.25, 0.5, 0.75)})
         tasks = [
             (replace(sc, policy_kwargs={**sc.policy_kwargs, "splitwise": {"prefill_nodes": k}}),
-             ns[sc.name], "splitwise", "vllm_default", ops[sc.name], cfg.seed, cfg.traces_dir)
+             ns[sc.name], "splitwise", "vllm_default", ops[sc.name], cfg.seed, cfg.traces_dir, cfg.info)
             for k in splits
         ]  # fmt: skip
         res = runner.map(tasks)
@@ -195,7 +197,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
             todo = [sc for sc in cfg.scenarios if sc.name not in ops]
             if not todo:
                 break
-            res = runner.map([(sc, ns[sc.name], *BASELINE, state[sc.name][2], cfg.seed, cfg.traces_dir)
+            res = runner.map([(sc, ns[sc.name], *BASELINE, state[sc.name][2], cfg.seed, cfg.traces_dir, cfg.info)
                               for sc in todo])  # fmt: skip
             for sc, r in zip(todo, res, strict=True):
                 lo, hi, s = state[sc.name]
@@ -224,7 +226,16 @@ def run_matrix(cfg: ReportConfig) -> dict:
             for p, e in pairs:
                 for g in cfg.grid:
                     tasks.append(
-                        (sc, ns[sc.name], p, e, ops[sc.name] * g, cfg.seed, cfg.traces_dir)
+                        (
+                            sc,
+                            ns[sc.name],
+                            p,
+                            e,
+                            ops[sc.name] * g,
+                            cfg.seed,
+                            cfg.traces_dir,
+                            cfg.info,
+                        )
                     )
         say(f"grid: {len(tasks)} runs")
         results = runner.map(tasks)
@@ -238,9 +249,13 @@ def run_matrix(cfg: ReportConfig) -> dict:
                 sc = next(s for s in scenarios if s.name == name)
                 lo, hi = _goodput_from(P)
                 if lo is None and min(P) > ops[name] / 64:
-                    more.append((sc, ns[name], p, e, min(P) / 2.0, cfg.seed, cfg.traces_dir))
+                    more.append(
+                        (sc, ns[name], p, e, min(P) / 2.0, cfg.seed, cfg.traces_dir, cfg.info)
+                    )
                 elif hi is None and max(P) < ops[name] * 8:
-                    more.append((sc, ns[name], p, e, max(P) * 2.0, cfg.seed, cfg.traces_dir))
+                    more.append(
+                        (sc, ns[name], p, e, max(P) * 2.0, cfg.seed, cfg.traces_dir, cfg.info)
+                    )
             if not more:
                 break
             say(f"goodput brackets: {len(more)} runs")
@@ -252,7 +267,9 @@ def run_matrix(cfg: ReportConfig) -> dict:
                 sc = next(s for s in scenarios if s.name == name)
                 lo, hi = _goodput_from(P)
                 if lo is not None and hi is not None:
-                    more.append((sc, ns[name], p, e, (lo * hi) ** 0.5, cfg.seed, cfg.traces_dir))
+                    more.append(
+                        (sc, ns[name], p, e, (lo * hi) ** 0.5, cfg.seed, cfg.traces_dir, cfg.info)
+                    )
             if not more:
                 break
             say(f"goodput bisection {i + 1}/{cfg.bisect}: {len(more)} runs")

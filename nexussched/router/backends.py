@@ -1,8 +1,10 @@
 """Backend registry: the engines behind the router, their health and their scraped load.
 
-Each Backend is the live EngineView a policy reads: `num_running`, `num_waiting` and `kv_usage` come
-from the engine's vLLM metrics (scraped every `scrape_interval`), `inflight` is the router's own
-count. A connection failure takes a backend out of rotation at once; a probe loop brings it back
+Each Backend is the live EngineView a policy reads (the contract in router/policies/view.py):
+`num_running`, `num_waiting` and `kv_usage` come from the engine's vLLM metrics (scraped every
+`scrape_interval`, at `last_scrape`), `block_size` and `num_gpu_blocks` from its
+`vllm:cache_config_info`, and `inflight`, `inflight_prompt_tokens` and `inflight_max_tokens` are
+the router's own counts. A connection failure takes a backend out of rotation at once; a probe loop brings it back
 when `/health` answers again.
 """
 
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 import aiohttp
 
 from .config import BackendSpec
+from .policies.base import RequestInfo
+from .policies.view import SCRAPE_PERIOD
 
 log = logging.getLogger("nexussched.router")
 
@@ -24,7 +28,7 @@ RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
 KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM < 0.10 name
-_WANTED = (RUNNING, WAITING, KV_USAGE, KV_USAGE_OLD)
+CACHE_CONFIG = "vllm:cache_config_info"  # labels: block_size, num_gpu_blocks, ... (value 1)
 
 
 @dataclass(slots=True)
@@ -32,6 +36,31 @@ class EngineMetrics:
     num_running: int
     num_waiting: int
     kv_usage: float
+    block_size: int | None = None  # from vllm:cache_config_info
+    num_gpu_blocks: int | None = None
+
+
+def _label_int(labels: str, key: str) -> int | None:
+    """An integer label value of a Prometheus label set (`a="1",b="x"`); None if absent or not
+    a positive integer (vLLM writes "None" for unset values)."""
+    needle = key + '="'
+    i = labels.find(needle)
+    while i > 0 and labels[i - 1] not in ",{ ":
+        i = labels.find(needle, i + 1)
+    if i < 0:
+        return None
+    j = labels.find('"', i + len(needle))
+    try:
+        v = int(labels[i + len(needle) : j])
+    except ValueError:
+        return None
+    return v if v > 0 else None
+
+
+def _cache_config(line: str) -> tuple[int | None, int | None]:
+    brace = line.find("{")
+    labels = line[brace : line.rfind("}") + 1] if brace >= 0 else ""
+    return _label_int(labels, "block_size"), _label_int(labels, "num_gpu_blocks")
 
 
 def parse_vllm_metrics(text: str) -> EngineMetrics | None:
@@ -41,8 +70,16 @@ def parse_vllm_metrics(text: str) -> EngineMetrics | None:
     """
     sums = {RUNNING: 0.0, WAITING: 0.0, KV_USAGE: 0.0, KV_USAGE_OLD: 0.0}
     counts = dict.fromkeys(sums, 0)
+    block_size: int | None = None
+    gpu_blocks: int | None = None
     for line in text.split("\n"):
         if not line.startswith("vllm:"):
+            continue
+        if line.startswith(CACHE_CONFIG):
+            bs, nb = _cache_config(line)
+            block_size = block_size or bs
+            if nb:  # data-parallel engines: one label set each, blocks add up
+                gpu_blocks = (gpu_blocks or 0) + nb
             continue
         brace = line.find("{")
         if brace >= 0:
@@ -65,7 +102,7 @@ def parse_vllm_metrics(text: str) -> EngineMetrics | None:
         return None
     kv_name = KV_USAGE if counts[KV_USAGE] else KV_USAGE_OLD
     kv = sums[kv_name] / counts[kv_name] if counts[kv_name] else 0.0
-    return EngineMetrics(int(sums[RUNNING]), int(sums[WAITING]), kv)
+    return EngineMetrics(int(sums[RUNNING]), int(sums[WAITING]), kv, block_size, gpu_blocks)
 
 
 class Backend:
@@ -79,7 +116,11 @@ class Backend:
         "num_running",
         "num_waiting",
         "kv_usage",
+        "block_size",
+        "num_gpu_blocks",
         "inflight",
+        "inflight_prompt_tokens",
+        "inflight_max_tokens",
         "models",
         "model_cards",
         "has_metrics",
@@ -98,7 +139,11 @@ class Backend:
         self.num_running = 0
         self.num_waiting = 0
         self.kv_usage = 0.0
+        self.block_size: int | None = None  # vllm:cache_config_info, once scraped
+        self.num_gpu_blocks: int | None = None
         self.inflight = 0  # the router's count: sent and not finished
+        self.inflight_prompt_tokens = 0  # their prompt tokens
+        self.inflight_max_tokens = 0  # their declared max_tokens
         self.models: frozenset[str] = frozenset(spec.models)
         self.model_cards: list[dict] = [
             {"id": m, "object": "model", "owned_by": spec.name} for m in spec.models
@@ -113,6 +158,19 @@ class Backend:
             h["Authorization"] = f"Bearer {spec.api_key}"
         self.headers = h
 
+    def begin(self, info: RequestInfo) -> None:
+        """The router sent a request here."""
+        self.inflight += 1
+        self.inflight_prompt_tokens += info.prompt_tokens
+        self.inflight_max_tokens += info.max_tokens
+        self.sent += 1
+
+    def end(self, info: RequestInfo) -> None:
+        """A request sent here finished (or failed, or moved away)."""
+        self.inflight -= 1
+        self.inflight_prompt_tokens -= info.prompt_tokens
+        self.inflight_max_tokens -= info.max_tokens
+
     def state(self) -> dict:
         return {
             "name": self.name,
@@ -122,6 +180,10 @@ class Backend:
             "num_waiting": self.num_waiting,
             "kv_usage": self.kv_usage,
             "inflight": self.inflight,
+            "inflight_prompt_tokens": self.inflight_prompt_tokens,
+            "inflight_max_tokens": self.inflight_max_tokens,
+            "block_size": self.block_size,
+            "num_gpu_blocks": self.num_gpu_blocks,
             "sent": self.sent,
             "models": sorted(self.models),
             "down_reason": None if self.healthy else self.down_reason,
@@ -135,7 +197,7 @@ class BackendRegistry:
         self,
         specs: list[BackendSpec],
         health_interval: float = 1.0,
-        scrape_interval: float = 0.5,
+        scrape_interval: float = SCRAPE_PERIOD,
         scrape_timeout: float = 2.0,
         scrape_failures: int = 3,
     ) -> None:
@@ -323,6 +385,9 @@ class BackendRegistry:
         b.num_running = m.num_running
         b.num_waiting = m.num_waiting
         b.kv_usage = m.kv_usage
+        if m.num_gpu_blocks:
+            b.block_size = m.block_size
+            b.num_gpu_blocks = m.num_gpu_blocks
         b.last_scrape = time.monotonic()
 
     def _timeout(self, idx: int) -> None:

@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .policies.view import SCRAPE_PERIOD
+
 _ENTRY_KEYS = {"url", "name", "api_key", "models"}
 
 
@@ -161,7 +163,7 @@ class RouterSettings:
     request_timeout: float = 600.0  # whole request, seconds
     connect_timeout: float = 5.0
     health_interval: float = 1.0  # probe of an unhealthy backend
-    scrape_interval: float = 0.5  # /metrics scrape of a healthy backend
+    scrape_interval: float = SCRAPE_PERIOD  # /metrics scrape of a healthy backend
     scrape_timeout: float = 2.0
     scrape_failures: int = 3  # consecutive scrape timeouts before a backend is taken out
     retries: int = 1  # extra attempts on another backend before the first response byte

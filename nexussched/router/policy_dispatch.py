@@ -150,8 +150,7 @@ class PolicyDispatcher(Dispatcher):
                 except APIError as e:
                     raise (router.after_failure(tried[-1]) if tried else e) from None
             b = router.backends[idx]
-            b.inflight += 1
-            b.sent += 1
+            b.begin(call.info)
             finished = True
             try:
                 try:
@@ -186,7 +185,7 @@ class PolicyDispatcher(Dispatcher):
                     continue
                 return await router.relay(call, up)
             finally:
-                b.inflight -= 1
+                b.end(call.info)
                 if finished:
                     policy.on_finish(rid, idx, time.monotonic())
                     if policy.holds:

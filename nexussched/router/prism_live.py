@@ -17,7 +17,7 @@ import logging
 import os
 import zlib
 
-from .policies import make_policy
+from .policies import TELEMETRY_POLL, make_policy
 from .policy_dispatch import PolicyDispatcher
 from .prism_share import PrismShare
 from .telemetry_feed import TelemetryFeed
@@ -33,7 +33,7 @@ class PrismDispatcher(PolicyDispatcher):
         replica: str | None = None,
         topic: str = "default",
         share_interval: float = 0.05,
-        telemetry_interval: float = 0.2,
+        telemetry_interval: float = TELEMETRY_POLL,
     ) -> None:
         super().__init__(policy)
         if redis is not None and not hasattr(policy, "take_deltas"):

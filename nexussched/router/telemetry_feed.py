@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from ..perfmodel.telemetry import StepRecord
+from .policies.view import TELEMETRY_POLL
 
 log = logging.getLogger("nexussched.router")
 
@@ -28,7 +29,7 @@ class TelemetryFeed:
         observe: Callable[[int, StepRecord], None],
         backends: Sequence,
         session: aiohttp.ClientSession,
-        interval: float = 0.2,
+        interval: float = TELEMETRY_POLL,
         retry_s: float = 30.0,
         limit: int = 5000,
     ) -> None:

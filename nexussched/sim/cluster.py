@@ -15,56 +15,12 @@ from dataclasses import dataclass, field
 from ..engine_sched.base import EnginePolicy
 from ..perfmodel.telemetry import StepRecord
 from ..router.policies.base import Move, NoEngineAvailable, RequestInfo, RoutingPolicy
+from ..router.policies.view import SCRAPE_PERIOD, TELEMETRY_POLL
 from ..traces.types import Trace
 from .engine import EngineConfig, EngineSim
 from .hardware import HardwareProfile
 from .request import SimRequest
-
-
-class SimEngineView:
-    """An engine as a routing policy sees it (the same fields the live router scrapes)."""
-
-    __slots__ = ("engine", "name", "healthy", "sent")
-
-    def __init__(self, engine: EngineSim) -> None:
-        self.engine = engine
-        self.name = engine.name
-        self.healthy = True
-        self.sent = 0  # requests routed here and not finished (the router's in-flight count)
-
-    @property
-    def num_running(self) -> int:
-        return len(self.engine.running)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self.engine.waiting)
-
-    @property
-    def kv_usage(self) -> float:
-        return self.engine.kv_usage
-
-    @property
-    def inflight(self) -> int:
-        return self.sent
-
-    def queued_prefill_tokens(self) -> int:
-        return self.engine.queued_prefill_tokens()
-
-    def decode_ctx_sum(self) -> int:
-        return self.engine.decode_ctx_sum()
-
-    @property
-    def max_num_batched_tokens(self) -> int:
-        return self.engine.max_num_batched_tokens
-
-    @property
-    def free_blocks(self) -> int:
-        return self.engine.free_blocks
-
-    @property
-    def block_size(self) -> int:
-        return self.engine.block_size
+from .views import ScrapeClock, make_views
 
 
 @dataclass
@@ -78,7 +34,13 @@ class SimResult:
 
 
 class ClusterSim:
-    """N engines + one routing policy. `engine_policy(i, name)` builds each engine's policy."""
+    """N engines + one routing policy. `engine_policy(i, name)` builds each engine's policy.
+
+    The policy sees the engines through views (sim/views.py): `view="live"` (the default) gives
+    it what the live router has, gauges scraped every `scrape_period` s and step telemetry
+    delivered in polls every TELEMETRY_POLL s, `telemetry_delay` s after each step ends;
+    `view="oracle"` gives exact, instant state and telemetry (an ablation).
+    """
 
     def __init__(
         self,
@@ -89,8 +51,19 @@ class ClusterSim:
         engine_config: EngineConfig | None = None,
         telemetry: Callable[[StepRecord], None] | None = None,
         kv_link_gbs: float = 25.0,
+        view: str = "live",
+        scrape_period: float = SCRAPE_PERIOD,
+        telemetry_delay: float = 0.0,
     ) -> None:
+        if not telemetry_delay >= 0 or not math.isfinite(telemetry_delay):
+            raise ValueError(f"telemetry delay must be >= 0 seconds, got {telemetry_delay!r}")
         self.routing = routing
+        self.view = view
+        self.telemetry_delay = telemetry_delay
+        # step records on their way to the policy: (time it may see them, engine, record)
+        self._tele_buf: list[tuple[float, int, StepRecord]] = []
+        live_tele = view != "oracle" and hasattr(routing, "observe")
+        self._tele_due = 0.0 if live_tele else math.inf
         # Disaggregated prefill (policies with `splits = True`, e.g. splitwise): KV caches move
         # from a prefill to a decode engine over a link of this many GB/s (200 Gb/s RDMA default).
         self.kv_link_gbs = kv_link_gbs
@@ -110,7 +83,9 @@ class ClusterSim:
                     telemetry=self._telemetry_hook(i, telemetry),
                 )
             )
-        self.views = [SimEngineView(e) for e in self.engines]
+        self.views = make_views(self.engines, view, lambda: self.now)
+        self._scrapes = ScrapeClock(self.views, 0.0 if view == "oracle" else scrape_period)
+        self._counted: dict[object, tuple[int, int, int]] = {}  # id -> (engine, prompt, max_tokens)
         self._heap: list[tuple[float, int, int, int]] = []  # (end time, seq, engine, version)
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._version = [0] * len(self.engines)
@@ -126,12 +101,53 @@ class ClusterSim:
         if observe is None:
             return sink
 
-        def hook(rec: StepRecord) -> None:
-            observe(i, rec)
+        if self.view == "oracle":
+
+            def hook(rec: StepRecord) -> None:
+                observe(i, rec)
+                if sink is not None:
+                    sink(rec)
+
+            return hook
+
+        buf = self._tele_buf
+        delay = self.telemetry_delay
+
+        def delayed(rec: StepRecord) -> None:
+            buf.append((rec.t + rec.duration + delay, i, rec))
             if sink is not None:
                 sink(rec)
 
-        return hook
+        return delayed
+
+    def _poll_telemetry(self, t: float) -> None:
+        """The router's telemetry polls due by `t`: each hands the policy the records that
+        reached the engine's feed by then (the last poll at or before t stands for them all:
+        nothing reads the policy between two events)."""
+        poll = TELEMETRY_POLL
+        at = math.floor(t / poll) * poll
+        buf = self._tele_buf
+        observe = self.routing.observe  # type: ignore[attr-defined]
+        if buf:
+            keep = []
+            for item in buf:
+                if item[0] <= at:
+                    observe(item[1], item[2])
+                else:
+                    keep.append(item)
+            buf[:] = keep
+        self._tele_due = at + poll
+
+    def _count(self, req: SimRequest, idx: int) -> None:
+        """The router sent `req` to engine `idx`: its in-flight counts grow."""
+        p, m = req.prompt, req.output
+        self._counted[req.id] = (idx, p, m)
+        self.views[idx].count(p, m, 1)
+
+    def _uncount(self, req: SimRequest) -> None:
+        c = self._counted.pop(req.id, None)
+        if c is not None:
+            self.views[c[0]].count(c[1], c[2], -1)
 
     # ---- actions available to cluster modes and policies --------------------------------------
     def dispatch(self, req: SimRequest, idx: int, now: float) -> None:
@@ -141,7 +157,7 @@ class ClusterSim:
             self.rejected += 1
             return
         req.dispatch_time = now
-        self.views[idx].sent += 1
+        self._count(req, idx)
         if self._splits and req.generated == 0 and self.routing.is_prefill(idx):  # type: ignore[attr-defined]
             self._split_output[req.id] = req.output
             req.output = 1  # the prefill engine computes the prompt and the first token only
@@ -179,7 +195,7 @@ class ClusterSim:
         req = self.engines[mv.src].remove_waiting(mv.req_id)
         if req is None:
             return False
-        self.views[mv.src].sent -= 1
+        self._uncount(req)
         req.moves += 1
         self.moves += 1
         self.dispatch(req, mv.dst, now)
@@ -210,6 +226,7 @@ class ClusterSim:
         views = self.views
         engines = self.engines
         heap = self._heap
+        scrapes = self._scrapes
         timers = self._timers
         n = len(reqs)
         ai = 0
@@ -217,6 +234,9 @@ class ClusterSim:
         tick = routing.tick_interval
         if tick and n:
             self.add_timer(reqs[0].arrival + tick, self._tick_fn(tick))
+        if routing.holds and n:
+            every = tick or 0.05  # the live router's offer loop (service.PolicyDispatcher)
+            self.add_timer(reqs[0].arrival + every, self._offer_fn(every))
         last_report = 0
         while True:
             # skip stale engine events
@@ -227,13 +247,18 @@ class ClusterSim:
             t_arr = self._next_arrival
             if t_eng == math.inf and t_tmr == math.inf and t_arr == math.inf:
                 break
+            t = min(t_eng, t_tmr, t_arr)
+            if t >= scrapes.due:
+                scrapes.advance(t)
+            if t >= self._tele_due:
+                self._poll_telemetry(t)
             if t_eng <= t_arr and t_eng <= t_tmr:
                 _, _, idx, _ = heapq.heappop(heap)
                 self.now = t_eng
                 eng = engines[idx]
                 finished = eng.finish_step()
                 for r in finished:
-                    views[idx].sent -= 1
+                    self._uncount(r)
                     if self._split_output and r.id in self._split_output:
                         if self._handoff(r, idx, t_eng):
                             continue
@@ -296,9 +321,30 @@ class ClusterSim:
         self.add_timer(now + delay, lambda t: self.dispatch(req, dst, t))
         return True
 
-    def _offer(self, idx: int, now: float) -> None:
-        for info in self.routing.pull(idx, self.views, now):
+    def _offer(self, idx: int, now: float) -> int:
+        got = self.routing.pull(idx, self.views, now)
+        for info in got:
             self.dispatch(self._by_id[info.id], idx, now)
+        return len(got)
+
+    def _offer_fn(self, interval: float) -> Callable[[float], None]:
+        """Every `interval`, offer each engine the held requests (as the live router's offer loop
+        does): a policy that waits for a scrape to show its engine has taken what it was sent
+        gets to hand over more although no engine event comes. Stops once everything is idle and
+        a scrape period has passed without a hand-over."""
+        last = [0.0]
+        grace = self._scrapes.period + interval
+
+        def fn(now: float) -> None:
+            got = 0
+            for j in range(len(self.engines)):
+                got += self._offer(j, now)
+            if got or self._next_arrival < math.inf or any(e.busy for e in self.engines):
+                last[0] = now
+            if now - last[0] <= grace:
+                self.add_timer(now + interval, fn)
+
+        return fn
 
     def _tick_fn(self, interval: float) -> Callable[[float], None]:
         def fn(now: float) -> None:

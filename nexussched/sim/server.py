@@ -212,6 +212,20 @@ class _EngineCollector(Collector):
             g = GaugeMetricFamily(name, doc, labels=labels)
             g.add_metric(lv, v)
             yield g
+        # vLLM exports its cache configuration as an info gauge (value 1, values in labels)
+        cfg = {
+            "block_size": str(e.block_size),
+            "cache_dtype": "auto",
+            "enable_prefix_caching": "False",
+            "gpu_memory_utilization": str(e.profile.gpu_mem_util),
+            "num_cpu_blocks": "None",
+            "num_gpu_blocks": str(e.total_blocks),
+        }
+        g = GaugeMetricFamily(
+            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(cfg)
+        )
+        g.add_metric(list(cfg.values()), 1.0)
+        yield g
         c = CounterMetricFamily(
             "vllm:num_preemptions", "Cumulative number of preemptions.", labels=labels
         )

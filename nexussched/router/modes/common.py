@@ -16,10 +16,11 @@ from ..errors import APIError
 
 
 class NodeView:
-    """A backend as FastDeploy's resource check sees it: scraped load plus the requests this
-    router handed the engine that it has not visibly taken yet (no first byte, and no scrape since
-    they were sent showing an empty waiting queue). An engine pulls only when that is zero, as a
-    FastDeploy engine asks for work only once it has consumed what it was given."""
+    """A backend as FastDeploy's resource check sees it (the EngineView contract): scraped load
+    plus the requests this router handed the engine that it has not visibly taken yet (no first
+    byte, and no scrape since they were sent showing an empty waiting queue). An engine pulls only
+    when that is zero, as a FastDeploy engine asks for work only once it has consumed what it was
+    given."""
 
     __slots__ = ("b", "node")
 
@@ -52,16 +53,25 @@ class NodeView:
         return self.b.inflight
 
     @property
-    def free_blocks(self) -> int:
-        return int(self.node.kv_blocks * (1.0 - min(1.0, max(0.0, self.b.kv_usage))))
+    def last_scrape(self) -> float:
+        return self.b.last_scrape
+
+    @property
+    def num_gpu_blocks(self) -> int:
+        # vllm:cache_config_info when the engine exports it, else the mode's assumption
+        return self.b.num_gpu_blocks or self.node.kv_blocks
 
     @property
     def block_size(self) -> int:
-        return self.node.block_size
+        return self.b.block_size or self.node.block_size
 
     @property
-    def max_num_batched_tokens(self) -> int:
-        return 8192
+    def inflight_prompt_tokens(self) -> int:
+        return self.b.inflight_prompt_tokens
+
+    @property
+    def inflight_max_tokens(self) -> int:
+        return self.b.inflight_max_tokens
 
 
 class NodeState:

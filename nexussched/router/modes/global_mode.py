@@ -559,8 +559,7 @@ class PlaneDispatcher(Dispatcher):
         """Send the request to the node's engine and stream its answer to the origin."""
         router = self.router
         b = w.backend
-        b.inflight += 1
-        b.sent += 1
+        b.begin(call.info)
         writer = ChunkWriter(self, c, w.worker, w.name)
         up = None
         try:
@@ -618,7 +617,7 @@ class PlaneDispatcher(Dispatcher):
             resp.release()
             await writer.close()
         finally:
-            b.inflight -= 1
+            b.end(call.info)
             if up is not None and not up.resp.closed and writer.fenced:
                 up.resp.close()
 

@@ -133,8 +133,7 @@ class LocalDispatcher(Dispatcher):
             b = router.backends[idx]
             node = self.nodes[idx]
             rid = call.info.id
-            b.inflight += 1
-            b.sent += 1
+            b.begin(call.info)
             try:
                 try:
                     up = await router.open_upstream(call, idx)
@@ -150,7 +149,7 @@ class LocalDispatcher(Dispatcher):
                 node.confirm(rid)
                 return await router.relay(call, up)
             finally:
-                b.inflight -= 1
+                b.end(call.info)
                 node.confirm(rid)
                 self.policy.on_finish(rid, idx, time.monotonic())
                 self._offer(idx)

@@ -155,8 +155,7 @@ class SplitwiseDispatcher(PlaneDispatcher):
         call = p.call(json.dumps(body).encode())
         call.stream = False
         b = w.backend
-        b.inflight += 1
-        b.sent += 1
+        b.begin(call.info)
         w.load[c.rid] = (p.prompt_tokens, time.monotonic())
         try:
             try:
@@ -190,7 +189,7 @@ class SplitwiseDispatcher(PlaneDispatcher):
                 dn = self._choose("decode", decode_blur_step)
             await self._handoff(w, c, p, dn)
         finally:
-            b.inflight -= 1
+            b.end(call.info)
             w.load.pop(c.rid, None)
 
     async def _handoff(self, w: NodeWorker, c: Claimed, p: Payload, dn: str) -> None:

@@ -9,6 +9,7 @@ from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolic
 from .fastdeploy_modes import FastDeployGlobal, FastDeployLocal, FastDeploySplitwise, QueueFull
 from .prism import Prism, PrismConfig, SloUnattainable
 from .simple import LeastLoad, RoundRobin
+from .view import ORACLE_ATTRS, SCRAPE_PERIOD, TELEMETRY_POLL, VIEW_ATTRS
 from .weighted import WeightedScorer
 
 POLICIES: dict[str, Callable[..., RoutingPolicy]] = {
@@ -35,7 +36,11 @@ def make_policy(name: str, **kwargs: object) -> RoutingPolicy:
 
 
 __all__ = [
+    "ORACLE_ATTRS",
     "POLICIES",
+    "SCRAPE_PERIOD",
+    "TELEMETRY_POLL",
+    "VIEW_ATTRS",
     "EngineView",
     "FastDeployGlobal",
     "FastDeployLocal",

@@ -1,20 +1,23 @@
 """The routing-policy interface, written once for both worlds.
 
 A policy is a plain object. The live router and the cluster simulator both hand it a RequestInfo
-and a sequence of EngineView objects and act on its answer; neither the policy nor its math imports
-aiohttp or the simulator.
+and a sequence of EngineView objects (the information contract, view.py) and act on its answer;
+neither the policy nor its math imports aiohttp or the simulator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
+
+from .view import EngineView
 
 
 @dataclass(slots=True)
 class RequestInfo:
-    """What a router knows about a request when it must place it."""
+    """What a router knows about a request when it must place it: its prompt's size and the
+    client's declared `max_tokens`, never how long its output will really be."""
 
     id: object
     prompt_tokens: int
@@ -24,22 +27,6 @@ class RequestInfo:
     slo_tpot: float
     priority: int = 0
     model: str = ""
-
-
-@runtime_checkable
-class EngineView(Protocol):
-    """What a policy may read about one engine (scraped metrics + the router's own counts)."""
-
-    name: str
-    healthy: bool
-    num_running: int
-    num_waiting: int
-    kv_usage: float
-
-    @property
-    def inflight(self) -> int:
-        """Requests sent to this engine and not yet finished, as the router counts them."""
-        ...
 
 
 @dataclass(slots=True)

@@ -22,11 +22,14 @@ import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from .view import EngineView, scraped_free_blocks
+
 LOAD_LOOKUP_NUM = 5  # shards read per steal attempt (FastDeploy's load_lookup_num)
 LOAD_COUNT = 50  # members read per shard (load_count)
 STEAL_SAMPLE = 10  # candidates sampled before the random pick
 MAX_PREFILL_BATCH = 3  # FastDeploy's max_prefill_batch (MAX_PREFILL_NUM)
 RESERVED_OUTPUT_BLOCKS = 2  # enc_dec_block_num
+MAX_NUM_BATCHED_TOKENS = 8192  # a node's token budget when its engine's is not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +54,63 @@ def blocks_for(tokens: int, block_size: int) -> int:
 
 
 def engine_resources(
-    view: object,
+    view: EngineView,
     max_prefill_batch: int = MAX_PREFILL_BATCH,
     reserved_output_blocks: int = RESERVED_OUTPUT_BLOCKS,
+    pending: int = 0,
+    max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
+    assumed_blocks: int = 1000,
 ) -> Resources | None:
-    """Resources of an engine as a policy sees it (EngineView-like), or None when it should not
-    take work now: its own queue is not empty (FastDeploy pulls only when the engine has taken
-    everything it was given) or it has no free blocks beyond the reserve."""
-    if not getattr(view, "healthy", True) or getattr(view, "num_waiting", 0) > 0:
+    """Resources of an engine as a policy sees it, or None when it should not take work now: its
+    own queue is not empty (FastDeploy pulls only when the engine has taken everything it was
+    given; `pending`: requests handed to it that no scrape has shown taken yet) or it has no free
+    blocks beyond the reserve.
+
+    Free blocks come from vllm:cache_config_info's block count and the scraped KV usage
+    (`assumed_blocks` when the engine exports no block count); the token budget is the node's
+    configured `max_num_batched_tokens` (vLLM does not expose it). The oracle view's exact
+    `free_blocks` and budget are used where it offers them."""
+    if not view.healthy or view.num_waiting + pending > 0:
         return None
-    free = getattr(view, "free_blocks", None)
-    bs = int(getattr(view, "block_size", 16) or 16)
+    free = getattr(view, "free_blocks", None)  # exact: the oracle view only
     if free is None:
-        total = getattr(view, "total_blocks", None)
-        if total is None:
-            # only a usage fraction is known: treat the engine as a 1000-block pool
-            total = 1000
-        free = int(total * (1.0 - float(getattr(view, "kv_usage", 0.0))))
+        free = scraped_free_blocks(view)
+    if free is None:
+        free = int(assumed_blocks * (1.0 - min(1.0, max(0.0, float(view.kv_usage)))))
+    bs = int(view.block_size or 16)
     if free <= reserved_output_blocks or max_prefill_batch < 1:
         return None
-    budget = int(getattr(view, "max_num_batched_tokens", 8192) or 8192)
+    budget = int(getattr(view, "max_num_batched_tokens", None) or max_num_batched_tokens)
     return Resources(int(free), bs, budget, max_prefill_batch, reserved_output_blocks)
+
+
+class PendingPulls:
+    """Requests a node handed its engine that the engine has not visibly taken yet: sent before
+    no scrape showing an empty waiting queue (FastDeploy's engine asks for more only once it has
+    consumed what it was given; with scraped gauges the router must remember what it sent)."""
+
+    def __init__(self) -> None:
+        self._sent: list[dict[object, float]] = []
+
+    def _node(self, idx: int) -> dict[object, float]:
+        while len(self._sent) <= idx:
+            self._sent.append({})
+        return self._sent[idx]
+
+    def sent(self, idx: int, req_id: object, now: float) -> None:
+        self._node(idx)[req_id] = now
+
+    def done(self, idx: int, req_id: object) -> None:
+        if idx < len(self._sent):
+            self._sent[idx].pop(req_id, None)
+
+    def count(self, idx: int, view: EngineView) -> int:
+        sent = self._node(idx)
+        if sent and view.num_waiting == 0:
+            seen = view.last_scrape
+            for k in [k for k, t in sent.items() if t < seen]:
+                del sent[k]
+        return len(sent)
 
 
 def mini_batches(batch: int) -> list[int]:

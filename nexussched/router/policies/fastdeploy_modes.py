@@ -22,8 +22,10 @@ from typing import ClassVar
 from .base import EngineView, NoEngineAvailable, RequestInfo, RoutingPolicy, healthy_indices
 from .fastdeploy import (
     LOAD_COUNT,
+    MAX_NUM_BATCHED_TOKENS,
     MAX_PREFILL_BATCH,
     RESERVED_OUTPUT_BLOCKS,
+    PendingPulls,
     Resources,
     SmoothWeighted,
     admit_count,
@@ -62,6 +64,7 @@ class FastDeployLocal(RoutingPolicy):
         front_weights: str | Sequence[float] | None = None,
         max_prefill_batch: int = MAX_PREFILL_BATCH,
         reserved_output_blocks: int = RESERVED_OUTPUT_BLOCKS,
+        max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
         seed: int = 0,
     ) -> None:
         _check("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
@@ -75,6 +78,8 @@ class FastDeployLocal(RoutingPolicy):
         self.front_spec = front_weights
         self.max_prefill_batch = max_prefill_batch
         self.reserved_output_blocks = reserved_output_blocks
+        self.max_num_batched_tokens = int(max_num_batched_tokens)
+        self.pending = PendingPulls()  # pulled by an engine, not yet seen taken by a scrape
         self.rng = random.Random(seed)
         self.front: SmoothWeighted | None = None
         self.queues: list[deque[RequestInfo]] = []
@@ -122,7 +127,14 @@ class FastDeployLocal(RoutingPolicy):
         return [q.popleft() for _ in range(k)]
 
     def resources(self, engines: Sequence[EngineView], idx: int) -> Resources | None:
-        return engine_resources(engines[idx], self.max_prefill_batch, self.reserved_output_blocks)
+        v = engines[idx]
+        return engine_resources(
+            v,
+            self.max_prefill_batch,
+            self.reserved_output_blocks,
+            self.pending.count(idx, v),
+            self.max_num_batched_tokens,
+        )
 
     def pull(self, idx: int, engines: Sequence[EngineView], now: float) -> list[RequestInfo]:
         if not self.queues:
@@ -133,6 +145,8 @@ class FastDeployLocal(RoutingPolicy):
         got = self._take(self.queues[idx], res.batch, res, now)
         if not got and not self.queues[idx]:
             got = self._steal(idx, engines, res, now)
+        for r in got:
+            self.pending.sent(idx, r.id, now)
         return got
 
     def _steal(
@@ -141,6 +155,7 @@ class FastDeployLocal(RoutingPolicy):
         return []
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        self.pending.done(idx, req_id)
         node = self.origin.pop(req_id, None)
         if node is not None:
             self.outstanding[node] -= 1
@@ -236,6 +251,7 @@ class FastDeploySplitwise(RoutingPolicy):
         release_load_expire_period: float = 600.0,
         max_prefill_batch: int = MAX_PREFILL_BATCH,
         reserved_output_blocks: int = RESERVED_OUTPUT_BLOCKS,
+        max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
         seed: int = 0,
     ) -> None:
         _check("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
@@ -248,6 +264,8 @@ class FastDeploySplitwise(RoutingPolicy):
         self.release_load_expire_period = float(release_load_expire_period)
         self.max_prefill_batch = max_prefill_batch
         self.reserved_output_blocks = reserved_output_blocks
+        self.max_num_batched_tokens = int(max_num_batched_tokens)
+        self.pending = PendingPulls()  # pulled by an engine, not yet seen taken by a scrape
         self.rng = random.Random(seed)
         self.roles: list[str] = []
         self.queues: list[deque[RequestInfo]] = []
@@ -329,17 +347,28 @@ class FastDeploySplitwise(RoutingPolicy):
                 self._release(d, r.id)
         if not q:
             return []
-        res = engine_resources(engines[idx], self.max_prefill_batch, self.reserved_output_blocks)
+        v = engines[idx]
+        res = engine_resources(
+            v,
+            self.max_prefill_batch,
+            self.reserved_output_blocks,
+            self.pending.count(idx, v),
+            self.max_num_batched_tokens,
+        )
         if res is None:
             return []
         head = list(islice(q, res.batch))
         k = admit_count([r.prompt_tokens for r in head], res)
-        return [q.popleft() for _ in range(k)]
+        got = [q.popleft() for _ in range(k)]
+        for r in got:
+            self.pending.sent(idx, r.id, now)
+        return got
 
     def decode_target(
         self, req_id: object, src: int, engines: Sequence[EngineView], now: float
     ) -> int | None:
         """The prefill of `req_id` finished on `src`: the decode node to continue on."""
+        self.pending.done(src, req_id)
         self._sync(now)
         p, d, _ = self.plan.get(req_id, (src, -1, 0))
         self._release(p, req_id)
@@ -355,6 +384,7 @@ class FastDeploySplitwise(RoutingPolicy):
         return d
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        self.pending.done(idx, req_id)
         p, d, _ = self.plan.pop(req_id, (-1, -1, 0))
         if p >= 0:
             self._release(p, req_id)

@@ -42,6 +42,7 @@ from itertools import islice
 from ...perfmodel.model import PerfModel, PerfModelConfig
 from ...perfmodel.telemetry import StepRecord
 from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolicy
+from .view import kv_capacity_tokens
 
 INF = math.inf
 ORDERS = ("edf", "lifo", "cost")
@@ -107,7 +108,7 @@ class _Req:
     """A request PRISM has seen: held at the router or in flight at an engine."""
 
     __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
-                 "pace")  # fmt: skip
+                 "pace", "bound")  # fmt: skip
 
     def __init__(self, info: RequestInfo, key: tuple) -> None:
         self.info = info
@@ -121,6 +122,7 @@ class _Req:
         self.hopeless = False
         self.work = 0.0  # predicted prefill time at the engine it went to
         self.pace = 0.0  # how far it advanced that engine's pacing clock
+        self.bound = -INF  # when it was sent to that engine
 
 
 class _Engine:
@@ -462,6 +464,7 @@ class Prism(RoutingPolicy):
         base = e.base + e.c2 + e.c3 * r.ctx
         work = e.prefill_time(r.prompt, base)
         r.engine = idx
+        r.bound = now
         paced = self._router_paced(e)
         u = e.U if e.U > now else now
         if paced or u + work <= r.deadline:
@@ -554,15 +557,47 @@ class Prism(RoutingPolicy):
 
     # ---- re-binding and resync --------------------------------------------------------------
     def _sync(self, engines: Sequence[EngineView]) -> None:
-        """Read the engines' size where they report it (KV capacity from free blocks and usage)."""
+        """Read the engines' KV size where they export it (vllm:cache_config_info)."""
         for i, v in enumerate(engines):
             e = self._engine(i)
-            free = getattr(v, "free_blocks", None)
-            bs = getattr(v, "block_size", None)
-            if free is not None and bs and e.kv_tokens == INF:
-                used = float(getattr(v, "kv_usage", 0.0) or 0.0)
-                if used < 0.99:
-                    e.kv_tokens = free * bs / (1.0 - used)
+            if e.kv_tokens == INF:
+                cap = kv_capacity_tokens(v)
+                if cap:
+                    e.kv_tokens = float(cap)
+
+    @staticmethod
+    def _queued(e: _Engine, v: EngineView) -> int:
+        """How many of the newest requests sent to e have not started: those its last scrape
+        counted as waiting (vLLM admits in arrival order) plus every one sent since that scrape."""
+        ts = v.last_scrape
+        n = int(v.num_waiting or 0)
+        for r in reversed(e.flights.values()):
+            if r.bound <= ts:
+                break
+            n += 1
+        return n
+
+    def _backlog_until(self, e: _Engine, v: EngineView) -> float | None:
+        """When e will have prefilled what PRISM believes is queued there, from what it sent:
+        the predicted work of the requests its last scrape counted as waiting, from the scrape
+        on, then each request sent since, from when it was sent. None before a first scrape."""
+        ts = v.last_scrape
+        if ts is None or ts == -INF:
+            return None
+        k = int(v.num_waiting or 0)
+        later: list[_Req] = []
+        u = ts
+        for r in reversed(e.flights.values()):
+            if r.bound > ts:
+                later.append(r)
+            elif k > 0:
+                u += r.work
+                k -= 1
+            else:
+                break
+        for r in reversed(later):
+            u = (u if u > r.bound else r.bound) + r.work
+        return u
 
     def tick(self, engines: Sequence[EngineView], now: float) -> list[Move]:
         self._sync_clocks(engines, now)
@@ -574,7 +609,7 @@ class Prism(RoutingPolicy):
             if src >= len(self._eng):
                 break
             es = self._eng[src]
-            waiting = int(getattr(v, "num_waiting", 0) or 0)
+            waiting = self._queued(es, v)
             if waiting == 0 or es.U - now <= gain:
                 continue
             # the newest `waiting` requests sent here have not started (vLLM admits FCFS)
@@ -615,7 +650,7 @@ class Prism(RoutingPolicy):
             if i >= len(self._eng):
                 break
             e = self._eng[i]
-            kv = getattr(v, "kv_usage", None)
+            kv = v.kv_usage
             if kv is not None and e.kv_tokens < INF:
                 e.kv_seen = float(kv)
                 e.kv_new = 0.0
@@ -624,25 +659,26 @@ class Prism(RoutingPolicy):
                     continue  # the replicas' shared clock holds every replica's backlog
                 # An engine that orders its queue by TTFT slack serves late requests last: the
                 # work ahead of a new request is that of the waiting ones still on time (the
-                # newest `num_waiting` PRISM sent there; vLLM admits in arrival order).
-                waiting = getattr(v, "num_waiting", None)
-                if waiting is not None:
-                    work = 0.0
-                    for r in islice(reversed(e.flights.values()), int(waiting)):
-                        if r.deadline > now:
-                            work += r.work
-                    e.U = now + work
+                # newest ones PRISM sent there that have not started).
+                work = 0.0
+                for r in islice(reversed(e.flights.values()), self._queued(e, v)):
+                    if r.deadline > now:
+                        work += r.work
+                e.U = now + work
                 continue
             if e.U <= now:
                 continue
-            q = getattr(v, "queued_prefill_tokens", None)
-            if q is None:
+            q = getattr(v, "queued_prefill_tokens", None)  # exact: the oracle view only
+            if q is not None:
+                tokens = q()
+                if tokens <= 0 and v.num_waiting == 0:
+                    e.U = now
+                else:
+                    e.U = now + e.prefill_time(tokens, e.base)
                 continue
-            tokens = q()
-            if tokens <= 0 and int(getattr(v, "num_waiting", 0) or 0) == 0:
-                e.U = now
-            else:
-                e.U = now + e.prefill_time(tokens, e.base)
+            u = self._backlog_until(e, v)
+            if u is not None:
+                e.U = u if u > now else now
 
     # ---- several router replicas (the transport is PrismShare, router/prism_share.py) ---------
     def take_deltas(self) -> list[tuple[float, float, int, float, int]]:
