@@ -374,14 +374,19 @@ def test_publisher_writes_model_and_load_to_redis(redis_proc):
         {"coef": list(COEF)},
     )
     pub = Publisher(f"redis://127.0.0.1:{redis_proc.port}/0", "t1", "eng-a", every=10.0)
-    assert pub.maybe_publish(m, {"num_running": 3, "num_waiting": 1}, now=100.0)
-    assert not pub.maybe_publish(m, {"num_running": 4}, now=105.0)  # rate-limited
+    assert pub.due(now=100.0)
+    pub.offer(m, 7, {"num_running": 3, "num_waiting": 1}, now=100.0)
+    assert not pub.due(now=105.0)  # rate-limited
+    assert pub.due(now=110.0)
+    assert pub.flush()
     c = redis.Redis(port=redis_proc.port, decode_responses=True)
     got = read_model(c, "t1", "eng-a")
     assert list(got.coef) == pytest.approx(COEF)
     assert read_load(c, "t1", "eng-a")["num_running"] == 3
     assert c.pttl("nxs:{t1}:engine_load:eng-a") > 0
-    assert json.loads(c.get("nxs:{t1}:model:eng-a"))["t"] > 0
+    card = json.loads(c.get("nxs:{t1}:model:eng-a"))
+    assert card["t"] > 0 and card["steps"] == 7 and card["by"] == "engine:eng-a"
     redis_proc.kill()  # Redis down: publishing fails quietly, the engine carries on
-    assert not pub.maybe_publish(m, {"num_running": 5}, now=200.0)
+    pub.offer(m, 8, {"num_running": 5}, now=200.0)
+    assert not pub.flush()
     assert pub.errors == 1

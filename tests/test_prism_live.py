@@ -142,3 +142,36 @@ async def test_live_shedding_answers_429_with_retry_after(spawn):
             assert await complete(s, url, 300, 4, {"x-slo-ttft-ms": "20000"}) == 200
     finally:
         await server.close()
+
+
+async def test_live_prism_learns_engine_sims_from_their_redis_streams(spawn, redis_proc):
+    # engine-sim publishes like the vLLM plug-in (--redis-url); the router learns from the streams
+    # and does not poll the same engines' GET /telemetry as well
+    topic = "simplane"
+    args = ["--time-scale", "0.05", "--redis-url", redis_proc.url, "--topic", topic]
+    fast = spawn("engine-sim", "--profile", "h100", *args, wait=False)
+    slow = spawn("engine-sim", "--profile", "l4", *args, wait=False)
+    fast.wait_ready()
+    slow.wait_ready()
+    policy = Prism(late_binding=False)
+    disp = PrismDispatcher(policy, redis=redis_proc.url, topic=topic, telemetry_interval=0.05)
+    server = await start_router([fast.url, slow.url], disp)
+    try:
+        await wait_healthy(server, 2)
+        url = str(server.make_url("")).rstrip("/")
+        async with aiohttp.ClientSession() as s:
+            for _ in range(10):
+                codes = await asyncio.gather(
+                    *(complete(s, url, 300 + 150 * k, 24) for k in range(12))
+                )
+                assert set(codes) == {200}
+                await asyncio.sleep(0.3)
+        await asyncio.sleep(0.5)
+        assert disp.streams is not None and disp.streams.covers(0) and disp.streams.covers(1)
+        assert disp.streams.by_engine[0] > 50 and disp.streams.by_engine[1] > 50
+        assert disp.feed is not None and disp.feed.records == 0
+        m0, m1 = policy.model(0), policy.model(1)
+        assert m0.fitted and m1.fitted
+        assert m1.predict_step(prefill_tokens=2000) > 1.5 * m0.predict_step(prefill_tokens=2000)
+    finally:
+        await server.close()

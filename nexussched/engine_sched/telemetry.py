@@ -9,10 +9,14 @@ step's update arrived" to "its own update arrived".
 
 from __future__ import annotations
 
+import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TextIO
 
-from ..perfmodel import StepRecord
+from ..perfmodel import PerfModel, StepRecord
+from .publish import Publisher
 
 
 @dataclass(slots=True)
@@ -50,3 +54,61 @@ class StepClock:
                 return p
         self._last_done = now
         return None
+
+
+# The plug-in's drift rule: on a real (CPU) engine single steps jitter by 2x, so a reset needs a
+# sustained 1.5x bias over 200 steps; the default (1.25x over 48) fired on noise and dropped the
+# prefill terms with the old window.
+PLUGIN_DRIFT_RATIO = 1.5
+PLUGIN_DRIFT_WINDOW = 200
+
+
+class StepSink:
+    """Where the plug-in sends each finished step: the learner, the JSONL file and the publisher.
+
+    vLLM-free (so it is tested without vLLM): `learn(rec)` refines the engine's model, `model` is
+    the model to publish, `load()` builds a load snapshot (called at most once per publish period).
+    """
+
+    def __init__(
+        self,
+        learn: Callable[[StepRecord], None],
+        model: Callable[[], PerfModel],
+        load: Callable[[], dict],
+        out: TextIO | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        self.learn = learn
+        self.model = model
+        self.load = load
+        self.out = out
+        self.publisher = publisher
+        self.steps = 0
+
+    def on_step(self, rec: StepRecord, extra: dict | None = None) -> None:
+        m = self.model()
+        predicted = m.predict(rec.prefill_chunks, rec.num_decodes, rec.decode_ctx_sum)
+        self.learn(rec)
+        self.steps += 1
+        if self.out is not None:
+            d = rec.to_dict()
+            if extra:
+                d.update(extra)
+            d["predicted"] = predicted
+            self.out.write(json.dumps(d, separators=(",", ":")) + "\n")
+        pub = self.publisher
+        if pub is not None:
+            pub.step(rec)
+            if pub.due():
+                pub.offer(m, self.steps, self.load())
+
+    def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.offer(
+                self.model(), self.steps, self.load()
+            )  # the latest, on the way out
+            self.publisher.close()
+            self.publisher = None
+        if self.out is not None:
+            self.out.close()
+            self.out = None

@@ -5,9 +5,16 @@ Load it with vLLM's `--scheduler-cls` (this package on PYTHONPATH):
     python -m vllm.entrypoints.openai.api_server --model DIR \\
         --scheduler-cls nexussched.engine_sched.vllm_plugin.LensAsyncScheduler
 
-`LensAsyncScheduler` extends vLLM's default AsyncScheduler; with `--no-async-scheduling` use
-`LensScheduler` (extends `vllm.v1.core.sched.scheduler.Scheduler`). Only this module imports vLLM;
-nothing else in nexussched imports it.
+Two forms, each for vLLM's default AsyncScheduler and (with `--no-async-scheduling`) its
+synchronous `vllm.v1.core.sched.scheduler.Scheduler`:
+- `LensAsyncScheduler` / `LensScheduler`: LENS plans every step (below) and telemetry is published;
+- `TelemetryAsyncScheduler` / `TelemetryScheduler`: vLLM keeps its own batching; the plug-in only
+  records each step and publishes it, for users who want PRISM's routing without changing how their
+  engines batch.
+With NEXUS_REDIS_URL set, both publish every step record and a load snapshot to the engine's Redis
+Stream and its fitted model to the plane (engine_sched/publish.py, one background thread), which
+every router replica reads (router/stream_feed.py). Only this module imports vLLM; nothing else in
+nexussched imports it.
 
 Each step, before vLLM's own `schedule()` runs, the plug-in builds a StepState from the running
 and waiting requests, asks LENS for a StepPlan and applies it through vLLM's own knobs: the step's
@@ -19,14 +26,18 @@ the batch composition is read from `SchedulerOutput`; the step's time is measure
 `update_from_output()` (see telemetry.StepClock for the async case) and fed to LENS's perf model.
 
 Configuration (environment, read once at start):
-  NEXUS_ENGINE_NAME        engine name in telemetry and on the plane (default host:pid)
+  NEXUS_ENGINE_NAME        engine name in telemetry and on the plane (default host:pid); a router
+                           maps it to the backend of that name, or of NEXUS_ENGINE_ADDR
+  NEXUS_ENGINE_ADDR        host:port this server answers on (how a router finds its backend)
   NEXUS_SLO_TTFT, NEXUS_SLO_TPOT   default SLOs in seconds (2.0, 0.1)
   NEXUS_LENS               1: plan with LENS (default); 0: vLLM's own batching, telemetry only
+                           (the Telemetry* classes force 0)
   NEXUS_TELEMETRY          append step records (JSONL) to this file
   NEXUS_PERF_MODEL         start from this saved perf model (JSON) instead of the prior
   NEXUS_LENS_CONFIG        JSON object of LensConfig fields, e.g. {"bank_spend": 0}
   NEXUS_REDIS_URL          publish the model and load there (e.g. redis://127.0.0.1:6379/0)
-  NEXUS_TOPIC              plane topic (default "default"); NEXUS_PUBLISH_S period (1.0 s)
+  NEXUS_TOPIC              plane topic (default "default"); NEXUS_PUBLISH_S period of model
+                           cards and load snapshots (1.0 s; step records go out every 0.1 s)
 Per request, `vllm_xargs` in the request body (vLLM's extra-args field, which reaches
 `SamplingParams.extra_args`) may carry `slo_ttft`, `slo_tpot` and `priority`; a router that accepts
 them as top-level extra body fields forwards them there.
@@ -46,12 +57,12 @@ from pathlib import Path
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from ..perfmodel import PerfModel, StepRecord
+from ..perfmodel import PerfModel, PerfModelConfig, StepRecord
 from .lens import LensConfig
 from .plan import SeqState, StepPlan, StepState
 from .policies import LensPolicy
 from .publish import Publisher
-from .telemetry import StepClock
+from .telemetry import PLUGIN_DRIFT_RATIO, PLUGIN_DRIFT_WINDOW, StepClock, StepSink
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +70,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PluginConfig:
     engine: str
+    addr: str | None = None
     slo_ttft: float = 2.0
     slo_tpot: float = 0.1
     plan: bool = True
@@ -87,6 +99,7 @@ class PluginConfig:
 
         return cls(
             engine=e.get("NEXUS_ENGINE_NAME") or f"{socket.gethostname()}:{os.getpid()}",
+            addr=e.get("NEXUS_ENGINE_ADDR") or None,
             slo_ttft=num("NEXUS_SLO_TTFT", 2.0),
             slo_tpot=num("NEXUS_SLO_TPOT", 0.1),
             plan=e.get("NEXUS_LENS", "1").strip().lower() not in ("0", "false", "no", "off"),
@@ -129,24 +142,37 @@ def _xarg(req, key: str, default: float) -> float:
 class _LensMixin:
     """The plug-in's behaviour; mixed into vLLM's Scheduler and AsyncScheduler."""
 
-    def _lens_setup(self) -> None:
+    def _lens_setup(self, plan: bool | None = None) -> None:
         cfg = PluginConfig.from_env()
+        if plan is not None:
+            cfg.plan = plan
         self.lens_cfg = cfg
-        model = PerfModel.load(cfg.perf_model) if cfg.perf_model else None
+        if cfg.perf_model:
+            model = PerfModel.load(cfg.perf_model)
+        else:
+            model = PerfModel(
+                PerfModelConfig(drift_ratio=PLUGIN_DRIFT_RATIO, drift_window=PLUGIN_DRIFT_WINDOW),
+                name=cfg.engine,
+            )
         self.lens = LensPolicy(engine_name=cfg.engine, config=cfg.lens, model=model)
         self.lens_clock = StepClock()
         self.lens_first_token: dict[str, float] = {}
         self.lens_stats = {"steps": 0, "planned": 0, "followed": 0, "plan_us_max": 0.0}
         self._lens_budget = self.max_num_scheduled_tokens
-        self._lens_out = None
+        out = None
         if cfg.telemetry_path:
             Path(cfg.telemetry_path).parent.mkdir(parents=True, exist_ok=True)
-            self._lens_out = open(cfg.telemetry_path, "a", buffering=1)  # noqa: SIM115
-        self._lens_pub = (
-            Publisher(cfg.redis_url, cfg.topic, cfg.engine, every=cfg.publish_every)
+            out = open(cfg.telemetry_path, "a", buffering=1)  # noqa: SIM115
+        pub = (
+            Publisher(cfg.redis_url, cfg.topic, cfg.engine, cfg.addr, every=cfg.publish_every)
             if cfg.redis_url
             else None
         )
+        self.lens_sink = StepSink(
+            self.lens.observe, lambda: self.lens.model, self._lens_load, out, pub
+        )
+        if pub is not None:
+            pub.start()
         log.info(
             "nexussched LENS plug-in: engine=%s plan=%s budget=%d telemetry=%s redis=%s",
             cfg.engine,
@@ -281,9 +307,7 @@ class _LensMixin:
         return outputs
 
     def shutdown(self) -> None:
-        if self._lens_out is not None:
-            self._lens_out.close()
-            self._lens_out = None
+        self.lens_sink.close()
         super().shutdown()
 
     # ---- telemetry ------------------------------------------------------------------------------
@@ -316,19 +340,11 @@ class _LensMixin:
 
     def _lens_observe(self, rec: StepRecord, extra: dict) -> None:
         st = self.lens_stats
-        predicted = self.lens.model.predict(rec.prefill_chunks, rec.num_decodes, rec.decode_ctx_sum)
-        self.lens.observe(rec)
         st["steps"] += 1
         st["planned"] += bool(extra.get("planned"))
         st["followed"] += bool(extra.get("followed"))
         st["plan_us_max"] = max(st["plan_us_max"], float(extra.get("plan_us", 0.0)))
-        if self._lens_out is not None:
-            d = rec.to_dict()
-            d.update(extra)
-            d["predicted"] = predicted
-            self._lens_out.write(json.dumps(d, separators=(",", ":")) + "\n")
-        if self._lens_pub is not None:
-            self._lens_pub.maybe_publish(self.lens.model, self._lens_load())
+        self.lens_sink.on_step(rec, extra)
 
     def _lens_load(self) -> dict:
         queued = 0
@@ -375,3 +391,19 @@ class LensAsyncScheduler(_LensMixin, AsyncScheduler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._lens_setup()
+
+
+class TelemetryScheduler(_LensMixin, Scheduler):
+    """vLLM's synchronous Scheduler with its own batching; records and publishes step telemetry."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lens_setup(plan=False)
+
+
+class TelemetryAsyncScheduler(_LensMixin, AsyncScheduler):
+    """vLLM's default AsyncScheduler with its own batching; records and publishes step telemetry."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lens_setup(plan=False)

@@ -26,6 +26,22 @@ topics never see each other's keys (FastDeploy's `scheduler_topic`).
 |                           |        | skipped (expired in a queue), fenced (refused pushes of a lost |
 |                           |        | lease), adopted, handoffs (splitwise prefill -> decode)        |
 
+The telemetry plane (engines -> every router replica; written by engine_sched/publish.py for the
+vLLM plug-in and engine-sim alike, read by router/stream_feed.py and router/prism_share.py):
+
+| key                       | type   | holds                                                          |
+|---------------------------|--------|----------------------------------------------------------------|
+| ``steps:<engine>``        | stream | one entry per step record (``k=s``) or load snapshot (``k=l``), |
+|                           |        | ``d`` = JSON; capped by XADD MAXLEN ~ (plane/streams.py)       |
+| ``engines``               | hash   | engine -> JSON {addr, t}: which engines publish, and at which  |
+|                           |        | host:port they serve (how a router maps a stream to a backend) |
+| ``model:<engine>``        | string | JSON model card {steps, by, t, model}: the engine's fitted     |
+|                           |        | PerfModel, by the engine or by a replica that saw more steps   |
+| ``engine_load:<engine>``  | string | JSON load snapshot (num_running, num_waiting, kv_usage, ...);  |
+|                           |        | expires unless renewed                                         |
+| ``prism_clock``           | hash   | PRISM replicas' shared pacing/backlog clocks per engine        |
+| ``prism:<replica>``       | hash   | one PRISM replica's requests in flight per engine (expires)    |
+
 Queue, load score and lease always change together inside one Lua script, so a node's score equals
 the length of its queue and a request is at every moment in exactly one place: a queue, a lease,
 or finished.
@@ -90,3 +106,24 @@ class KeySpace:
     @property
     def stats(self) -> str:
         return f"{self.prefix}stats"
+
+    # ---- the telemetry plane (engines publish; router replicas read) --------------------------
+    def steps(self, engine: str) -> str:
+        return f"{self.prefix}steps:{engine}"
+
+    @property
+    def engines(self) -> str:
+        return f"{self.prefix}engines"
+
+    def model(self, engine: str) -> str:
+        return f"{self.prefix}model:{engine}"
+
+    def engine_load(self, engine: str) -> str:
+        return f"{self.prefix}engine_load:{engine}"
+
+    @property
+    def prism_clock(self) -> str:
+        return f"{self.prefix}prism_clock"
+
+    def prism_share(self, replica: str) -> str:
+        return f"{self.prefix}prism:{replica}"

@@ -1,9 +1,14 @@
 """PRISM in the live router: the policy dispatcher plus what a learning, multi-replica policy needs.
 
 `nexussched router --mode prism --policy prism [--mode-arg redis=redis://HOST:PORT]
-[--mode-arg replica=NAME] [--mode-arg topic=T]`:
-- step telemetry from every backend that serves it (engine-sim's GET /telemetry) goes to the
-  policy's observe() (TelemetryFeed), so it learns each engine's speed as in the simulator;
+[--mode-arg replica=NAME] [--mode-arg topic=T] [--mode-arg learn=auto|telemetry|observed|none]`:
+- step telemetry goes to the policy's observe(), so it learns each engine's speed as in the
+  simulator: with `redis`, from the telemetry plane (router/stream_feed.py: the Redis Stream each
+  engine running the vLLM plug-in, or engine-sim with --redis-url, publishes to), and from any
+  backend that serves GET /telemetry (engine-sim) and publishes no stream (TelemetryFeed);
+- `learn` picks the sources: `telemetry` (the above), `observed` (only what the router sees of
+  the streams it relays, router/observed_feed.py, for stock engines), `auto` (telemetry where an
+  engine gives it, observed for the others; the default), `none` (the prior only);
 - with `redis`, replicas share engine state and models through Redis (PrismShare) and break
   ties at random (PRISM's `jitter`), so several replicas act as one router without herding;
 - a request no engine can serve within its SLO (PRISM with `--policy-arg shed=true`) is answered
@@ -20,7 +25,10 @@ import zlib
 from .policies import TELEMETRY_POLL, make_policy
 from .policy_dispatch import PolicyDispatcher
 from .prism_share import PrismShare
+from .stream_feed import StreamFeed
 from .telemetry_feed import TelemetryFeed
+
+LEARN = ("auto", "telemetry", "observed", "none")
 
 log = logging.getLogger("nexussched.router")
 
@@ -34,8 +42,11 @@ class PrismDispatcher(PolicyDispatcher):
         topic: str = "default",
         share_interval: float = 0.05,
         telemetry_interval: float = TELEMETRY_POLL,
+        learn: str = "auto",
     ) -> None:
         super().__init__(policy)
+        if learn not in LEARN:
+            raise ValueError(f"--mode-arg learn must be one of {', '.join(LEARN)}, got {learn!r}")
         if redis is not None and not hasattr(policy, "take_deltas"):
             raise ValueError("--mode prism with redis needs --policy prism (state sharing)")
         if share_interval <= 0 or telemetry_interval <= 0:
@@ -45,7 +56,9 @@ class PrismDispatcher(PolicyDispatcher):
         self.topic = topic
         self.share_interval = share_interval
         self.telemetry_interval = telemetry_interval
+        self.learn = learn
         self.feed: TelemetryFeed | None = None
+        self.streams: StreamFeed | None = None
         self.share: PrismShare | None = None
         self._redis = None
 
@@ -61,24 +74,48 @@ class PrismDispatcher(PolicyDispatcher):
     async def start(self, router) -> None:
         await super().start(router)
         p = self.policy
-        if hasattr(p, "observe"):
-            self.feed = TelemetryFeed(
-                p.observe, router.backends, router.session, self.telemetry_interval
-            )
-            self._tasks.append(asyncio.create_task(self.feed.run()))
+        learns = hasattr(p, "observe")
+        telemetry = learns and self.learn in ("auto", "telemetry")
         if self.redis_url:
             import redis.asyncio as aioredis
 
             self._redis = aioredis.from_url(self.redis_url)
+            if telemetry:
+                self.streams = StreamFeed(
+                    p.observe, router.backends, self._redis, self.topic, self.telemetry_interval
+                )
+                self._tasks.append(asyncio.create_task(self.streams.run()))
+        if telemetry:
+            # engine-sim without a stream serves GET /telemetry; a streamed engine is not polled
+            streams = self.streams
+            self.feed = TelemetryFeed(
+                p.observe,
+                router.backends,
+                router.session,
+                self.telemetry_interval,
+                skip=streams.covers if streams is not None else None,
+            )
+            self._tasks.append(asyncio.create_task(self.feed.run()))
+            if streams is not None:  # records the HTTP feed taught are not read again
+                streams.taught = self.feed.serves
+        if self.redis_url and hasattr(p, "take_deltas"):
             self.share = PrismShare(
                 p,
                 self._redis,
                 self.replica,
-                lambda: [b.name for b in router.backends],
+                self._engine_names,
                 topic=self.topic,
                 interval=self.share_interval,
             )
             self._tasks.append(asyncio.create_task(self.share.run()))
+
+    def _engine_names(self) -> list[str]:
+        """Each backend's name on the plane (its engine's, once its stream is found)."""
+        s = self.streams
+        return [
+            (s.engine_name(i) if s is not None else None) or b.name
+            for i, b in enumerate(self.router.backends)
+        ]
 
     async def close(self) -> None:
         await super().close()

@@ -9,9 +9,12 @@ Every `interval` seconds a replica
 - writes its requests in flight per engine (and their contexts) to ``nxs:{<topic>}:prism:<id>``,
   which expires unless renewed, and reads the other live replicas' counts (a dead replica's share
   vanishes with its key);
-- shares learned models: it publishes each engine's model (PerfModel.to_dict) to
-  ``nxs:{<topic>}:prism_model:<engine>`` with the number of steps it learned from, and adopts a
-  published model for an engine it has seen far fewer steps of (a replica that starts late).
+- shares learned models through the same key the engines publish theirs to,
+  ``nxs:{<topic>}:model:<engine>`` (a model card, plane/streams.py, with the number of steps it
+  was learned from): it adopts the card of an engine it has seen far fewer steps of (a replica
+  that starts late, or an engine whose stream no longer holds its early steps), and writes its
+  own only where it has seen more steps than the card's author (never over a better one).
+Key names come from plane/keys.py, shared with the engines' publisher.
 Engines are keyed by name, so replicas may list backends in different orders. Between syncs a
 replica sees the others' work of up to one interval late; PRISM's random tie-break (`jitter`)
 spreads replicas that decide at once instead of letting them herd onto the same engine.
@@ -25,7 +28,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from ..perfmodel.model import PerfModel
+from ..plane.keys import KeySpace
+from ..plane.streams import model_card, parse_model_card
 
 log = logging.getLogger("nexussched.router")
 
@@ -59,15 +63,15 @@ return out
 
 
 def clock_key(topic: str) -> str:
-    return f"nxs:{{{topic}}}:prism_clock"
+    return KeySpace(topic).prism_clock
 
 
 def share_key(topic: str, replica: str) -> str:
-    return f"nxs:{{{topic}}}:prism:{replica}"
+    return KeySpace(topic).prism_share(replica)
 
 
 def model_key(topic: str, engine: str) -> str:
-    return f"nxs:{{{topic}}}:prism_model:{engine}"
+    return KeySpace(topic).model(engine)
 
 
 class PrismShare:
@@ -99,6 +103,7 @@ class PrismShare:
         self.shared_time = shared_time
         self._last_models = -1e18
         self.syncs = 0
+        self.adopted = 0  # models taken from the plane (an engine's, or another replica's)
 
     async def sync_once(self) -> None:
         now = self.clock()
@@ -151,24 +156,16 @@ class PrismShare:
         published = await self.redis.mget(keys)
         pipe = self.redis.pipeline()
         writes = 0
-        for i, (name, raw) in enumerate(zip(names, published, strict=True)):
+        for i, (key, raw) in enumerate(zip(keys, published, strict=True)):
             steps = steps_seen[i] if i < len(steps_seen) else 0
-            theirs = None
-            if raw:
-                try:
-                    theirs = json.loads(raw)
-                except ValueError:
-                    theirs = None
-            their_steps = int(theirs.get("steps", 0)) if theirs else 0
-            if theirs and their_steps > 2 * steps + 100:
-                try:
-                    self.policy.set_model(i, PerfModel.from_dict(theirs["model"]))
-                except (ValueError, KeyError, TypeError) as e:
-                    log.warning("prism share: bad model for %s: %r", name, e)
+            card = parse_model_card(raw)
+            their_steps = card.steps if card is not None else 0
+            if card is not None and their_steps > 2 * steps + 100:
+                self.policy.set_model(i, card.model)
+                self.adopted += 1
             elif steps > their_steps and self.policy.model(i).fitted:
-                d = {"steps": steps, "replica": self.replica,
-                     "model": self.policy.model(i).to_dict()}  # fmt: skip
-                pipe.set(keys[i], json.dumps(d), px=int(max(self.ttl, 60.0) * 1000))
+                by = f"replica:{self.replica}"
+                pipe.set(key, model_card(self.policy.model(i), steps, by))
                 writes += 1
         if writes:
             await pipe.execute()

@@ -32,7 +32,9 @@ class TelemetryFeed:
         interval: float = TELEMETRY_POLL,
         retry_s: float = 30.0,
         limit: int = 5000,
+        skip: Callable[[int], bool] | None = None,
     ) -> None:
+        """`skip(idx)`: True for a backend taught another way (its Redis stream)."""
         self.observe = observe
         self.backends = backends
         self.session = session
@@ -41,12 +43,21 @@ class TelemetryFeed:
         self.limit = limit
         self._since: dict[str, int] = {}  # by backend URL (indices may be re-used)
         self._skip_until: dict[str, float] = {}
+        self._served: set[int] = set()  # backends that answered GET /telemetry
+        self.skip = skip
         self.records = 0
+
+    def serves(self, idx: int) -> bool:
+        return idx in self._served
 
     async def poll_once(self) -> int:
         """Fetch new records from every healthy backend; returns how many were observed."""
         got = await asyncio.gather(
-            *(self._poll(i, b) for i, b in enumerate(self.backends) if b.healthy),
+            *(
+                self._poll(i, b)
+                for i, b in enumerate(self.backends)
+                if b.healthy and not (self.skip is not None and self.skip(i))
+            ),
             return_exceptions=True,
         )
         return sum(n for n in got if isinstance(n, int))
@@ -64,6 +75,7 @@ class TelemetryFeed:
                 return 0
             if resp.status != 200:
                 return 0
+            self._served.add(idx)
             text = await resp.text()
             nxt = resp.headers.get("X-Telemetry-Next")
         self._since[url] = int(nxt) if nxt is not None else since

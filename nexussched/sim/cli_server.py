@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=25.0,
         help="GB/s of the link a decode request's KV arrives over (kv_transfer_params)",
     )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="publish step records, load and the fitted model to this Redis (the telemetry "
+        "plane, as the vLLM plug-in does), e.g. redis://127.0.0.1:6379/0",
+    )
+    p.add_argument("--topic", default="default", help="plane topic the records go under")
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=_run)
 
@@ -86,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
         telemetry_out=args.telemetry_out,
         telemetry_keep=args.telemetry_keep,
         kv_link_gbs=args.kv_link_gbs,
+        redis_url=args.redis_url,
+        topic=args.topic,
     ).validate()
     if not 0 <= args.port <= 65535:
         raise ValueError(f"port {args.port} is out of range")

@@ -34,6 +34,9 @@ from prometheus_client.registry import Collector
 
 from ..aio import serve_app
 from ..engine_sched import make_engine_policy
+from ..engine_sched.publish import Publisher
+from ..engine_sched.telemetry import PLUGIN_DRIFT_RATIO, PLUGIN_DRIFT_WINDOW, StepSink
+from ..perfmodel.model import PerfModel, PerfModelConfig
 from ..perfmodel.telemetry import StepRecord
 from ..tokens import message_tokens, text_tokens
 from .engine import EngineConfig, EngineSim
@@ -75,6 +78,11 @@ class ServerConfig:
     # from the prefill engine over a link of this many GB/s before it can run
     kv_link_gbs: float = 25.0
     max_body_bytes: int = 16 * 2**20
+    # the telemetry plane: publish step records, load snapshots and a fitted model to Redis, as
+    # the vLLM plug-in does (engine_sched/publish.py); `addr` is host:port, set by run_server
+    redis_url: str | None = None
+    topic: str = "default"
+    addr: str | None = None
 
     def validate(self) -> ServerConfig:
         get_profile(self.profile)
@@ -270,6 +278,15 @@ class EngineServer:
         self._tele: deque[StepRecord] = deque(maxlen=cfg.telemetry_keep)
         self.telemetry_total = 0
         self._tele_file = open(cfg.telemetry_out, "a") if cfg.telemetry_out else None  # noqa: SIM115
+        self.sink: StepSink | None = None
+        if cfg.redis_url:
+            # the plug-in's own path: a model learned from this engine's steps, one publisher
+            model = PerfModel(
+                PerfModelConfig(drift_ratio=PLUGIN_DRIFT_RATIO, drift_window=PLUGIN_DRIFT_WINDOW),
+                name=self.name,
+            )
+            pub = Publisher(cfg.redis_url, cfg.topic, self.name, cfg.addr)
+            self.sink = StepSink(model.observe, lambda: model, self._load, None, pub)
         self._created = int(time.time())
         reg = CollectorRegistry(auto_describe=False)
         self.registry = reg
@@ -331,6 +348,8 @@ class EngineServer:
     def _on_step(self, rec: StepRecord) -> None:
         self._tele.append(rec)
         self.telemetry_total += 1
+        if self.sink is not None:
+            self.sink.on_step(rec)
         if self._tele_file is not None:
             self._tele_file.write(json.dumps(rec.to_dict(), separators=(",", ":")) + "\n")
 
@@ -406,6 +425,8 @@ class EngineServer:
     async def _startup(self, app: web.Application) -> None:
         self._t0 = time.monotonic()
         self._driver = asyncio.create_task(self._drive())
+        if self.sink is not None and self.sink.publisher is not None:
+            self.sink.publisher.start()
         if self._tele_file is not None:
             self._flusher = asyncio.create_task(self._flush_loop())
 
@@ -421,6 +442,19 @@ class EngineServer:
         if self._tele_file is not None:
             self._tele_file.close()
             self._tele_file = None
+        if self.sink is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.sink.close)
+
+    def _load(self) -> dict:
+        """The load snapshot the plug-in publishes (vLLM's view of its queues)."""
+        e = self.engine
+        return {
+            "num_running": e.num_running,
+            "num_waiting": e.num_waiting,
+            "kv_usage": float(e.kv_usage),
+            "steps": e.steps,
+            "t": time.time(),
+        }
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes)
@@ -774,6 +808,8 @@ def run_server(cfg: ServerConfig, host: str, port: int) -> int:
     """Serve until SIGINT/SIGTERM; a port in use is a one-line ValueError."""
     if not cfg.name:
         cfg.name = f"{cfg.profile}-{port}"
+    if cfg.addr is None:
+        cfg.addr = f"{host}:{port}"
     server = EngineServer(cfg)
     banner = f"engine-sim {server.name} ({cfg.profile}, time-scale {cfg.time_scale:g})"
     return serve_app(server.app(), host, port, banner, shutdown_timeout=1.0)

@@ -87,7 +87,9 @@ class PrismConfig:
     seed: int = 0
     decode_sample: int = 16  # learn from 1 in this many decode-only steps (all others are kept)
     perf: PerfModelConfig = field(
-        default_factory=lambda: PerfModelConfig(window=2048, half_life=1024)
+        default_factory=lambda: PerfModelConfig(
+            window=2048, half_life=1024, drift_ratio=1.5, drift_window=200
+        )
     )
 
     def __post_init__(self) -> None:
@@ -271,11 +273,17 @@ class Prism(RoutingPolicy):
         e.steps += 1
         # Decode-only steps outnumber the rest by far (a long decode run is thousands of them):
         # thinning them keeps the prefill terms identifiable in the model's sliding window.
+        # A decode step the model mispredicts by more than 15% is always kept, so decode terms
+        # stay right where prefill steps dominate what was kept (a slow engine's few long steps).
         if rec.prefill_chunks:
             e.model.observe(rec)
         else:
             e.dskip += 1
-            if e.dskip >= self.cfg.decode_sample:
+            if (
+                e.dskip >= self.cfg.decode_sample
+                or abs(e.c4 + e.c2 * rec.num_decodes + e.c3 * rec.decode_ctx_sum - rec.duration)
+                > 0.15 * rec.duration
+            ):
                 e.dskip = 0
                 e.model.observe(rec)
         if e.model.coef is not e.coef:
