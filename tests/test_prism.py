@@ -226,16 +226,25 @@ def test_shedding_refuses_what_no_engine_can_serve_in_time_only_when_enabled():
 
 def test_shed_requests_count_as_not_completed_in_the_simulator():
     trace = scenario("long-context", n=200, seed=1, rate=6.0)
-    res = simulate(trace, SimSetup(parse_cluster("a100:1"), slo_ttft=1.5), "prism")
+    # clients that wait forever: only shedding may fail a request here
+    setup = SimSetup(parse_cluster("a100:1"), slo_ttft=1.5, client_timeout=None)
+    res = simulate(trace, setup, "prism")
     shed = simulate(
         trace,
-        SimSetup(parse_cluster("a100:1"), slo_ttft=1.5, policy_kwargs={"prism": {"shed": True}}),
+        SimSetup(
+            parse_cluster("a100:1"),
+            slo_ttft=1.5,
+            policy_kwargs={"prism": {"shed": True}},
+            client_timeout=None,
+        ),
         "prism",
     )
     assert res.summary["rejected"] == 0 and res.summary["completed"] == 200
     assert shed.summary["rejected"] > 0
     assert shed.summary["completed"] == 200 - shed.summary["rejected"]
     assert shed.summary["slo_attainment"] <= shed.summary["completed"] / 200
+    assert shed.summary["failure_reasons"] == {"shed": shed.summary["rejected"]}
+    assert shed.summary["stranded"] == 0
 
 
 def test_llmd_weighted_scores_queue_depth_and_kv_use():

@@ -17,7 +17,7 @@ from ..traces import Trace, head, load_trace
 from ..traces.cli_trace import TRACE_HELP, add_traces_dir_argument
 from ..traces.loaders import BUNDLED
 from .information import add_information_args, information_from_args
-from .replay import SimSetup, simulate
+from .replay import DEFAULT_CLIENT_TIMEOUT, SimSetup, simulate
 from .sweep import goodput_sweep
 from .table import format_table
 
@@ -84,6 +84,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_information_args(p)
     p.add_argument(
+        "--client-timeout",
+        type=float,
+        default=DEFAULT_CLIENT_TIMEOUT,
+        help="seconds a client waits for its first token before it gives up and disconnects; "
+        "its request is cancelled at its engine (KV freed) and counted failed "
+        "(default %(default)g; 0: wait forever)",
+    )
+    p.add_argument(
         "--goodput",
         action="store_true",
         help="sweep the rate to find goodput (attainment >= --goodput-target)",
@@ -116,6 +124,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError("--head must be positive")
     if not 0 < args.goodput_target <= 1:
         raise ValueError("--goodput-target must be in (0, 1]")
+    if not args.client_timeout >= 0:
+        raise ValueError("--client-timeout must be >= 0 (0: clients wait forever)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -133,7 +143,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     profiles = parse_cluster(args.cluster) if args.cluster else [get_profile("a100")] * args.engines
     setup = SimSetup(
-        profiles, args.slo_ttft, args.slo_tpot, args.seed, info=information_from_args(args)
+        profiles,
+        args.slo_ttft,
+        args.slo_tpot,
+        args.seed,
+        info=information_from_args(args),
+        client_timeout=args.client_timeout or None,
     )
     policies = _names(args.policies, POLICIES, "routing policy")
     engine_policies = _names(args.engine_policy, ENGINE_POLICIES, "engine policy")
@@ -247,6 +262,7 @@ def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: 
                 api_key=args.api_key,
                 concurrency=args.concurrency,
                 progress=not args.no_progress,
+                client_timeout=args.client_timeout or None,
             )
         )
         pols = args.policies if args.policies != "round_robin,least_load" else "live"
@@ -261,6 +277,7 @@ def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: 
                 "cluster": args.live,
                 "slo_ttft": args.slo_ttft,
                 "slo_tpot": args.slo_tpot,
+                "client_timeout": args.client_timeout or None,
                 "live": args.live,
                 **summarize(outcomes),
                 "goodput_rps": None,

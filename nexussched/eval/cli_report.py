@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..traces.cli_trace import add_traces_dir_argument
 from .information import add_information_args, information_from_args
+from .replay import DEFAULT_CLIENT_TIMEOUT
 from .report import ENGINES, ROUTERS, SCENARIOS, ReportConfig, make_report
 
 
@@ -61,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_traces_dir_argument(p)
     add_information_args(p)
+    p.add_argument(
+        "--client-timeout",
+        type=float,
+        default=DEFAULT_CLIENT_TIMEOUT,
+        help="seconds a client waits for its first token before it gives up; its request is "
+        "cancelled at its engine and counted failed (default %(default)g; 0: wait forever)",
+    )
     p.set_defaults(func=run_report)  # fmt: skip
 
 
@@ -69,8 +77,11 @@ def run_report(args: argparse.Namespace) -> int:
         raise ValueError("--requests-scale must be positive")
     if args.workers < 0 or args.bisect < 0 or args.decisions < 0:
         raise ValueError("--workers, --bisect and --decisions must be >= 0")
+    if not args.client_timeout >= 0:
+        raise ValueError("--client-timeout must be >= 0 (0: clients wait forever)")
     names = _names(args.scenarios, tuple(s.name for s in SCENARIOS), "scenario")
-    scenarios = tuple(s for s in SCENARIOS if s.name in names)
+    timeout = args.client_timeout or None
+    scenarios = tuple(replace(s, client_timeout=timeout) for s in SCENARIOS if s.name in names)
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:

@@ -12,6 +12,7 @@ records, the same the simulated replay produces, so `summarize()` reports both a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -41,6 +42,15 @@ def _prompt_text(r: TraceRequest) -> str:
     return "tok " * max(1, r.prompt_tokens)  # ~4 characters per token
 
 
+def _http_failure(status: int, code: object) -> str:
+    """Failure kind of an HTTP error answer (eval/metrics.py's FAILURE_KINDS)."""
+    if status == 429 and code == "slo_unattainable":
+        return "shed"  # PRISM's admission control
+    if 400 <= status < 500:
+        return "rejected"  # bad or too-large request, a full queue
+    return "error"
+
+
 def _failed(
     r: TraceRequest,
     arrival: float,
@@ -48,6 +58,7 @@ def _failed(
     error: str,
     tokens: int = 0,
     ttft: float = math.nan,
+    failure: str = "error",
 ) -> RequestOutcome:
     return RequestOutcome(
         id=r.id,
@@ -62,6 +73,7 @@ def _failed(
         slo_tpot=slo[1],
         completed=False,
         error=error,
+        failure=failure,
     )
 
 
@@ -75,7 +87,10 @@ async def _one(
     send_slo: bool,
     t_start: float,
     extra_headers: dict[str, str],
+    client_timeout: float | None = None,
 ) -> RequestOutcome:
+    """One request; a client_timeout (s) without a first token makes the client give up: it
+    closes the connection (the router and engine abort the request, freeing its KV)."""
     body: dict = {
         "model": model,
         "max_tokens": max(1, r.output_tokens),
@@ -100,15 +115,22 @@ async def _one(
     max_itl = 0.0
     usage_tokens: int | None = None
     done = False
+    deadline = asyncio.timeout(client_timeout) if client_timeout else None
     try:
-        async with session.post(url, data=json.dumps(body), headers=headers) as resp:
+        async with (
+            deadline or contextlib.nullcontext(),
+            session.post(url, data=json.dumps(body), headers=headers) as resp,
+        ):
             if resp.status != 200:
                 text = await resp.text()
+                code = None
                 try:
-                    msg = json.loads(text)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
+                    err = json.loads(text)["error"]
+                    msg, code = err["message"], err.get("code")
+                except (ValueError, KeyError, TypeError, AttributeError):
                     msg = text[:200]
-                return _failed(r, arrival, slo, f"HTTP {resp.status}: {msg}")
+                kind = _http_failure(resp.status, code)
+                return _failed(r, arrival, slo, f"HTTP {resp.status}: {msg}", failure=kind)
             async for line in resp.content:
                 if not line.startswith(b"data:"):
                     continue
@@ -133,12 +155,24 @@ async def _one(
                                 max_itl = gap
                         else:
                             first = now
+                            if deadline is not None:
+                                deadline.reschedule(None)  # it got its first token in time
                         last = now
                         chunks += 1
                 u = obj.get("usage")
                 if isinstance(u, dict) and u.get("completion_tokens") is not None:
                     usage_tokens = int(u["completion_tokens"])
-    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+    except TimeoutError as e:
+        if deadline is not None and deadline.expired() and not chunks:
+            return _failed(
+                r,
+                arrival,
+                slo,
+                f"client gave up after {client_timeout:g}s without a first token",
+                failure="timeout",
+            )
+        return _failed(r, arrival, slo, f"{type(e).__name__}: {e}", chunks, first - t_send)
+    except (aiohttp.ClientError, OSError, ValueError) as e:
         return _failed(r, arrival, slo, f"{type(e).__name__}: {e}", chunks, first - t_send)
     t_end = time.monotonic()
     if not done or not chunks:
@@ -184,6 +218,7 @@ async def replay_live(
     endpoint: str = "completions",
     send_slo_headers: bool = True,
     timeout: float = 600.0,
+    client_timeout: float | None = None,
 ) -> list[RequestOutcome]:
     """Replay `trace` against the OpenAI endpoint at `url` (base URL, with or without /v1).
 
@@ -194,7 +229,11 @@ async def replay_live(
     broken streams, connection errors) come back as outcomes with `completed=False` and `error`.
     Outcomes are in trace order. model None: the first model the endpoint lists. progress: a
     callable given the number of requests just finished, or True for a progress bar.
+    client_timeout: seconds a client waits for its first token before it disconnects (the
+    request then fails as "timeout"; the router aborts it at its engine, freeing its KV).
     """
+    if client_timeout is not None and not (client_timeout > 0 and math.isfinite(client_timeout)):
+        raise ValueError(f"client_timeout must be positive, got {client_timeout!r}")
     if endpoint not in ("completions", "chat"):
         raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
     if not (time_scale >= 0 and math.isfinite(time_scale)):
@@ -240,12 +279,30 @@ async def replay_live(
             )
             if sem is None:
                 out = await _one(
-                    session, target, r, model, chat, slo, send_slo_headers, t_start, headers
+                    session,
+                    target,
+                    r,
+                    model,
+                    chat,
+                    slo,
+                    send_slo_headers,
+                    t_start,
+                    headers,
+                    client_timeout,
                 )
             else:
                 async with sem:
                     out = await _one(
-                        session, target, r, model, chat, slo, send_slo_headers, t_start, headers
+                        session,
+                        target,
+                        r,
+                        model,
+                        chat,
+                        slo,
+                        send_slo_headers,
+                        t_start,
+                        headers,
+                        client_timeout,
                     )
             if progress is not None:
                 progress(1)

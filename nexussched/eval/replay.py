@@ -15,6 +15,8 @@ from ..traces import Trace, scale_rate
 from .information import Information
 from .metrics import RequestOutcome, outcomes_from_sim, summarize
 
+DEFAULT_CLIENT_TIMEOUT = 60.0
+
 
 @dataclass
 class SimSetup:
@@ -27,6 +29,8 @@ class SimSetup:
     engine_config: EngineConfig | None = None
     policy_kwargs: dict = field(default_factory=dict)  # per routing-policy name -> kwargs
     info: Information = field(default_factory=Information)  # what the policies may know
+    # s a client waits for its first token before it gives up (cancelled at its engine); None: forever
+    client_timeout: float | None = DEFAULT_CLIENT_TIMEOUT
 
     @property
     def cluster_label(self) -> str:
@@ -77,6 +81,7 @@ def simulate(
         view=setup.info.view,
         scrape_period=setup.info.scrape_period,
         telemetry_delay=setup.info.telemetry_delay,
+        client_timeout=setup.client_timeout,
     )
     t0 = time.perf_counter()
     res = cluster.run(scaled, setup.slo_ttft, setup.slo_tpot, progress=progress)
@@ -94,6 +99,7 @@ def simulate(
         "slo_tpot": setup.slo_tpot,
         "seed": setup.seed,
         **setup.info.summary(),
+        "client_timeout": setup.client_timeout,
         **summarize(outcomes),
         "rejected": res.rejected,
         "sim_time_s": res.sim_time,

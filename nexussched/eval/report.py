@@ -28,7 +28,7 @@ from ..router.policies import POLICIES
 from ..sim import parse_cluster
 from ..traces import Trace, head, load_trace
 from .information import Information
-from .replay import SimSetup, simulate
+from .replay import DEFAULT_CLIENT_TIMEOUT, SimSetup, simulate
 
 BASELINE = ("round_robin", "vllm_default")
 OURS = ("prism", "lens")
@@ -50,6 +50,7 @@ class Scenario:
     start: float  # first guess of the operating point's rate scale
     description: str
     policy_kwargs: dict = field(default_factory=dict)  # per routing policy, chosen by the report
+    client_timeout: float | None = DEFAULT_CLIENT_TIMEOUT  # s to first token; None: wait forever
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -100,7 +101,8 @@ def run_point(sc: Scenario, n: int, policy: str, engine: str, scale: float, seed
               traces_dir: str | None = None, info: Information | None = None) -> dict:  # fmt: skip
     """Replay scenario `sc` (first n requests) at `scale` x its rate under one policy pair."""
     setup = SimSetup(parse_cluster(sc.cluster), sc.slo_ttft, sc.slo_tpot, seed,
-                     policy_kwargs=sc.policy_kwargs, info=info or Information())  # fmt: skip
+                     policy_kwargs=sc.policy_kwargs, info=info or Information(),
+                     client_timeout=sc.client_timeout)  # fmt: skip
     s = simulate(
         _trace(sc.trace, n, traces_dir), setup, policy, engine, scale, trace_label=sc.name
     ).summary
@@ -139,8 +141,10 @@ class _Runner:
 
 
 def _goodput_from(points: dict[float, dict]) -> tuple[float | None, float | None]:
-    """(highest passing scale, lowest failing scale above it) among run points."""
-    ok = [k for k, s in points.items() if s["slo_attainment"] >= GOODPUT]
+    """(highest passing scale, lowest failing scale above it) among run points. A point passes
+    with attainment >= GOODPUT in a stable run (eval/metrics.py: its backlog did not keep
+    growing), so a finite slice cannot hide a growing queue."""
+    ok = [k for k, s in points.items() if s["slo_attainment"] >= GOODPUT and s.get("stable", True)]
     if not ok:
         return None, min(points)
     lo = max(ok)

@@ -24,7 +24,9 @@ def goodput_sweep(
     lo_limit: float = 1 / 64,
     hi_limit: float = 256.0,
 ) -> SweepResult:
-    """`run(scale)` returns a summary with `slo_attainment`. Returns the best passing scale."""
+    """`run(scale)` returns a summary with `slo_attainment` (and `stable`). Returns the best
+    passing scale: attainment >= target in a stable run (an unstable one never passes: its slice
+    hides a growing queue)."""
     if start <= 0:
         raise ValueError(f"rate scale must be positive, got {start}")
     points: list[tuple[float, dict]] = []
@@ -32,7 +34,7 @@ def goodput_sweep(
     def ok(scale: float) -> bool:
         s = run(scale)
         points.append((scale, s))
-        return s["slo_attainment"] >= target
+        return s["slo_attainment"] >= target and s.get("stable", True)
 
     s = start
     if ok(s):

@@ -6,27 +6,40 @@ COLUMNS = [
     ("policy", "policy", "{}"),
     ("engine_policy", "engine", "{}"),
     ("rate_rps", "rate/s", "{:.2f}"),
-    ("requests", "reqs", "{}"),
+    ("offered", "offered", "{}"),
     ("slo_attainment", "SLO att", "{:.1%}"),
     ("ttft_p50", "TTFT p50", "{:.3f}"),
     ("ttft_p99", "TTFT p99", "{:.3f}"),
     ("tpot_p50", "TPOT p50", "{:.4f}"),
     ("tpot_p99", "TPOT p99", "{:.4f}"),
+    ("failed", "failed", "{}"),
+    ("stranded", "stranded", "{}"),
+    ("starved_share", "starved", "{:.2%}"),
+    ("stable", "stable", "{}"),
     ("throughput_rps", "thru/s", "{:.2f}"),
     ("goodput_rps", "goodput/s", "{:.2f}"),
 ]
+UNITS = (
+    "rate, thru and goodput: requests/s (thru: completions per second of the arrival window); "
+    "TTFT and TPOT: seconds (TTFT/TPOT percentiles over completed requests); failed, stranded: "
+    "requests; starved: share of offered requests whose TTFT exceeded 10x its SLO or never came; "
+    "stable: the backlog did not keep growing through the arrival window; goodput counts only "
+    "stable runs"
+)
 
 
 def _fmt(fmt: str, v: object) -> str:
     if v is None:
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
     try:
         return fmt.format(v)
     except (ValueError, TypeError):
         return str(v)
 
 
-def format_table(runs: list[dict], columns=COLUMNS) -> str:
+def format_table(runs: list[dict], columns=COLUMNS, units: bool = True) -> str:
     head = [c[1] for c in columns]
     rows = [[_fmt(fmt, r.get(key)) for key, _, fmt in columns] for r in runs]
     widths = [
@@ -41,4 +54,6 @@ def format_table(runs: list[dict], columns=COLUMNS) -> str:
                 for i, (v, w) in enumerate(zip(row, widths, strict=True))
             )
         )
+    if units and columns is COLUMNS:
+        lines.append(f"units: {UNITS}")
     return "\n".join(lines)

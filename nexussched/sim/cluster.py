@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from ..engine_sched.base import EnginePolicy
 from ..perfmodel.telemetry import StepRecord
 from ..router.policies.base import Move, NoEngineAvailable, RequestInfo, RoutingPolicy
+from ..router.policies.prism import SloUnattainable
 from ..router.policies.view import SCRAPE_PERIOD, TELEMETRY_POLL
 from ..traces.types import Trace
 from .engine import EngineConfig, EngineSim
 from .hardware import HardwareProfile
-from .request import SimRequest
+from .request import EXPIRED, REJECTED, SHED, TIMEOUT, SimRequest
 from .views import ScrapeClock, make_views
+
+STALL_OFFERS = 2000  # offer rounds with nothing running or arriving before a run is declared stuck
 
 
 @dataclass
@@ -54,10 +57,14 @@ class ClusterSim:
         view: str = "live",
         scrape_period: float = SCRAPE_PERIOD,
         telemetry_delay: float = 0.0,
+        client_timeout: float | None = None,
     ) -> None:
         if not telemetry_delay >= 0 or not math.isfinite(telemetry_delay):
             raise ValueError(f"telemetry delay must be >= 0 seconds, got {telemetry_delay!r}")
         self.routing = routing
+        # A client that has no first token this many seconds after sending gives up and
+        # disconnects; its request is cancelled wherever it is (None or 0: clients wait forever).
+        self.client_timeout = client_timeout if client_timeout and client_timeout > 0 else None
         self.view = view
         self.telemetry_delay = telemetry_delay
         # step records on their way to the policy: (time it may see them, engine, record)
@@ -151,12 +158,16 @@ class ClusterSim:
 
     # ---- actions available to cluster modes and policies --------------------------------------
     def dispatch(self, req: SimRequest, idx: int, now: float) -> None:
+        if req.failure is not None:
+            return  # its client left while it was on its way (a delayed hand-off)
         eng = self.engines[idx]
         if not eng.fits(req.prompt, req.output):
+            # the engine answers 400, as vLLM does for a request beyond its context or KV cache
             req.engine_name = eng.name
-            self.rejected += 1
+            self._fail(req, REJECTED, eng.refusal(req.prompt, req.output))
             return
         req.dispatch_time = now
+        req.engine_idx = idx
         self._count(req, idx)
         if self._splits and req.generated == 0 and self.routing.is_prefill(idx):  # type: ignore[attr-defined]
             self._split_output[req.id] = req.output
@@ -191,10 +202,52 @@ class ClusterSim:
             h = self._timers[0][0]
         return h
 
+    def _fail(self, req: SimRequest, kind: str, message: str) -> None:
+        req.fail(kind, message)
+        if kind in (REJECTED, SHED):
+            self.rejected += 1
+
+    def refusal(self, req: SimRequest) -> str | None:
+        """Why no engine of the cluster could ever hold `req` (None if one can): refused at
+        admission, as the live router answers 400 context_length_exceeded."""
+        if any(e.fits(req.prompt, req.output) for e in self.engines):
+            return None
+        kv = max(e.total_blocks * e.block_size for e in self.engines)
+        mml = max(e.max_model_len for e in self.engines)
+        return (
+            f"no engine can hold a request of {req.prompt + req.output} tokens ({req.prompt} "
+            f"prompt + {req.output} max_tokens): the largest KV cache holds {kv} tokens, the "
+            f"largest max_model_len is {mml}"
+        )
+
+    def cancel(self, req: SimRequest, now: float, kind: str = TIMEOUT, message: str = "") -> None:
+        """Its client left: drop it wherever it is (router queue, engine queue, running) and
+        free its KV blocks, as a disconnect aborts a request in vLLM."""
+        idx = req.engine_idx
+        self._split_output.pop(req.id, None)
+        if idx >= 0:
+            eng = self.engines[idx]
+            eng.cancel(req)
+            self._uncount(req)
+            self.routing.on_finish(req.id, idx, now)
+            req.fail(kind, message)
+            if not eng.busy:
+                self._kick(idx, now)  # its freed blocks may let a waiting request in
+        else:
+            self.routing.cancel(req.id)
+            req.fail(kind, message)
+
+    def _take_dropped(self) -> None:
+        for d in self.routing.take_dropped():
+            r = self._by_id.get(d.req_id)
+            if r is not None and not r.ended:
+                self._fail(r, EXPIRED if d.reason == "expired" else REJECTED, d.message)
+
     def apply_move(self, mv: Move, now: float) -> bool:
         req = self.engines[mv.src].remove_waiting(mv.req_id)
         if req is None:
             return False
+        req.engine_idx = -1
         self._uncount(req)
         req.moves += 1
         self.moves += 1
@@ -238,6 +291,11 @@ class ClusterSim:
             every = tick or 0.05  # the live router's offer loop (service.PolicyDispatcher)
             self.add_timer(reqs[0].arrival + every, self._offer_fn(every))
         last_report = 0
+        # client timeouts: deadlines come in arrival order (one timeout for all), so a cursor over
+        # the requests in arrival order finds the next one without a timer per request
+        timeout = self.client_timeout
+        by_arrival = sorted(reqs, key=lambda q: q.arrival) if timeout else []
+        ti = 0
         while True:
             # skip stale engine events
             while heap and heap[0][3] != self._version[heap[0][2]]:
@@ -245,19 +303,41 @@ class ClusterSim:
             t_eng = heap[0][0] if heap else math.inf
             t_tmr = timers[0][0] if timers else math.inf
             t_arr = self._next_arrival
+            t_to = math.inf
+            if timeout:
+                while ti < n and (
+                    by_arrival[ti].failure is not None
+                    or by_arrival[ti].first_token == by_arrival[ti].first_token
+                ):
+                    ti += 1
+                if ti < n:
+                    t_to = by_arrival[ti].arrival + timeout
             if t_eng == math.inf and t_tmr == math.inf and t_arr == math.inf:
+                # Nothing can happen any more: what has not ended is stranded (a liveness bug),
+                # and reported so rather than hidden behind its client's timeout.
                 break
-            t = min(t_eng, t_tmr, t_arr)
+            t = min(t_eng, t_tmr, t_arr, t_to)
             if t >= scrapes.due:
                 scrapes.advance(t)
             if t >= self._tele_due:
                 self._poll_telemetry(t)
+            if t_to < t_eng and t_to < t_arr and t_to < t_tmr:
+                self.now = t_to
+                self.cancel(
+                    by_arrival[ti],
+                    t_to,
+                    TIMEOUT,
+                    f"client gave up after {timeout:g}s without a first token",
+                )
+                continue
             if t_eng <= t_arr and t_eng <= t_tmr:
                 _, _, idx, _ = heapq.heappop(heap)
                 self.now = t_eng
                 eng = engines[idx]
                 finished = eng.finish_step()
                 for r in finished:
+                    if r.failure is not None:
+                        continue  # cancelled by its client during the step (books closed then)
                     self._uncount(r)
                     if self._split_output and r.id in self._split_output:
                         if self._handoff(r, idx, t_eng):
@@ -276,13 +356,20 @@ class ClusterSim:
                 r = reqs[ai]
                 ai += 1
                 self._next_arrival = reqs[ai].arrival if ai < n else math.inf
+                why = self.refusal(r)
+                if why is not None:
+                    self._fail(r, REJECTED, why)
+                    continue
                 info = RequestInfo(
                     r.id, r.prompt, r.output, r.arrival, r.slo_ttft, r.slo_tpot, r.priority
                 )
                 try:
                     idx = routing.route(info, views, t_arr)
-                except NoEngineAvailable:
-                    self.rejected += 1
+                except SloUnattainable as e:
+                    self._fail(r, SHED, str(e))
+                    continue
+                except NoEngineAvailable as e:
+                    self._fail(r, REJECTED, str(e) or "no engine available")
                     continue
                 if idx is None:
                     for j, e in enumerate(engines):
@@ -325,15 +412,20 @@ class ClusterSim:
         got = self.routing.pull(idx, self.views, now)
         for info in got:
             self.dispatch(self._by_id[info.id], idx, now)
+        self._take_dropped()
         return len(got)
 
     def _offer_fn(self, interval: float) -> Callable[[float], None]:
         """Every `interval`, offer each engine the held requests (as the live router's offer loop
         does): a policy that waits for a scrape to show its engine has taken what it was sent
         gets to hand over more although no engine event comes. Stops once everything is idle and
-        a scrape period has passed without a hand-over."""
+        a scrape period has passed without a hand-over, unless the policy still holds requests:
+        an idle engine may take them later (a clock of the policy's catching up). With nothing
+        else happening, STALL_OFFERS rounds that place nothing end the run, leaving what is held
+        stranded (a liveness bug, reported as such)."""
         last = [0.0]
         grace = self._scrapes.period + interval
+        stalled = [0]
 
         def fn(now: float) -> None:
             got = 0
@@ -341,7 +433,11 @@ class ClusterSim:
                 got += self._offer(j, now)
             if got or self._next_arrival < math.inf or any(e.busy for e in self.engines):
                 last[0] = now
-            if now - last[0] <= grace:
+                stalled[0] = 0
+            held = self.routing.held
+            if held:
+                stalled[0] += 1
+            if now - last[0] <= grace or (held and stalled[0] < STALL_OFFERS):
                 self.add_timer(now + interval, fn)
 
         return fn

@@ -87,7 +87,9 @@ class EngineSim:
         self.free_blocks = self.total_blocks
         self.max_num_seqs = cfg.max_num_seqs or profile.max_num_seqs
         self.max_num_batched_tokens = cfg.max_num_batched_tokens or profile.max_num_batched_tokens
-        self.max_model_len = cfg.max_model_len
+        # vLLM refuses to start when one sequence of max_model_len tokens cannot fit in the KV
+        # cache (the operator then lowers --max-model-len): so no admitted request can outgrow it.
+        self.max_model_len = min(cfg.max_model_len, self.total_blocks * self.block_size)
         self.policy = policy or VllmDefault()
         self.telemetry = telemetry
         listeners = [telemetry] if telemetry is not None else []
@@ -111,6 +113,8 @@ class EngineSim:
         self._step_start = 0.0
         self._record: StepRecord | None = None
         self._macro: tuple[int, int, list[float], list[float]] | None = None  # n, S0, ends, durs
+        self._cancelled: list[SimRequest] = []  # left by their clients while in the pending step
+        self.fallbacks = 0  # steps where the policy's plan left nothing runnable (vLLM's instead)
 
     # ---- state a router or planner may read ------------------------------------------------
     @property
@@ -151,6 +155,19 @@ class EngineSim:
             and math.ceil((prompt_tokens + 1) / self.block_size) <= self.total_blocks
         )
 
+    def refusal(self, prompt_tokens: int, output_tokens: int) -> str:
+        """Why `fits` says no, naming both sizes (vLLM's context-length error, or the KV cache)."""
+        need = prompt_tokens + output_tokens
+        if need > self.max_model_len:
+            return (
+                f"{self.name}: maximum context length is {self.max_model_len} tokens, the request "
+                f"needs {need} ({prompt_tokens} prompt + {output_tokens} max_tokens)"
+            )
+        return (
+            f"{self.name}: a prompt of {prompt_tokens} tokens does not fit in its KV cache of "
+            f"{self.total_blocks * self.block_size} tokens"
+        )
+
     def enqueue(self, req: SimRequest, now: float) -> None:
         req.engine_name = self.name
         req.enqueue_time = now
@@ -180,6 +197,16 @@ class EngineSim:
                 return r
         return None
 
+    def cancel(self, req: SimRequest) -> None:
+        """Its client left: drop it now, or when the pending step ends if that step serves it."""
+        if self.busy and (
+            any(r is req for r, _ in self._batch)
+            or (self._macro is not None and any(r is req for r in self.running))
+        ):
+            self._cancelled.append(req)
+        else:
+            self.abort(req.id)
+
     # ---- stepping ----------------------------------------------------------------------------
     def start_step(self, now: float, horizon: float = math.inf) -> float | None:
         """Plan and start the next step at `now`; returns its end time, or None when idle.
@@ -198,8 +225,15 @@ class EngineSim:
             plan = self.policy.plan(self.step_state(now))
         if plan is not None:
             self._schedule_planned(plan)
-        else:
-            self._schedule_fcfs(self.policy.token_budget(self.max_num_batched_tokens))
+        if not self._batch:
+            # vLLM's own schedule: the policy plans none, or its plan left nothing runnable (e.g.
+            # partial prefills holding all KV blocks: only preempting one frees room). A second try
+            # admits what the first one's preemption freed room for.
+            self.fallbacks += plan is not None
+            budget = self.policy.token_budget(self.max_num_batched_tokens)
+            self._schedule_fcfs(budget)
+            if not self._batch:
+                self._schedule_fcfs(budget)
         if not self._batch:
             # Nothing fits (e.g. KV full of waiting-only work): idle until something changes.
             self.busy = False
@@ -429,9 +463,22 @@ class EngineSim:
         self.busy = False
         self.busy_time += end - self._step_start
         if self._macro is not None:
-            return self._finish_macro()
+            done = self._finish_macro()
+            if self._cancelled:
+                gone = {id(r) for r in self._cancelled}
+                done = [r for r in done if id(r) not in gone]
+                for r in self._cancelled:
+                    self.abort(r.id)
+                self._cancelled.clear()
+            return done
         self.steps += 1
         done: list[SimRequest] = []
+        if self._cancelled:
+            gone = {id(r) for r in self._cancelled}
+            self._batch = [(r, n) for r, n in self._batch if id(r) not in gone]
+            for r in self._cancelled:
+                self.abort(r.id)
+            self._cancelled.clear()
         for r, n in self._batch:
             r.computed += n
             if r.computed == r.prompt + r.generated:

@@ -6,6 +6,13 @@ import math
 
 from ..engine_sched.plan import SeqState
 
+# Why a request failed (`SimRequest.failure`); a request with neither a finish nor a failure when the
+# simulation ends is *stranded* (a liveness bug, reported as such).
+REJECTED = "rejected"  # refused at admission (no engine can hold it, a full queue, no engine up)
+SHED = "shed"  # refused by SLO admission control (PRISM's shed)
+TIMEOUT = "timeout"  # its client gave up waiting for the first token and disconnected
+EXPIRED = "expired"  # a scheduler queue dropped it after its TTL (FastDeploy's scheduler_ttl)
+
 
 class SimRequest:
     """Mutable per-request state; slots keep the hot loops cheap."""
@@ -31,6 +38,9 @@ class SimRequest:
         "moves",
         "dispatch_time",
         "tag",
+        "engine_idx",
+        "failure",
+        "error",
     )
 
     def __init__(
@@ -63,6 +73,9 @@ class SimRequest:
         self.engine_name = ""
         self.moves = 0
         self.tag: object = None  # free slot for a cluster mode's bookkeeping
+        self.engine_idx = -1  # engine it is queued or running at (-1: at the router, or none)
+        self.failure: str | None = None  # REJECTED | SHED | TIMEOUT | EXPIRED once it failed
+        self.error: str | None = None  # the failure's message
 
     def seq_state(self, running: bool) -> SeqState:
         # Positional (SeqState's field order): built for every sequence every planned step, and
@@ -81,6 +94,16 @@ class SimRequest:
             self.priority,
             None if ft != ft else ft,
         )
+
+    @property
+    def ended(self) -> bool:
+        """Finished or failed: nothing more will happen to it."""
+        return self.failure is not None or self.finish == self.finish
+
+    def fail(self, kind: str, message: str) -> None:
+        self.failure = kind
+        self.error = message
+        self.engine_idx = -1
 
     @property
     def ttft(self) -> float:

@@ -5,8 +5,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolicy, healthy_indices
-from .fastdeploy_modes import FastDeployGlobal, FastDeployLocal, FastDeploySplitwise, QueueFull
+from .base import (
+    Dropped,
+    EngineView,
+    Move,
+    NoEngineAvailable,
+    RequestInfo,
+    RoutingPolicy,
+    healthy_indices,
+)
+from .fastdeploy_modes import (
+    FastDeployGlobal,
+    FastDeployLocal,
+    FastDeploySplitwise,
+    QueueFull,
+    TooLarge,
+)
 from .prism import Prism, PrismConfig, SloUnattainable
 from .simple import LeastLoad, RoundRobin
 from .view import ORACLE_ATTRS, SCRAPE_PERIOD, TELEMETRY_POLL, VIEW_ATTRS
@@ -41,6 +55,7 @@ __all__ = [
     "SCRAPE_PERIOD",
     "TELEMETRY_POLL",
     "VIEW_ATTRS",
+    "Dropped",
     "EngineView",
     "FastDeployGlobal",
     "FastDeployLocal",
@@ -55,6 +70,7 @@ __all__ = [
     "RoundRobin",
     "RoutingPolicy",
     "SloUnattainable",
+    "TooLarge",
     "WeightedScorer",
     "healthy_indices",
     "make_policy",

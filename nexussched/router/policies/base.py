@@ -46,6 +46,10 @@ class RoutingPolicy:
     - pull(): engine `idx` has room; return held requests it should take now.
     - on_finish(): a request finished on engine `idx` (bookkeeping).
     - tick(): called every `tick_interval` seconds; may return Moves (re-binding).
+    - cancel(): a held request's client left; drop it (True if it was held here).
+    - take_dropped(): requests the policy itself gave up on since the last call (e.g. a queue's
+      TTL, or a request no engine can ever take), as (id, reason, message); the caller fails them.
+    - held: how many requests it holds now (a holding policy must eventually release or drop each).
     """
 
     name: ClassVar[str] = "base"
@@ -63,6 +67,25 @@ class RoutingPolicy:
 
     def tick(self, engines: Sequence[EngineView], now: float) -> list[Move]:
         return []
+
+    def cancel(self, req_id: object) -> bool:
+        return False
+
+    def take_dropped(self) -> list[Dropped]:
+        return []
+
+    @property
+    def held(self) -> int:
+        return 0
+
+
+@dataclass(slots=True)
+class Dropped:
+    """A request a policy gave up on: the caller fails it with this reason and message."""
+
+    req_id: object
+    reason: str  # "rejected" (it can never be served) or "expired" (a queue's TTL)
+    message: str
 
 
 class NoEngineAvailable(RuntimeError):

@@ -19,7 +19,14 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import ClassVar
 
-from .base import EngineView, NoEngineAvailable, RequestInfo, RoutingPolicy, healthy_indices
+from .base import (
+    Dropped,
+    EngineView,
+    NoEngineAvailable,
+    RequestInfo,
+    RoutingPolicy,
+    healthy_indices,
+)
 from .fastdeploy import (
     LOAD_COUNT,
     MAX_NUM_BATCHED_TOKENS,
@@ -30,6 +37,7 @@ from .fastdeploy import (
     SmoothWeighted,
     admit_count,
     blur_select,
+    can_ever_hold,
     choose_victim,
     decode_blur_step,
     engine_resources,
@@ -44,6 +52,17 @@ from .fastdeploy import (
 
 class QueueFull(NoEngineAvailable):
     """A node's queue is at `scheduler_max_size` (the live router answers 429)."""
+
+
+class TooLarge(NoEngineAvailable):
+    """No node can ever hold the request (the live router answers 400 context_length_exceeded)."""
+
+
+def _too_large(req: RequestInfo, where: str) -> TooLarge:
+    return TooLarge(
+        f"a request of {req.prompt_tokens} prompt tokens + {req.max_tokens} max_tokens fits no "
+        f"{where}'s KV cache or context length"
+    )
 
 
 def _check(name: str, ok: bool, what: str) -> None:
@@ -88,6 +107,7 @@ class FastDeployLocal(RoutingPolicy):
         self.rejected = 0
         self.expired = 0
         self.steals = 0
+        self._dropped: list[Dropped] = []
 
     def _ensure(self, n: int) -> None:
         if len(self.queues) != n:
@@ -98,7 +118,16 @@ class FastDeployLocal(RoutingPolicy):
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
         self._ensure(len(engines))
         assert self.front is not None
-        node = self.front.next(healthy_indices(engines))
+        up = healthy_indices(engines)
+        node = self.front.next(up)
+        if not self._holds(engines[node], req):
+            # hand it to the next node (by the front's order) that can ever hold it; none: refuse,
+            # rather than let it block a queue whose engine can never admit it
+            fit = [i for i in up if self._holds(engines[i], req)]
+            if not fit:
+                self.rejected += 1
+                raise _too_large(req, "node")
+            node = self.front.next(fit)
         if self.max_size > 0 and self.outstanding[node] >= self.max_size:
             self.rejected += 1
             raise QueueFull(
@@ -109,17 +138,44 @@ class FastDeployLocal(RoutingPolicy):
         self.origin[req.id] = node
         return None
 
+    def _holds(self, view: EngineView, req: RequestInfo) -> bool:
+        return can_ever_hold(view, req.prompt_tokens, req.max_tokens, self.reserved_output_blocks)
+
+    def _drop(self, r: RequestInfo, reason: str, message: str) -> None:
+        node = self.origin.pop(r.id, None)
+        if node is not None:
+            self.outstanding[node] -= 1
+        self._dropped.append(Dropped(r.id, reason, message))
+
+    def take_dropped(self) -> list[Dropped]:
+        out, self._dropped = self._dropped, []
+        return out
+
+    @property
+    def held(self) -> int:
+        return sum(len(q) for q in self.queues)
+
     def _expire(self, q: deque[RequestInfo], now: float) -> None:
         # FIFO queue: the oldest are at the head
         while q and now - q[0].arrival > self.ttl:
             r = q.popleft()
             self.expired += 1
-            node = self.origin.pop(r.id, None)
-            if node is not None:
-                self.outstanding[node] -= 1
+            self._drop(r, "expired", f"queued longer than scheduler_ttl={self.ttl:g}s")
 
-    def _take(self, q: deque[RequestInfo], n: int, res: Resources, now: float) -> list[RequestInfo]:
+    def _take(
+        self,
+        q: deque[RequestInfo],
+        n: int,
+        res: Resources,
+        now: float,
+        view: EngineView | None = None,
+    ) -> list[RequestInfo]:
         self._expire(q, now)
+        # a head this engine can never admit would block the queue for good: refuse it
+        while q and view is not None and not self._holds(view, q[0]):
+            r = q.popleft()
+            self.rejected += 1
+            self._drop(r, "rejected", str(_too_large(r, f"engine ({view.name})")))
         if not q or n <= 0:
             return []
         head = list(islice(q, min(n, res.batch)))
@@ -142,7 +198,7 @@ class FastDeployLocal(RoutingPolicy):
         res = self.resources(engines, idx)
         if res is None:
             return []
-        got = self._take(self.queues[idx], res.batch, res, now)
+        got = self._take(self.queues[idx], res.batch, res, now, engines[idx])
         if not got and not self.queues[idx]:
             got = self._steal(idx, engines, res, now)
         for r in got:
@@ -227,7 +283,10 @@ class FastDeployGlobal(FastDeployLocal):
         victim = choose_victim(steal_candidates(heavy, str(idx), self.rng), self.rng)
         if victim is None:
             return []
-        got = self._take(self.queues[int(victim)], mini_batches(res.batch)[0], res, now)
+        vq = self.queues[int(victim)]
+        if vq and not self._holds(engines[idx], vq[0]):
+            return []  # its head is too large for this engine (its own node can hold it)
+        got = self._take(vq, mini_batches(res.batch)[0], res, now)
         self.steals += len(got)
         return got
 
@@ -276,6 +335,7 @@ class FastDeploySplitwise(RoutingPolicy):
         self.plan: dict[object, tuple[int, int, int]] = {}  # rid -> (prefill, decode, prompt)
         self.expired = 0
         self.handoffs = 0
+        self._dropped: list[Dropped] = []
 
     # ---- roles and loads ----------------------------------------------------------------------
     def _ensure(self, n: int) -> None:
@@ -314,10 +374,24 @@ class FastDeploySplitwise(RoutingPolicy):
     def _release(self, i: int, rid: object) -> None:
         self.load[i].pop(rid, None)
 
-    def _choose(self, role: str, engines: Sequence[EngineView], step: float) -> int:
+    def _choose(
+        self,
+        role: str,
+        engines: Sequence[EngineView],
+        step: float,
+        req: RequestInfo | None = None,
+    ) -> int:
         nodes = [i for i in healthy_indices(engines) if self.roles[i] == role]
         if not nodes:
             raise NoEngineAvailable(f"no healthy {role} node")
+        if req is not None:
+            # a prefill node must hold the prompt; a decode node the prompt and all its output
+            # (one that cannot would idle behind it for good): refuse what none can hold
+            mt = req.max_tokens if role == "decode" else 1
+            res = self.reserved_output_blocks if role == "prefill" else 0
+            nodes = [i for i in nodes if can_ever_hold(engines[i], req.prompt_tokens, mt, res)]
+            if not nodes:
+                raise _too_large(req, f"{role} node")
         loads = [(i, self.reported[i] + self.since_report[i]) for i in nodes]
         return int(blur_select(loads, step, self.rng))  # type: ignore[arg-type]
 
@@ -325,9 +399,9 @@ class FastDeploySplitwise(RoutingPolicy):
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
         self._ensure(len(engines))
         self._sync(now)
-        p = self._choose("prefill", engines, prefill_blur_step(req.prompt_tokens))
+        p = self._choose("prefill", engines, prefill_blur_step(req.prompt_tokens), req)
         n_decode = sum(1 for r in self.roles if r == "decode")
-        d = self._choose("decode", engines, decode_blur_step(n_decode))
+        d = self._choose("decode", engines, decode_blur_step(n_decode), req)
         self.plan[req.id] = (p, d, req.prompt_tokens)
         self._add(p, req.id, req.prompt_tokens, now)
         self._add(d, req.id, 1, now)
@@ -341,10 +415,10 @@ class FastDeploySplitwise(RoutingPolicy):
         while q and now - q[0].arrival > self.ttl:
             r = q.popleft()
             self.expired += 1
-            p, d, _ = self.plan.pop(r.id, (idx, -1, 0))
-            self._release(p, r.id)
-            if d >= 0:
-                self._release(d, r.id)
+            self._forget(r.id, idx)
+            self._dropped.append(
+                Dropped(r.id, "expired", f"queued longer than scheduler_ttl={self.ttl:g}s")
+            )
         if not q:
             return []
         v = engines[idx]
@@ -363,6 +437,30 @@ class FastDeploySplitwise(RoutingPolicy):
         for r in got:
             self.pending.sent(idx, r.id, now)
         return got
+
+    def _forget(self, req_id: object, idx: int = -1) -> None:
+        p, d, _ = self.plan.pop(req_id, (idx, -1, 0))
+        if p >= 0:
+            self._release(p, req_id)
+        if d >= 0:
+            self._release(d, req_id)
+
+    def cancel(self, req_id: object) -> bool:
+        for q in self.queues:
+            for r in q:
+                if r.id == req_id:
+                    q.remove(r)
+                    self._forget(req_id)
+                    return True
+        return False
+
+    def take_dropped(self) -> list[Dropped]:
+        out, self._dropped = self._dropped, []
+        return out
+
+    @property
+    def held(self) -> int:
+        return sum(len(q) for q in self.queues)
 
     def decode_target(
         self, req_id: object, src: int, engines: Sequence[EngineView], now: float

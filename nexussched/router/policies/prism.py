@@ -558,6 +558,18 @@ class Prism(RoutingPolicy):
                     best = t
         return best
 
+    def cancel(self, req_id: object) -> bool:
+        r = self._reqs.get(req_id)
+        if r is None or r.engine >= 0:
+            return False
+        for lst in (self._held, self._hopeless):
+            for k, item in enumerate(lst):
+                if item[2] is r:
+                    del lst[k]
+                    del self._reqs[req_id]
+                    return True
+        return False
+
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
         r = self._reqs.pop(req_id, None)
         if r is not None and r.engine >= 0:
