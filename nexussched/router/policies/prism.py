@@ -525,8 +525,11 @@ class Prism(RoutingPolicy):
             out.append(r.info)
         if out:
             return out
-        if self._hopeless and e.V <= now and (not held or e.n + e.rn == 0):
-            # spare room, and nothing that can still make its SLO is waiting for this engine
+        idle = e.n + e.rn == 0
+        if self._hopeless and (idle or (e.V <= now and not held)):
+            # spare room, and nothing that can still make its SLO is waiting for this engine;
+            # an idle engine always takes one, whatever its pacing clock says (else a late list
+            # could wait for good once nothing else happens)
             k = self._pick_hopeless(e)
             if k >= 0:
                 r = self._hopeless.pop(k)[2]
