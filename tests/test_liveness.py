@@ -68,8 +68,10 @@ def test_prism_late_list_is_drained_by_an_idle_engine():
 def test_prism_pull_on_an_idle_engine_takes_a_late_request():
     p = Prism()
 
-    class V:
+    class V:  # the information contract's attributes (router/policies/view.py)
         name, healthy, num_running, num_waiting, kv_usage, inflight = "e", True, 0, 0, 0.0, 0
+        last_scrape, block_size, num_gpu_blocks = 0.0, 16, 30_000
+        inflight_prompt_tokens = inflight_max_tokens = 0
 
     views = [V()]
     big = RequestInfo(0, 100_000, 10, 0.0, 2.0, 0.1)
@@ -100,7 +102,8 @@ def test_fastdeploy_local_refuses_a_queued_head_its_engine_can_never_admit():
         def __init__(self, name: str, blocks: int) -> None:
             self.name, self.healthy, self.num_running, self.num_waiting = name, True, 0, 0
             self.kv_usage, self.inflight, self.block_size = 0.0, 0, 16
-            self.free_blocks = self.num_gpu_blocks = blocks
+            self.num_gpu_blocks = blocks
+            self.last_scrape, self.inflight_prompt_tokens, self.inflight_max_tokens = 0.0, 0, 0
 
     pol = FastDeployLocal()
     views = [V("small", 100)]

@@ -113,33 +113,21 @@ class PendingPulls:
         return len(sent)
 
 
-def capacity_tokens(view: object) -> int | None:
-    """The most tokens one sequence may hold on an engine: its KV cache (vLLM's
-    cache_config_info: num_gpu_blocks x block_size) and its max_model_len, where the view
-    knows them; None when it knows neither."""
-    cap: int | None = None
-    blocks = getattr(view, "num_gpu_blocks", None)
-    bs = getattr(view, "block_size", None)
-    if blocks and bs:
-        cap = int(blocks) * int(bs)
-    mml = getattr(view, "max_model_len", None)
-    if mml:
-        cap = int(mml) if cap is None else min(cap, int(mml))
-    return cap
-
-
 def can_ever_hold(
     view: object, prompt_tokens: int, max_tokens: int = 0, reserved_output_blocks: int = 0
 ) -> bool:
-    """Whether the engine could ever admit this request, even empty: its prompt's blocks plus
-    the output reserve within its KV cache, and prompt + max_tokens within its max_model_len.
-    True when the view does not say (the engine itself refuses then)."""
+    """Whether the engine could ever admit this request, even empty (from vLLM's
+    cache_config_info; True when the view does not export it: the engine itself refuses then).
+    With max_tokens, the whole request must fit its KV cache (a decode node holds the prompt and
+    every output token); else the prompt's blocks plus the output reserve (FastDeploy's
+    admission)."""
     blocks = getattr(view, "num_gpu_blocks", None)
+    if not blocks:
+        return True
     bs = int(getattr(view, "block_size", 16) or 16)
-    if blocks and blocks_for(prompt_tokens, bs) + reserved_output_blocks > int(blocks):
-        return False
-    mml = getattr(view, "max_model_len", None)
-    return not (mml and prompt_tokens + max_tokens > int(mml))
+    if max_tokens:
+        return blocks_for(prompt_tokens + max_tokens, bs) <= int(blocks)
+    return blocks_for(prompt_tokens, bs) + reserved_output_blocks <= int(blocks)
 
 
 def mini_batches(batch: int) -> list[int]:

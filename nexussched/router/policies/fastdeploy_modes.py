@@ -139,7 +139,7 @@ class FastDeployLocal(RoutingPolicy):
         return None
 
     def _holds(self, view: EngineView, req: RequestInfo) -> bool:
-        return can_ever_hold(view, req.prompt_tokens, req.max_tokens, self.reserved_output_blocks)
+        return can_ever_hold(view, req.prompt_tokens, 0, self.reserved_output_blocks)
 
     def _drop(self, r: RequestInfo, reason: str, message: str) -> None:
         node = self.origin.pop(r.id, None)
@@ -387,7 +387,7 @@ class FastDeploySplitwise(RoutingPolicy):
         if req is not None:
             # a prefill node must hold the prompt; a decode node the prompt and all its output
             # (one that cannot would idle behind it for good): refuse what none can hold
-            mt = req.max_tokens if role == "decode" else 1
+            mt = req.max_tokens if role == "decode" else 0
             res = self.reserved_output_blocks if role == "prefill" else 0
             nodes = [i for i in nodes if can_ever_hold(engines[i], req.prompt_tokens, mt, res)]
             if not nodes:
