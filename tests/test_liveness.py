@@ -138,3 +138,47 @@ def test_a_prompt_no_engine_can_hold_is_refused_at_admission_naming_both_sizes()
     res, _ = _run("a100:1", "round_robin", "vllm_default", [(0.0, 130_000, 2000)])
     r = res.requests[0]
     assert r.failure == "rejected" and "132000" in r.error and "131072" in r.error, r.error
+
+
+# ---- the live router refuses what no backend can hold ------------------------------------------
+def _post(url: str, body: dict) -> tuple[int, dict]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        url + "/v1/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_live_router_refuses_a_prompt_no_backend_can_hold(spawn_module):
+    import json
+    import time
+    import urllib.request
+
+    l4 = spawn_module("engine-sim", "--profile", "l4", "--time-scale", "0.01")
+    router = spawn_module("router", "--backend", l4.url, "--scrape-interval", "0.1")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # until the router has scraped the engine's sizes
+        with urllib.request.urlopen(router.url + "/backends", timeout=5) as r:
+            b = json.loads(r.read())["backends"][0]
+        if b["healthy"] and b["num_gpu_blocks"]:
+            break
+        time.sleep(0.05)
+    model = "sim-llama-3-8b"
+    # 50,000 prompt tokens: more than the l4's 46,224-token KV cache and context length
+    status, body = _post(router.url, {"model": model, "prompt": [7] * 50_000, "max_tokens": 4})
+    assert status == 400, body
+    err = body["error"]
+    assert err["code"] == "context_length_exceeded" and err["type"] == "invalid_request_error"
+    assert "50004" in err["message"] and "46224" in err["message"], err["message"]
+    # what fits is served
+    status, body = _post(router.url, {"model": model, "prompt": [7] * 100, "max_tokens": 4})
+    assert status == 200 and body["usage"]["completion_tokens"] == 4

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
+from .admission import context_refusal
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, Upstream
@@ -330,6 +331,9 @@ class Router:
             prio,
             model,
         )
+        why = context_refusal(self.backends, model, info.prompt_tokens, info.max_tokens)
+        if why is not None:
+            raise bad_request(why, code="context_length_exceeded", param="messages")
         h = request.headers
         fwd = {k: h[k] for k in FORWARD_HEADERS if k in h}
         if fwd.keys() - {"x-request-id"} or "slo_ttft" in body or "slo_tpot" in body:

@@ -511,7 +511,7 @@ class EngineServer:
                 400, f"max_tokens must be at least 1, got {mt!r}.", param="max_tokens"
             )
         prompt = count_prompt_tokens(body, chat)
-        limit = self.cfg.max_model_len
+        limit = self.engine.max_model_len
         if prompt + mt > limit:
             raise _BadRequest(
                 400,
@@ -748,7 +748,7 @@ class EngineServer:
                 "owned_by": "nexussched",
                 "root": m,
                 "parent": None,
-                "max_model_len": self.cfg.max_model_len,
+                "max_model_len": self.engine.max_model_len,  # vLLM's: capped at the KV cache
             }
             for m in self.cfg.models
         ]
