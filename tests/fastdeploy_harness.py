@@ -138,6 +138,19 @@ async def complete(
         return Result(0, error=f"{type(e).__name__}: {e}")
 
 
+async def engine_finished(session: aiohttp.ClientSession, url: str) -> int:
+    """Requests an engine-sim has finished or aborted (vLLM's request_success counter)."""
+    async with session.get(url + "/metrics") as r:
+        text = await r.text()
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("vllm:request_success_total{")
+        )
+    )
+
+
 async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
     async with session.get(url) as r:
         return await r.json(content_type=None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from shown import decode_png, shows
 
 from nexussched.cli import main
 from nexussched.eval.metrics import RequestOutcome, summarize
@@ -139,11 +140,24 @@ def test_eval_cli_writes_results_plot_and_telemetry(tmp_path, capsys):
     for r in runs:
         assert set(REQUIRED) <= set(r)
         assert r["engine_policy"] == "vllm_default" and r["engines"] == 3
-        assert r["requests"] == 300 and 0 <= r["slo_attainment"] <= 1
+        assert r["requests"] == 300 and r["completed"] + r["failed"] == 300
         assert r["goodput_rps"] is None
-    assert (out / "attainment.png").stat().st_size > 1000
-    printed = capsys.readouterr().out
-    assert "round_robin" in printed and "SLO att" in printed
+    # on a mixed cluster, sending by load beats taking turns (measured 97.7% vs 72.3%)
+    assert runs[1]["slo_attainment"] > runs[0]["slo_attainment"] + 0.1
+    # the printed table shows the numbers of results.json
+    printed = capsys.readouterr().out.splitlines()
+    head_at = next(i for i, x in enumerate(printed) if x.startswith("policy "))
+    head = printed[head_at].split()
+    assert head[:5] == ["policy", "engine", "rate/s", "reqs", "SLO"]
+    for r, line in zip(runs, printed[head_at + 2 : head_at + 4], strict=True):
+        cells = line.split()
+        assert cells[:2] == [r["policy"], r["engine_policy"]] and int(cells[3]) == 300
+        shown_values = [r["rate_rps"], None, r["slo_attainment"], r["ttft_p50"], r["ttft_p99"],
+                        r["tpot_p50"], r["tpot_p99"], r["throughput_rps"]]  # fmt: skip
+        for cell, v in zip(cells[2:10], shown_values, strict=True):
+            assert v is None or shows(cell, v), (r["policy"], cell, v)
+        assert cells[10] == "-"  # no goodput search in this run
+    decode_png(out / "attainment.png")
     tel_files = list(tmp_path.glob("tel*.jsonl"))
     assert len(tel_files) == 2
     engines = {json.loads(line)["engine"] for line in tel_files[0].read_text().splitlines()}

@@ -174,14 +174,34 @@ def test_kv_and_seat_limits_are_respected():
     assert plan.order == [1]
 
 
-def test_plan_decision_is_fast_at_256_running():
+def test_plan_at_256_running_and_32_waiting_is_valid_and_fills_the_step():
+    """At full scale the plan keeps every limit and uses the step's time (its cost is
+    benchmarked by benchmarks/bench_planner.py, not asserted here)."""
     st = state(
-        [decode(i, ahead=0.05) for i in range(256)], [waiting(1000 + i, 800) for i in range(32)]
+        [decode(i, ahead=0.05) for i in range(256)],
+        [waiting(1000 + i, 800) for i in range(32)],
+        max_seqs=512,
     )
-    pol = LensPolicy(model=PerfModel.from_dict({"coef": list(COEF)}))
-    for _ in range(20):
-        pol.plan(st)
-    assert pol.steps_planned == 20 and pol.last is not None
+    cfg = LensConfig()
+    pol = LensPolicy(model=PerfModel.from_dict({"coef": list(COEF)}), config=cfg)
+    plan = pol.plan(st)
+    info = pol.last
+    assert (plan, info) == plan_step(st, COEF, cfg)  # the policy is the planner on its model
+    waiting_ids = {p.id for p in st.prefills}
+    assert plan.order and len(set(plan.order)) == len(plan.order)
+    assert set(plan.order) <= waiting_ids and set(plan.chunk_cap) == set(plan.order)
+    assert all(0 < plan.chunk_cap[i] <= 800 for i in plan.order)
+    # every running decode gets its token; the budget is decodes + prefill chunks, within vLLM's
+    assert plan.token_budget == 256 + sum(plan.chunk_cap.values()) <= st.max_num_batched_tokens
+    # the step keeps the decodes' TPOT limit (0.085 s + half the 0.05 s they are ahead) ...
+    assert info.step_limit == pytest.approx(0.085 + 0.5 * 0.05)
+    assert predicted(plan, st) <= info.step_limit + 1e-9
+    # ... and is filled to it: one more aligned chunk of the last prefill would break it
+    last = plan.order[-1]
+    c = plan.chunk_cap[last]
+    grow = max(cfg.chunk_align, 1)
+    extra = chunk_cost(COEF[0], COEF[1], c + grow, 0) - chunk_cost(COEF[0], COEF[1], c, 0)
+    assert predicted(plan, st) + extra > info.step_limit
 
 
 # ---- policies --------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from shown import decode_png, shows
+
 from nexussched.cli import main
 from nexussched.eval.report import compute_bars
 
@@ -19,16 +21,43 @@ def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
     md = (out / "report.md").read_text()
     assert "## Bars" in md and "## heterogeneous" in md and "prism+vllm_default" in md
     assert "Skipped" in md and "no_such_policy" in md  # unknown policies are noted, not fatal
-    for png in ("goodput.png", "attainment_heterogeneous.png"):
-        assert (out / png).stat().st_size > 5000
     res = json.loads((out / "results.json").read_text())
     het = res["scenarios"]["heterogeneous"]
     assert het["requests"] == 150
     pairs = het["pairs"]
     assert set(pairs) >= {"round_robin+vllm_default", "prism+vllm_default"}
-    base = pairs["round_robin+vllm_default"]["at_operating_point"]
-    assert 0.0 <= base["slo_attainment"] <= 1.0
-    assert res["decision_throughput"]["decisions_per_s"] > 0
+    # the scenario's table shows exactly the numbers of results.json, row by row
+    rows = scenario_rows(md, "heterogeneous")
+    assert set(rows) == set(pairs)
+    cols = {"SLO att": "slo_attainment", "TTFT att": "ttft_attainment",
+            "TPOT att": "tpot_attainment", "TTFT p50": "ttft_p50", "TTFT p99": "ttft_p99",
+            "TPOT p50": "tpot_p50", "TPOT p99": "tpot_p99", "moves": "moves"}  # fmt: skip
+    for key, row in rows.items():
+        s = pairs[key]["at_operating_point"]
+        assert s["requests"] == 150
+        for col, field in cols.items():
+            assert shows(row[col], s[field]), (key, col, row[col], s[field])
+        assert shows(row["goodput req/s"], pairs[key]["goodput_rps"]), (key, row)
+    rate = float(md.split("Operating point:", 1)[1].split("=", 1)[1].split("req/s")[0])
+    assert shows(f"{rate}", pairs["round_robin+vllm_default"]["at_operating_point"]["rate_rps"])
+    dps = res["decision_throughput"]["decisions_per_s"]
+    assert f"Decision throughput: {dps:,.0f} decisions/s" in md
+    # the plots decode, at the size their headers state, and are drawn
+    for png in ("goodput.png", "attainment_heterogeneous.png"):
+        assert f"]({png})" in md
+        decode_png(out / png)
+
+
+def scenario_rows(md: str, scenario: str) -> dict[str, dict[str, str]]:
+    """The per-pair table under `## scenario`: {pair: {column: cell}}."""
+    section = md.split(f"\n## {scenario}\n", 1)[1]
+    lines = [x for x in section.splitlines() if x.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(head, cells, strict=True))
+    return rows
 
 
 def _entry(att: dict[str, float], good: dict[str, float]) -> dict:

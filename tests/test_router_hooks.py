@@ -164,11 +164,9 @@ async def test_rebinding_moves_a_queued_request(engines):
         async with aiohttp.ClientSession() as s:
             first = asyncio.ensure_future(post(s, url, max_tokens=60))  # ~0.8 s on engine 0
             await asyncio.sleep(0.05)
-            t = time.monotonic()
             second = await asyncio.wait_for(post(s, url, max_tokens=5), timeout=10)
-            moved_in = time.monotonic() - t
             assert second["usage"]["completion_tokens"] == 5
-            assert not first.done() or moved_in < 0.5  # it did not wait behind the first
+            assert not first.done()  # it finished before the first: it did not wait behind it
             assert (await first)["usage"]["completion_tokens"] == 60
         assert pol.moved and router.metrics.moves._value.get() == 1
         assert [b.sent for b in router.backends] == [2, 1]
