@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from shown import decode_png, shows
@@ -144,24 +145,32 @@ def test_eval_cli_writes_results_plot_and_telemetry(tmp_path, capsys):
         assert r["goodput_rps"] is None
     # on a mixed cluster, sending by load beats taking turns (measured 97.7% vs 72.3%)
     assert runs[1]["slo_attainment"] > runs[0]["slo_attainment"] + 0.1
-    # the printed table shows the numbers of results.json
-    printed = capsys.readouterr().out.splitlines()
-    head_at = next(i for i, x in enumerate(printed) if x.startswith("policy "))
-    head = printed[head_at].split()
-    assert head[:5] == ["policy", "engine", "rate/s", "reqs", "SLO"]
-    for r, line in zip(runs, printed[head_at + 2 : head_at + 4], strict=True):
+    # the printed table shows the numbers of results.json, best row first, units in the headers
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    head_at = next(i for i, x in enumerate(lines) if x.startswith("router "))
+    head = re.split(r"\s{2,}", lines[head_at].strip())
+    assert head[:11] == ["router", "engine policy", "offered req/s", "requests", "SLO met",
+                         "TTFT p50 s", "TTFT p99 s", "TPOT p50 ms", "TPOT p99 ms", "served req/s",
+                         "failed"]  # fmt: skip
+    assert "goodput req/s" not in head  # no goodput search in this run
+    shown_rows = lines[head_at + 2 : head_at + 4]
+    for r, line in zip(sorted(runs, key=lambda r: -r["slo_attainment"]), shown_rows, strict=True):
         cells = line.split()
         assert cells[:2] == [r["policy"], r["engine_policy"]] and int(cells[3]) == 300
+        ms = [None if v is None else v * 1000 for v in (r["tpot_p50"], r["tpot_p99"])]
         shown_values = [r["rate_rps"], None, r["slo_attainment"], r["ttft_p50"], r["ttft_p99"],
-                        r["tpot_p50"], r["tpot_p99"], r["throughput_rps"]]  # fmt: skip
+                        *ms, r["throughput_rps"]]  # fmt: skip
         for cell, v in zip(cells[2:10], shown_values, strict=True):
             assert v is None or shows(cell, v), (r["policy"], cell, v)
-        assert cells[10] == "-"  # no goodput search in this run
+    assert "served req/s: requests completed per second of the arrival window" in printed
     decode_png(out / "attainment.png")
-    tel_files = list(tmp_path.glob("tel*.jsonl"))
-    assert len(tel_files) == 2
-    engines = {json.loads(line)["engine"] for line in tel_files[0].read_text().splitlines()}
-    assert engines == {"a100-0", "a100-1", "l4-2"}
+    decode_png(out / "timeline.png")
+    # one telemetry file, every record tagged with its run
+    assert list(tmp_path.glob("tel*.jsonl")) == [tel]
+    recs = [json.loads(line) for line in tel.read_text().splitlines()]
+    assert {r["engine"] for r in recs} == {"a100-0", "a100-1", "l4-2"}
+    assert {r["run"] for r in recs} == {"round_robin+vllm_default@x2", "least_load+vllm_default@x2"}
 
 
 def test_eval_cli_goodput_sweep(tmp_path):

@@ -19,7 +19,8 @@ def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
     )  # fmt: skip
     assert rc == 0
     md = (out / "report.md").read_text()
-    assert "## Bars" in md and "## heterogeneous" in md and "prism+vllm_default" in md
+    assert md.startswith("# nexussched evaluation report\n\n## Findings") and "PASS" not in md
+    assert "## heterogeneous" in md and "prism+vllm_default" in md
     assert "Skipped" in md and "no_such_policy" in md  # unknown policies are noted, not fatal
     res = json.loads((out / "results.json").read_text())
     het = res["scenarios"]["heterogeneous"]
@@ -50,7 +51,7 @@ def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
 
 def scenario_rows(md: str, scenario: str) -> dict[str, dict[str, str]]:
     """The per-pair table under `## scenario`: {pair: {column: cell}}."""
-    section = md.split(f"\n## {scenario}\n", 1)[1]
+    section = md.split(f"\n## {scenario}\n", 1)[1].split("\n## ", 1)[0]
     lines = [x for x in section.splitlines() if x.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}

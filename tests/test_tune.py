@@ -6,6 +6,7 @@ import json
 
 from nexussched.cli import main
 from nexussched.eval.tune import TuneSetup, run_once, tune
+from nexussched.router.knobs import load_knobs
 from nexussched.sim import parse_cluster
 from nexussched.traces import scenario, slice_trace
 
@@ -49,11 +50,22 @@ def test_tune_cli_writes_the_knobs(tmp_path, capsys):
     assert rc == 0
     d = json.loads(out.read_text())
     assert d["trials"] == 2 and d["eval"] == "250:500"
-    assert "tpot_margin" in d["prism"]
+    assert "tpot_margin" in d["policy_args"]["prism"]
     if d["engine_policy"] == "lens":
-        assert "bank_spend" in d["lens"]
+        assert "bank_spend" in d["engine_policy_args"]["lens"]
     printed = capsys.readouterr().out
     assert "eval mean" in printed and "train attainment" in printed
+    # the knob file reads back as eval's --policy-config, knob for knob
+    knobs = load_knobs(out)
+    assert knobs.policy_args["prism"] == d["policy_args"]["prism"]
+    if not d["beats_defaults_on_train"]:
+        assert "did not beat the defaults" in printed
+    rc = main(
+        ["eval", "--trace", "synthetic:poisson,n=120,rate=30,seed=2", "--cluster", "a100:1,l4:1",
+         "--policies", "prism", "--engine-policy", d["engine_policy"], "--policy-config",
+         str(out), "--out", str(tmp_path / "ev"), "--no-progress"]
+    )  # fmt: skip
+    assert rc == 0
 
 
 def test_tune_cli_rejects_a_bad_slice(capsys):

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..engine_sched import ENGINE_POLICIES
 from ..perfmodel.telemetry import TelemetryLog
+from ..router.knobs import Knobs, load_knobs, parse_policy_args
 from ..router.policies import POLICIES
 from ..sim import get_profile, parse_cluster
 from ..traces import Trace, head, load_trace
@@ -99,7 +100,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--goodput-target", type=float, default=0.9)
     p.add_argument("--out", default="results", help="output directory (results.json, *.png)")
     p.add_argument(
-        "--telemetry-out", default=None, help="write every engine's step records (JSONL)"
+        "--telemetry-out",
+        default=None,
+        metavar="FILE",
+        help="write every engine's step records to FILE (JSONL, what `perf fit --telemetry` "
+        "reads); with several runs each record carries its run's tag "
+        "(POLICY+ENGINE_POLICY@xSCALE), which `perf fit --run TAG` picks",
+    )
+    p.add_argument(
+        "--policy-config",
+        default=None,
+        metavar="FILE",
+        help="knob file (JSON) as `nexussched tune --out` writes: keyword arguments per routing "
+        "and engine policy",
+    )
+    p.add_argument(
+        "--policy-arg",
+        action="append",
+        default=None,
+        metavar="POLICY.KEY=VALUE",
+        help="one knob of a routing or engine policy, e.g. prism.slack=0.4 or "
+        "lens.tpot_margin=0.1 (repeatable; over --policy-config; README lists the knobs)",
     )
     p.add_argument(
         "--live",
@@ -111,6 +132,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name for --live (default: first listed)")
     p.add_argument("--api-key", default=None, help="bearer key for --live")
     p.add_argument("--concurrency", type=int, default=256, help="max in-flight requests for --live")
+    p.add_argument(
+        "--timeline",
+        default="auto",
+        metavar="RUNS",
+        help="runs to draw in timeline.png (requests in the system per engine and TTFT over "
+        "time), as POLICY+ENGINE_POLICY[,...]; 'auto': the first run and the best; 'none' "
+        "(default: %(default)s)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_eval)
 
@@ -142,14 +171,13 @@ def run_eval(args: argparse.Namespace) -> int:
         return _run_live(args, trace, scales, out)
 
     profiles = parse_cluster(args.cluster) if args.cluster else [get_profile("a100")] * args.engines
-    setup = SimSetup(
-        profiles,
-        args.slo_ttft,
-        args.slo_tpot,
-        args.seed,
-        info=information_from_args(args),
-        client_timeout=args.client_timeout or None,
-    )
+    knobs = knobs_from_args(args)
+    setup = SimSetup(profiles, args.slo_ttft, args.slo_tpot, args.seed,
+                     policy_kwargs=knobs.policy_args,
+                     engine_policy_kwargs={e: knobs.engine_kwargs(e)
+                                           for e in knobs.engine_policy_args},
+                     info=information_from_args(args),
+                     client_timeout=args.client_timeout or None)  # fmt: skip
     policies = _names(args.policies, POLICIES, "routing policy")
     engine_policies = _names(args.engine_policy, ENGINE_POLICIES, "engine policy")
     combos = [(p, e) for p in policies for e in engine_policies]
@@ -162,13 +190,21 @@ def run_eval(args: argparse.Namespace) -> int:
         desc="replay",
         leave=False,
     )
+    nruns = len(combos) * len(scales)
+    outcomes: list[list] = []  # per fixed-rate run, for the timeline
+    telemetry_file = Path(args.telemetry_out) if args.telemetry_out else None
+    if telemetry_file is not None:
+        if args.goodput:
+            raise ValueError("--telemetry-out records fixed-rate runs; leave out --goodput")
+        telemetry_file.parent.mkdir(parents=True, exist_ok=True)
+        telemetry_file.write_text("")  # one file for the whole eval, runs appended in turn
     try:
         for pol, epol in combos:
             if args.goodput:
                 runs.extend(_sweep(trace, setup, pol, epol, scales[0], args, bar))
                 continue
             for k in scales:
-                log = TelemetryLog() if args.telemetry_out else None
+                log = TelemetryLog() if telemetry_file else None
                 r = simulate(
                     trace,
                     setup,
@@ -179,14 +215,30 @@ def run_eval(args: argparse.Namespace) -> int:
                     progress=bar.update,
                     trace_label=args.trace,
                 )
+                _label_split(r.summary, setup)
                 runs.append(r.summary)
-                if log is not None:
-                    _write_telemetry(
-                        log, args.telemetry_out, pol, epol, k, len(combos) * len(scales)
-                    )
+                outcomes.append(r.outcomes)
+                if log is not None and telemetry_file is not None:
+                    tag = run_tag(pol, epol, k)
+                    log.write_jsonl(telemetry_file, run=tag if nruns > 1 else None, append=True)
+                    r.summary["telemetry_run"] = tag
     finally:
         bar.close()
-    return _finish(args, runs, out)
+    return _finish(args, runs, out, outcomes)
+
+
+def _label_split(summary: dict, setup: SimSetup) -> None:
+    """Name the prefill/decode split of a splitwise run (which engines do which) in its label."""
+    if summary["policy"] != "splitwise":
+        return
+    from ..router.policies.fastdeploy_modes import split_roles
+
+    kw = setup.policy_kwargs.get("splitwise", {})
+    roles = split_roles(len(setup.profiles), kw.get("prefill_nodes"), kw.get("roles"))
+    summary["policy"] = "splitwise " + ",".join(r[0].upper() for r in roles)
+    summary["splitwise_roles"] = [
+        f"{p.name}:{r}" for p, r in zip(setup.profiles, roles, strict=True)
+    ]
 
 
 def _sweep(
@@ -216,30 +268,65 @@ def _sweep(
     return points
 
 
-def _write_telemetry(
-    log: TelemetryLog, path: str, pol: str, epol: str, k: float, nruns: int
-) -> None:
-    p = Path(path)
-    if nruns > 1:
-        p = p.with_name(f"{p.stem}.{pol}.{epol}.x{k:g}{p.suffix or '.jsonl'}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    log.write_jsonl(p)
-    print(f"telemetry: {len(log.records)} step records -> {p}", file=sys.stderr)
+def run_tag(pol: str, epol: str, k: float) -> str:
+    """The tag of one run in a telemetry file (`perf fit --run TAG`)."""
+    return f"{pol}+{epol}@x{k:g}"
 
 
-def _finish(args: argparse.Namespace, runs: list[dict], out: Path) -> int:
+def knobs_from_args(args: argparse.Namespace) -> Knobs:
+    """--policy-config FILE, then --policy-arg POLICY.KEY=VALUE on top."""
+    base = load_knobs(args.policy_config) if args.policy_config else Knobs()
+    return base.merged(parse_policy_args(args.policy_arg))
+
+
+def _finish(
+    args: argparse.Namespace, runs: list[dict], out: Path, outcomes: list[list] | None = None
+) -> int:
+    if getattr(args, "telemetry_out", None) and runs and "telemetry_run" in runs[0]:
+        tags = [r["telemetry_run"] for r in runs]
+        what = f"{len(tags)} runs, tagged {', '.join(tags)}" if len(tags) > 1 else "one run"
+        print(f"telemetry: step records of {what} -> {args.telemetry_out}", file=sys.stderr)
     table_rows = [r for r in runs if not r.get("sweep_point")]
+    table_rows.sort(key=lambda r: (r["rate_rps"], -r["slo_attainment"]))  # best first per rate
+    cluster = runs[0]["cluster"] if runs else ""
+    print(f"{args.trace} on {cluster}, SLO: TTFT <= {args.slo_ttft} s and TPOT <= "
+          f"{args.slo_tpot * 1000:g} ms per output token")  # fmt: skip
     print(format_table(table_rows))
     (out / "results.json").write_text(json.dumps({"runs": runs}, indent=1))
-    title = (
-        f"{args.trace} on {runs[0]['cluster'] if runs else ''}: TTFT<={args.slo_ttft}s, "
-        f"TPOT<={args.slo_tpot}s"
-    )
-    from .plot import plot_attainment  # matplotlib only when a plot is written
+    title = f"{args.trace} on {cluster}: TTFT<={args.slo_ttft}s, TPOT<={args.slo_tpot}s"
+    from .plot import plot_attainment, plot_timeline  # matplotlib only when a plot is written
 
-    png = plot_attainment(runs, out / "attainment.png", title=title)
-    print(f"wrote {out / 'results.json'} and {png}")
+    pngs = [plot_attainment(runs, out / "attainment.png", title=title,
+                            target=args.goodput_target)]  # fmt: skip
+    picked = _timeline_runs(args, runs, outcomes or [])
+    if picked:
+        pngs.append(plot_timeline(picked, out / "timeline.png", title=f"{title}: one run each"))
+    print(f"wrote {out / 'results.json'}, " + ", ".join(str(p) for p in pngs))
     return 0
+
+
+def _timeline_runs(args: argparse.Namespace, runs: list[dict], outcomes: list[list]) -> list:
+    """--timeline: the runs to draw, as (summary, outcomes). 'auto': the first run and the best
+    one at the same rate (the baseline next to the winner); 'none': no timeline."""
+    choice = getattr(args, "timeline", "auto")
+    if choice == "none" or not outcomes or len(outcomes) != len(runs):
+        return []
+    both = list(zip(runs, outcomes, strict=True))
+    if choice == "auto":
+        first = both[0]
+        same = [b for b in both if b[0]["rate_scale"] == first[0]["rate_scale"]]
+        best = max(same, key=lambda b: b[0]["slo_attainment"])
+        return [first] if best is first else [first, best]
+    want = [c.strip() for c in choice.split(",") if c.strip()]
+    picked = []
+    for w in want:
+        hit = [b for b in both if f"{b[0]['policy']}+{b[0]['engine_policy']}" == w
+               or f"{b[0]['policy'].split()[0]}+{b[0]['engine_policy']}" == w]  # fmt: skip
+        if not hit:
+            known = ", ".join(f"{r['policy'].split()[0]}+{r['engine_policy']}" for r in runs)
+            raise ValueError(f"--timeline {w!r} names no run; runs: {known}")
+        picked.append(hit[0])
+    return picked
 
 
 def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: Path) -> int:

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..traces.cli_trace import add_traces_dir_argument
+from .cli_eval import knobs_from_args
 from .information import add_information_args, information_from_args
 from .replay import DEFAULT_CLIENT_TIMEOUT
 from .report import ENGINES, ROUTERS, SCENARIOS, ReportConfig, make_report
@@ -52,7 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="multiply every scenario's trace slice (default 1: the sizes in the report)",
     )
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: CPUs)")
-    p.add_argument("--bisect", type=int, default=3, help="goodput bisection steps")
+    p.add_argument(
+        "--bisect",
+        type=int,
+        default=2,
+        help="goodput refinement runs per pair between the last passing and first failing rate "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--decisions",
         type=int,
@@ -68,6 +75,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_CLIENT_TIMEOUT,
         help="seconds a client waits for its first token before it gives up; its request is "
         "cancelled at its engine and counted failed (default %(default)g; 0: wait forever)",
+    )
+    p.add_argument(
+        "--policy-config",
+        default=None,
+        metavar="FILE",
+        help="knob file (JSON) as `nexussched tune --out` writes, applied to every run",
+    )
+    p.add_argument(
+        "--policy-arg",
+        action="append",
+        default=None,
+        metavar="POLICY.KEY=VALUE",
+        help="one knob of a routing or engine policy, e.g. prism.slack=0.4 (repeatable)",
     )
     p.set_defaults(func=run_report)  # fmt: skip
 
@@ -99,6 +119,7 @@ def run_report(args: argparse.Namespace) -> int:
         decisions=args.decisions,
         traces_dir=args.traces_dir,
         info=information_from_args(args),
+        knobs=knobs_from_args(args),
         progress=say,
     )
     cfg = replace(cfg)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from ..engine_sched import ENGINE_POLICIES
+from ..router.knobs import Knobs
 from ..sim import get_profile, parse_cluster
 from ..traces import slice_trace
 from ..traces.cli_trace import add_traces_dir_argument
@@ -46,7 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-ttft", type=float, default=2.0)
     p.add_argument("--slo-tpot", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the tuned knobs and figures (JSON)")
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="write the tuned knobs (a knob file for `eval`/`report`/`router --policy-config`) "
+        "with the figures (JSON; default: print only)",
+    )
     p.set_defaults(func=run_tune)
 
 
@@ -98,16 +105,26 @@ def run_tune(args: argparse.Namespace) -> int:
         label = f"eval x{d['rate_scale']:g} ({d['rate_rps']:.1f}/s)"
         print(f"{label:24}{d['slo_attainment']:>10.1%}{t['slo_attainment']:>10.1%}")
     print(f"{'eval mean':24}{res.eval_default_mean:>10.1%}{res.eval_tuned_mean:>10.1%}")
+    beats_train = res.train_tuned > res.train_default
+    beats_eval = res.eval_tuned_mean > res.eval_default_mean
+    if not beats_train:
+        print(f"the search did not beat the defaults on the training slice in {res.trials} "
+              "trials: the knobs are the defaults (try more --trials)")  # fmt: skip
+    elif not beats_eval:
+        print("the tuned knobs beat the defaults on the training slice but not on the evaluation "
+              "slice: keep the defaults")  # fmt: skip
+    knobs = Knobs({"prism": res.best_prism}, {epol: res.best_lens} if res.best_lens else {})
     if args.out:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({
+            **knobs.to_json(),
+            "beats_defaults_on_train": beats_train, "beats_defaults_on_eval": beats_eval,
             "engine_policy": epol, "trace": args.trace, "train": args.train,
             "eval_trace": args.eval_trace or args.trace, "eval": args.eval,
             "rate_scales": scales, "trials": res.trials,
-            "prism": res.best_prism, "lens": res.best_lens,
             "train_default": res.train_default, "train_tuned": res.train_tuned,
             "eval_default": res.eval_default, "eval_tuned": res.eval_tuned,
         }, indent=1))  # fmt: skip
-        print(f"wrote {path}")
+        print(f"wrote {path} (use it with --policy-config {path})")
     return 0

@@ -31,6 +31,8 @@ class SimSetup:
     info: Information = field(default_factory=Information)  # what the policies may know
     # s a client waits for its first token before it gives up (cancelled at its engine); None: forever
     client_timeout: float | None = DEFAULT_CLIENT_TIMEOUT
+    # per engine-policy name -> extra kwargs for make_engine_policy (see router.knobs.Knobs)
+    engine_policy_kwargs: dict = field(default_factory=dict)
 
     @property
     def cluster_label(self) -> str:
@@ -61,6 +63,7 @@ def simulate(
     scaled = scale_rate(trace, rate_scale) if rate_scale != 1.0 else trace
     kwargs = dict(setup.policy_kwargs.get(policy, {}))
     routing = make_policy(policy, **kwargs)
+    ekw = dict(setup.engine_policy_kwargs.get(engine_policy, {}))
 
     def engine_policy_factory(i: int, name: str):
         return make_engine_policy(
@@ -69,6 +72,7 @@ def simulate(
             slo_ttft=setup.slo_ttft,
             slo_tpot=setup.slo_tpot,
             seed=setup.seed + i,
+            **ekw,
         )
 
     cluster = ClusterSim(

@@ -69,22 +69,52 @@ class TelemetryLog:
     def append(self, rec: StepRecord) -> None:
         self.records.append(rec)
 
-    def write_jsonl(self, path: str | Path) -> None:
-        with open(path, "w") as f:
+    def write_jsonl(self, path: str | Path, run: str | None = None, append: bool = False) -> None:
+        """One JSON object per record; `run` tags each with the run it came from (several runs
+        may share one file, told apart by `read_jsonl(..., run=TAG)`)."""
+        with open(path, "a" if append else "w") as f:
             for r in self.records:
-                f.write(json.dumps(r.to_dict(), separators=(",", ":")) + "\n")
+                d = r.to_dict()
+                if run is not None:
+                    d["run"] = run
+                f.write(json.dumps(d, separators=(",", ":")) + "\n")
 
 
-def read_jsonl(path: str | Path, engine: str | None = None) -> Iterator[StepRecord]:
-    """Read step records; a bad line raises ValueError naming the file and line."""
+def read_jsonl(
+    path: str | Path, engine: str | None = None, run: str | None = None
+) -> Iterator[StepRecord]:
+    """Read step records (of one engine and/or one run tag when given); a bad line raises
+    ValueError naming the file and line."""
     with open(path) as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
             if not line:
                 continue
             try:
-                rec = StepRecord.from_dict(json.loads(line))
-            except (ValueError, KeyError, TypeError) as e:
+                d = json.loads(line)
+                rec = StepRecord.from_dict(d)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ValueError(f"bad telemetry file {path}, line {lineno}: {e}") from None
-            if engine is None or rec.engine == engine:
+            if (engine is None or rec.engine == engine) and (run is None or d.get("run") == run):
                 yield rec
+
+
+def telemetry_index(path: str | Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(records per run tag, records per engine) of a telemetry file; untagged records count
+    under the run tag ''."""
+    runs: dict[str, int] = {}
+    engines: dict[str, int] = {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue  # read_jsonl reports bad lines with their number
+            if not isinstance(d, dict):
+                continue
+            r, e = str(d.get("run", "")), str(d.get("engine", ""))
+            runs[r] = runs.get(r, 0) + 1
+            engines[e] = engines.get(e, 0) + 1
+    return runs, engines
