@@ -5,6 +5,8 @@ Routing and the mock engine need a size, not an exact count: text is ~4 characte
 
 from __future__ import annotations
 
+import hashlib
+
 
 def text_tokens(s: str) -> int:
     return (len(s) + 3) // 4
@@ -21,3 +23,65 @@ def message_tokens(m: dict) -> int:
             if isinstance(part, dict) and isinstance(part.get("text"), str):
                 n += text_tokens(part["text"])
     return n
+
+
+# ---- content of a prompt, for prefix caching and prefix-aware routing --------------------------
+# Both the mock engine (its prefix cache) and the router (its prefix index) name a prompt's full
+# KV blocks by chained hashes of the same rough tokens, so equal prompt prefixes give equal block
+# hashes on both sides (and in published KV events). The hash is blake2b, stable
+# across processes (Python's str hash is salted per process).
+
+DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
+
+
+def text_pieces(s: str) -> list[str]:
+    """The rough tokens of a text: 4-character pieces (as many as text_tokens counts)."""
+    return [s[i : i + 4] for i in range(0, len(s), 4)]
+
+
+def message_pieces(m: dict) -> list[str]:
+    """One chat message's rough tokens: 4 for its role and separators, then its text."""
+    role = str(m.get("role", ""))
+    out = [f"<|{role}|>", "", "", "\n"]
+    c = m.get("content")
+    if isinstance(c, str):
+        out += text_pieces(c)
+    elif isinstance(c, list):
+        for part in c:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                out += text_pieces(part["text"])
+    return out
+
+
+def prompt_pieces(body: dict, chat: bool) -> list[str | int]:
+    """A request body's prompt as rough tokens (token ids stay ids); [] if it has no prompt."""
+    if chat:
+        msgs = body.get("messages")
+        out: list[str | int] = []
+        if isinstance(msgs, list):
+            for m in msgs:
+                if isinstance(m, dict):
+                    out += message_pieces(m)
+        return out
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
+        p = p[0]
+    if isinstance(p, str):
+        return list(text_pieces(p))
+    if isinstance(p, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
+        return list(p)
+    return []
+
+
+def block_hashes(pieces: list[str | int], block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[int, ...]:
+    """Chained 63-bit hashes of the full `block_size`-token blocks of `pieces`."""
+    out: list[int] = []
+    prev = b"nexussched"
+    for i in range(0, len(pieces) - block_size + 1, block_size):
+        blk = "\x1f".join(
+            (f"i{x}" if isinstance(x, int) else "s" + x) for x in pieces[i : i + block_size]
+        )
+        d = hashlib.blake2b(prev + blk.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        out.append(int.from_bytes(d, "big") >> 1)
+        prev = d
+    return tuple(out)

@@ -251,3 +251,31 @@ def test_openai_client_raises_on_bad_input(client):
 
 def test_no_tracebacks_in_server_log(engine):
     assert "Traceback" not in engine.log_tail(100_000), engine.log_tail(5000)
+
+
+def test_repeated_prompt_prefix_is_served_from_cache_and_counted(engine, client):
+    before = get(engine.url + "/metrics")[1]
+    q0 = metric(before, "vllm:prefix_cache_queries_total")
+    h0 = metric(before, "vllm:prefix_cache_hits_total")
+    system = {"role": "system", "content": "You are a careful assistant. " * 40}
+    first = client.chat.completions.create(
+        model=MODEL,
+        messages=[system, {"role": "user", "content": "first question"}],
+        max_tokens=2,
+        extra_body={"ignore_eos": True},
+    )
+    second = client.chat.completions.create(
+        model=MODEL,
+        messages=[system, {"role": "user", "content": "another question"}],
+        max_tokens=2,
+        extra_body={"ignore_eos": True},
+    )
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    # the shared system message (4 + 290 tokens) in whole 16-token blocks
+    assert cached == (4 + 290) // 16 * 16
+    after = get(engine.url + "/metrics")[1]
+    assert metric(after, "vllm:prefix_cache_queries_total") - q0 == (
+        first.usage.prompt_tokens + second.usage.prompt_tokens
+    )
+    assert metric(after, "vllm:prefix_cache_hits_total") - h0 == cached

@@ -14,6 +14,7 @@ from ..perfmodel.telemetry import TelemetryLog
 from ..router.knobs import Knobs, load_knobs, parse_policy_args
 from ..router.policies import POLICIES
 from ..sim import get_profile, parse_cluster
+from ..sim.engine import EngineConfig
 from ..traces import Trace, head, load_trace
 from ..traces.cli_trace import TRACE_HELP, add_traces_dir_argument
 from ..traces.loaders import BUNDLED
@@ -91,6 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds a client waits for its first token before it gives up and disconnects; "
         "its request is cancelled at its engine (KV freed) and counted failed "
         "(default %(default)g; 0: wait forever)",
+    )
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="simulated engines cache prompt prefixes like vLLM V1 (default: on)",
     )
     p.add_argument(
         "--goodput",
@@ -176,6 +183,8 @@ def run_eval(args: argparse.Namespace) -> int:
                      policy_kwargs=knobs.policy_args,
                      engine_policy_kwargs={e: knobs.engine_kwargs(e)
                                            for e in knobs.engine_policy_args},
+                     engine_config=EngineConfig(
+                         enable_prefix_caching=args.enable_prefix_caching),
                      info=information_from_args(args),
                      client_timeout=args.client_timeout or None)  # fmt: skip
     policies = _names(args.policies, POLICIES, "routing policy")

@@ -34,12 +34,29 @@ def _base_url(url: str) -> str:
 
 
 def _prompt_ids(r: TraceRequest) -> list[int]:
-    seed = int(r.id) * 7919 if isinstance(r.id, int) else 0
-    return [_TOKEN_BASE + (seed + k * 31) % _TOKEN_SPAN for k in range(max(1, r.prompt_tokens))]
+    """Token ids for r's prompt. Where the trace names its content (prefix_hashes), equal
+    hashes give equal tokens, so the engine's prefix cache sees the trace's shared prefixes;
+    the rest is unique to the request."""
+    n = max(1, r.prompt_tokens)
+    out: list[int] = []
+    h = 0x9E3779B9
+    P = max(1, r.prefix_block)
+    for src in r.prefix_hashes:
+        if len(out) >= n:
+            break
+        h = hash((h, src))  # chained: a block's tokens depend on its whole prefix
+        seed = h % 1_000_003
+        out.extend(_TOKEN_BASE + (seed + k * 31) % _TOKEN_SPAN for k in range(min(P, n - len(out))))
+    seed = (int(r.id) * 7919 if isinstance(r.id, int) else 0) + 17
+    k0 = len(out)
+    out.extend(_TOKEN_BASE + (seed + k * 37) % _TOKEN_SPAN for k in range(n - k0))
+    return out
 
 
 def _prompt_text(r: TraceRequest) -> str:
-    return "tok " * max(1, r.prompt_tokens)  # ~4 characters per token
+    """About prompt_tokens tokens of text (4 characters each), shared prefixes as in
+    _prompt_ids."""
+    return "".join(f"{t % 10000:04d}" for t in _prompt_ids(r))
 
 
 def _http_failure(status: int, code: object) -> str:

@@ -49,6 +49,18 @@ class RunOutput:
     wall_s: float
 
 
+def prefix_stats(engines: list) -> dict:
+    """Prefix-cache hit rate over the cluster, as vLLM's counters give it (hit / queried prompt
+    tokens at first admission); None where no engine caches."""
+    queries = sum(e.prefix_cache_queries for e in engines)
+    hits = sum(e.prefix_cache_hits for e in engines)
+    caching = any(e.cache is not None for e in engines)
+    return {
+        "prefix_hit_rate": (hits / queries if queries else 0.0) if caching else None,
+        "prefix_cached_tokens": hits,
+    }
+
+
 def simulate(
     trace: Trace,
     setup: SimSetup,
@@ -109,6 +121,7 @@ def simulate(
         "sim_time_s": res.sim_time,
         "sim_wall_s": wall,
         "sim_steps": sum(e.steps for e in res.engines),
+        **prefix_stats(res.engines),
         "goodput_rps": None,
     }
     return RunOutput(summary, outcomes, wall)

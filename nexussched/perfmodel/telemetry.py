@@ -22,6 +22,7 @@ class StepRecord:
     decode_ctx_sum: int = 0
     kv_blocks_used: int = 0
     num_waiting: int = 0
+    cached_tokens: int = 0  # prompt tokens of requests admitted this step served by prefix cache
     t: float = 0.0  # step start, engine clock (s)
     step: int = 0
     engine: str = ""
@@ -49,6 +50,7 @@ class StepRecord:
             decode_ctx_sum=int(d.get("decode_ctx_sum", 0)),
             kv_blocks_used=int(d.get("kv_blocks_used", 0)),
             num_waiting=int(d.get("num_waiting", 0)),
+            cached_tokens=int(d.get("cached_tokens", 0)),
             t=float(d.get("t", 0.0)),
             step=int(d.get("step", 0)),
             engine=str(d.get("engine", "")),

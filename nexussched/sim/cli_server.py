@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=None)
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: from profile)")
     p.add_argument("--max-model-len", type=int, default=131072)
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cache prompt prefixes like vLLM V1 (default: on)",
+    )
     p.add_argument("--default-max-tokens", type=int, default=16)
     p.add_argument(
         "--eos-mean",
@@ -86,6 +92,7 @@ def _run(args: argparse.Namespace) -> int:
         max_num_batched_tokens=args.max_num_batched_tokens,
         num_blocks=args.num_blocks,
         max_model_len=args.max_model_len,
+        enable_prefix_caching=args.enable_prefix_caching,
         default_max_tokens=args.default_max_tokens,
         eos_mean=args.eos_mean,
         slo_ttft=args.slo_ttft,

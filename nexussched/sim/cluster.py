@@ -20,6 +20,7 @@ from ..router.policies.view import SCRAPE_PERIOD, TELEMETRY_POLL
 from ..traces.types import Trace
 from .engine import EngineConfig, EngineSim
 from .hardware import HardwareProfile
+from .prefix_cache import block_chain
 from .request import EXPIRED, REJECTED, SHED, TIMEOUT, SimRequest
 from .views import ScrapeClock, make_views
 
@@ -283,6 +284,9 @@ class ClusterSim:
         timers = self._timers
         n = len(reqs)
         ai = 0
+        bs = engines[0].block_size if engines else 16
+        caching = any(e.cache is not None for e in engines)
+        treqs = trace.requests
         self._next_arrival = reqs[0].arrival if n else math.inf
         tick = routing.tick_interval
         if tick and n:
@@ -342,6 +346,7 @@ class ClusterSim:
                     if self._split_output and r.id in self._split_output:
                         if self._handoff(r, idx, t_eng):
                             continue
+                    r.hashes = ()  # only live requests need them (memory)
                     routing.on_finish(r.id, idx, t_eng)
                 if routing.holds:
                     self._offer(idx, t_eng)
@@ -354,14 +359,30 @@ class ClusterSim:
             elif t_arr <= t_tmr:
                 self.now = t_arr
                 r = reqs[ai]
+                tr = treqs[ai]
                 ai += 1
                 self._next_arrival = reqs[ai].arrival if ai < n else math.inf
                 why = self.refusal(r)
                 if why is not None:
                     self._fail(r, REJECTED, why)
                     continue
+                prefix: tuple[int, ...] = ()
+                if tr.prefix_hashes:
+                    # the prompt's content as block hashes: what a live router hashes from the
+                    # prompt it forwards, and what the engine's prefix cache keys on
+                    chain = block_chain(tr.prefix_hashes, tr.prefix_block, r.prompt + r.output, bs)
+                    if caching:
+                        r.hashes = chain
+                    prefix = chain[: r.prompt // bs]
                 info = RequestInfo(
-                    r.id, r.prompt, r.output, r.arrival, r.slo_ttft, r.slo_tpot, r.priority
+                    r.id,
+                    r.prompt,
+                    r.output,
+                    r.arrival,
+                    r.slo_ttft,
+                    r.slo_tpot,
+                    r.priority,
+                    prefix_hashes=prefix,
                 )
                 try:
                     idx = routing.route(info, views, t_arr)

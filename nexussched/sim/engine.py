@@ -25,6 +25,7 @@ from ..engine_sched.base import EnginePolicy, VllmDefault
 from ..engine_sched.plan import SeqState, StepPlan, StepState
 from ..perfmodel.telemetry import StepRecord
 from .hardware import HardwareProfile, lognormal_sigma
+from .prefix_cache import BlockListener, PrefixCache
 from .request import SimRequest
 
 MAX_MACRO_STEPS = 2048
@@ -37,6 +38,8 @@ class EngineConfig:
     max_num_seqs: int | None = None  # default: the profile's (vLLM's per-device default)
     max_num_batched_tokens: int | None = None
     max_model_len: int = 131072
+    # vLLM V1's automatic prefix caching (on by default there too; --no-enable-prefix-caching)
+    enable_prefix_caching: bool = True
 
 
 class NoiseStream:
@@ -77,6 +80,7 @@ class EngineSim:
         config: EngineConfig | None = None,
         policy: EnginePolicy | None = None,
         telemetry: Callable[[StepRecord], None] | None = None,
+        kv_events: BlockListener | None = None,
     ) -> None:
         cfg = config or EngineConfig()
         self.name = name
@@ -85,6 +89,10 @@ class EngineSim:
         self.block_size = cfg.block_size
         self.total_blocks = cfg.num_blocks or profile.kv_tokens() // cfg.block_size
         self.free_blocks = self.total_blocks
+        self.cache: PrefixCache | None = (
+            PrefixCache(self.total_blocks, kv_events) if cfg.enable_prefix_caching else None
+        )
+        self._step_cached = 0  # prompt tokens served from cache to requests admitted this step
         self.max_num_seqs = cfg.max_num_seqs or profile.max_num_seqs
         self.max_num_batched_tokens = cfg.max_num_batched_tokens or profile.max_num_batched_tokens
         # vLLM refuses to start when one sequence of max_model_len tokens cannot fit in the KV
@@ -128,6 +136,15 @@ class EngineSim:
     @property
     def kv_usage(self) -> float:
         return 1.0 - self.free_blocks / self.total_blocks if self.total_blocks else 1.0
+
+    @property
+    def prefix_cache_queries(self) -> int:
+        """Prompt tokens looked up in the prefix cache (vLLM's vllm:prefix_cache_queries)."""
+        return self.cache.queries if self.cache is not None else 0
+
+    @property
+    def prefix_cache_hits(self) -> int:
+        return self.cache.hits if self.cache is not None else 0
 
     def queued_prefill_tokens(self) -> int:
         """Prompt tokens still to compute: waiting requests plus unfinished running prefills."""
@@ -188,8 +205,7 @@ class EngineSim:
         for r in self.running:
             if r.id == req_id:
                 self.running.remove(r)
-                self.free_blocks += r.blocks
-                r.blocks = 0
+                self._free(r)
                 return r
         for r in self.waiting:
             if r.id == req_id:
@@ -248,6 +264,7 @@ class EngineSim:
         bs = self.block_size
         preempted = False
         running = self.running
+        cache = self.cache
         i = 0
         while i < len(running) and budget > 0:
             r = running[i]
@@ -263,6 +280,11 @@ class EngineSim:
                 break  # r itself was preempted
             self.free_blocks -= extra
             r.blocks += extra
+            if cache is not None:
+                if extra:
+                    cache.take(extra)
+                if r.hashes and (r.computed + n) // bs > r.sealed:
+                    self._seal(r, r.computed + n)
             batch.append((r, n))
             budget -= n
             i += 1
@@ -270,6 +292,15 @@ class EngineSim:
             waiting = self.waiting
             while waiting and budget > 0 and len(running) < self.max_num_seqs:
                 r = waiting[0]
+                if cache is not None and r.computed == 0 and r.hashes:
+                    n = self._admit_cached(r, budget)
+                    if n == 0:
+                        break
+                    waiting.popleft()
+                    running.append(r)
+                    batch.append((r, n))
+                    budget -= n
+                    continue
                 n = min(r.prompt + r.generated - r.computed, budget)
                 extra = -(-(r.computed + n) // bs) - r.blocks
                 if extra > self.free_blocks:
@@ -278,6 +309,8 @@ class EngineSim:
                 running.append(r)
                 self.free_blocks -= extra
                 r.blocks += extra
+                if cache is not None and extra:
+                    cache.take(extra)
                 batch.append((r, n))
                 budget -= n
         self._batch = batch
@@ -288,6 +321,7 @@ class EngineSim:
         bs = self.block_size
         budget = plan.token_budget
         running = self.running
+        cache = self.cache
         preempted = False
         gone: set = set()  # ids preempted below (a set: `in running` would make this O(n^2))
         for r in list(running):
@@ -309,6 +343,11 @@ class EngineSim:
                 continue
             self.free_blocks -= extra
             r.blocks += extra
+            if cache is not None:
+                if extra:
+                    cache.take(extra)
+                if r.hashes and (r.computed + 1) // bs > r.sealed:
+                    self._seal(r, r.computed + 1)
             batch.append((r, 1))
             budget -= 1
         by_id = {r.id: r for r in running}
@@ -332,6 +371,16 @@ class EngineSim:
             is_waiting = rid in waiting_ids
             if is_waiting and (preempted or len(running) >= self.max_num_seqs):
                 continue
+            if is_waiting and cache is not None and r.computed == 0 and r.hashes:
+                n = self._admit_cached(r, budget, caps.get(rid))
+                if n == 0:
+                    continue
+                self.waiting.remove(r)
+                waiting_ids.discard(rid)
+                running.append(r)
+                batch.append((r, n))
+                budget -= n
+                continue
             need = r.prompt + r.generated - r.computed
             n = min(need, budget, caps.get(rid, need))
             if n <= 0:
@@ -345,14 +394,78 @@ class EngineSim:
                 running.append(r)
             self.free_blocks -= extra
             r.blocks += extra
+            if cache is not None:
+                if extra:
+                    cache.take(extra)
+                if r.hashes and (r.computed + n) // bs > r.sealed:
+                    self._seal(r, r.computed + n)
             batch.append((r, n))
             budget -= n
         self._batch = batch
 
+    # ---- prefix caching ---------------------------------------------------------------------
+    def _admit_cached(self, r: SimRequest, budget: int, cap: int | None = None) -> int:
+        """Admit waiting request r (nothing computed) with its longest cached prefix: the hit
+        blocks are referenced and count as computed; then up to min(budget, cap) tokens of what
+        is left get new blocks. Returns the tokens scheduled, 0 (nothing changed) if its blocks
+        do not fit."""
+        cache = self.cache
+        assert cache is not None
+        bs = self.block_size
+        total = r.prompt + r.generated
+        hit, hit_free = cache.match(r.hashes, (total - 1) // bs)
+        done = hit * bs
+        need = total - done
+        n = min(need, budget) if cap is None else min(need, budget, cap)
+        if n <= 0:
+            return 0
+        extra = -(-(done + n) // bs) - hit
+        if extra + hit_free > self.free_blocks:
+            return 0
+        if r.preemptions == 0:
+            cache.record(total, done)
+            r.cached = done
+            self._step_cached += done
+        if hit:
+            held = list(r.hashes[:hit])
+            cache.acquire(held)
+            r.held = held
+            self.free_blocks -= hit_free
+        r.sealed = hit
+        r.computed = done
+        r.blocks = hit + extra
+        self.free_blocks -= extra
+        if extra:
+            cache.take(extra)
+        if (done + n) // bs > hit:
+            self._seal(r, done + n)
+        return n
+
+    def _seal(self, r: SimRequest, upto: int) -> None:
+        """Cache r's blocks that are full once its first `upto` tokens are computed (vLLM caches
+        them when it allocates for that work)."""
+        cache = self.cache
+        assert cache is not None
+        hashes = r.hashes
+        full = min(upto // self.block_size, len(hashes))
+        if full > r.sealed:
+            cache.store_run(hashes, r.sealed, full, r.held)
+            r.sealed = full
+
+    def _free(self, r: SimRequest) -> None:
+        """Return r's KV blocks: cached ones stay cached (evictable once unreferenced)."""
+        cache = self.cache
+        if cache is None:
+            self.free_blocks += r.blocks
+        else:
+            self.free_blocks += cache.release(r.held, r.blocks - len(r.held))
+            r.held = []
+            r.sealed = 0
+        r.blocks = 0
+
     def _preempt(self, r: SimRequest) -> None:
         # vLLM V1 preempts by recompute: free the KV, restart the prefill from scratch.
-        self.free_blocks += r.blocks
-        r.blocks = 0
+        self._free(r)
         r.computed = 0
         r.preemptions += 1
         self.preemptions += 1
@@ -383,10 +496,12 @@ class EngineSim:
                 num_decodes=nd,
                 decode_ctx_sum=dctx,
                 num_waiting=len(self.waiting),
+                cached_tokens=self._step_cached,
                 t=self._step_start,
                 step=self.steps,
                 engine=self.name,
             )
+        self._step_cached = 0
         return dur
 
     def _try_macro(self, now: float, horizon: float) -> bool:
@@ -439,8 +554,14 @@ class EngineSim:
         if budget <= 0:
             return False
         r = self.waiting[0]
+        bs = self.block_size
+        if self.cache is not None and r.computed == 0 and r.hashes:
+            total = r.prompt + r.generated
+            hit, hit_free = self.cache.match(r.hashes, (total - 1) // bs)
+            n = min(total - hit * bs, budget)
+            return -(-(hit * bs + n) // bs) - hit + hit_free <= self.free_blocks
         n = min(r.prompt + r.generated - r.computed, budget)
-        return -(-(r.computed + n) // self.block_size) - r.blocks <= self.free_blocks
+        return -(-(r.computed + n) // bs) - r.blocks <= self.free_blocks
 
     def truncate(self, now: float) -> float:
         """An outside event at `now`: cut a macro step at the first step boundary at or after it."""
@@ -496,8 +617,7 @@ class EngineSim:
         if done:
             for r in done:
                 self.running.remove(r)
-                self.free_blocks += r.blocks
-                r.blocks = 0
+                self._free(r)
         self._batch = []
         rec = self._record
         if rec is not None:
@@ -516,6 +636,7 @@ class EngineSim:
         end = ends[-1]
         mx = max(durs)
         bs = self.block_size
+        cache = self.cache
         done: list[SimRequest] = []
         for r in self.running:
             r.computed += k
@@ -526,7 +647,11 @@ class EngineSim:
             need_blocks = -(-r.computed // bs)
             if need_blocks > r.blocks:
                 self.free_blocks -= need_blocks - r.blocks
+                if cache is not None:
+                    cache.take(need_blocks - r.blocks)
                 r.blocks = need_blocks
+            if cache is not None and r.hashes and r.computed // bs > r.sealed:
+                self._seal(r, r.computed)
             if r.generated >= r.output:
                 r.finish = end
                 done.append(r)
@@ -551,8 +676,7 @@ class EngineSim:
                     f(rec)
         for r in done:
             self.running.remove(r)
-            self.free_blocks += r.blocks
-            r.blocks = 0
+            self._free(r)
         return done
 
     # ---- planner view ------------------------------------------------------------------------

@@ -41,6 +41,10 @@ class SimRequest:
         "engine_idx",
         "failure",
         "error",
+        "hashes",
+        "held",
+        "sealed",
+        "cached",
     )
 
     def __init__(
@@ -76,6 +80,13 @@ class SimRequest:
         self.engine_idx = -1  # engine it is queued or running at (-1: at the router, or none)
         self.failure: str | None = None  # REJECTED | SHED | TIMEOUT | EXPIRED once it failed
         self.error: str | None = None  # the failure's message
+        # prefix caching: hashes of the request's full blocks (prompt, then output where the
+        # trace knows it), the cached blocks it references (in order), how many of its leading
+        # blocks were offered to the cache, and its prompt tokens served from cache at admission
+        self.hashes: tuple[int, ...] = ()
+        self.held: list[int] = []
+        self.sealed = 0
+        self.cached = 0
 
     def seq_state(self, running: bool) -> SeqState:
         # Positional (SeqState's field order): built for every sequence every planned step, and

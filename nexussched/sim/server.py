@@ -38,7 +38,7 @@ from ..engine_sched.publish import Publisher
 from ..engine_sched.telemetry import PLUGIN_DRIFT_RATIO, PLUGIN_DRIFT_WINDOW, StepSink
 from ..perfmodel.model import PerfModel, PerfModelConfig
 from ..perfmodel.telemetry import StepRecord
-from ..tokens import message_tokens, text_tokens
+from ..tokens import block_hashes, message_tokens, prompt_pieces, text_tokens
 from .engine import EngineConfig, EngineSim
 from .hardware import get_profile
 from .request import SimRequest
@@ -68,6 +68,7 @@ class ServerConfig:
     max_num_batched_tokens: int | None = None
     num_blocks: int | None = None
     max_model_len: int = 131072
+    enable_prefix_caching: bool = True  # vLLM V1's automatic prefix caching (prompt blocks)
     default_max_tokens: int = 16  # OpenAI's completions default
     eos_mean: float = 0.0  # mean natural output length without ignore_eos; 0: never stop early
     slo_ttft: float = 2.0  # defaults for requests stating none (seconds)
@@ -239,6 +240,22 @@ class _EngineCollector(Collector):
         )
         c.add_metric(lv, e.preemptions)
         yield c
+        # vLLM V1's prefix-cache counters (tokens queried / served from cache at admission)
+        for name, doc, v in (
+            (
+                "vllm:prefix_cache_queries",
+                "Prefix cache queries, in terms of number of queried tokens.",
+                e.prefix_cache_queries,
+            ),
+            (
+                "vllm:prefix_cache_hits",
+                "Prefix cache hits, in terms of number of cached tokens.",
+                e.prefix_cache_hits,
+            ),
+        ):
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric(lv, v)
+            yield c
         c = CounterMetricFamily("nexussched_sim_steps", "Engine steps simulated.", labels=labels)
         c.add_metric(lv, e.steps)
         yield c
@@ -260,6 +277,7 @@ class EngineServer:
                 max_num_seqs=cfg.max_num_seqs,
                 max_num_batched_tokens=cfg.max_num_batched_tokens,
                 max_model_len=cfg.max_model_len,
+                enable_prefix_caching=cfg.enable_prefix_caching,
             ),
             policy=make_engine_policy(cfg.engine_policy),
             telemetry=self._on_step,
@@ -535,6 +553,9 @@ class EngineServer:
             )
         ttft, tpot, prio = _slo(request.headers, body, self.cfg.slo_ttft, self.cfg.slo_tpot)
         r = SimRequest(next(self._ids), self.now(), prompt, out, ttft, tpot, prio)
+        if self.engine.cache is not None:
+            # the prompt's full blocks, named as the router's prefix index names them
+            r.hashes = block_hashes(prompt_pieces(body, chat), self.engine.block_size)
         g = _Gen(r, stream)
         r.tag = g
         kvp = body.get("kv_transfer_params")
@@ -586,7 +607,9 @@ class EngineServer:
             "prompt_tokens": r.prompt,
             "total_tokens": r.prompt + r.output,
             "completion_tokens": r.output,
-            "prompt_tokens_details": None,
+            "prompt_tokens_details": {"cached_tokens": r.cached}
+            if self.engine.cache is not None
+            else None,
         }
         if chat:
             choice = {

@@ -291,12 +291,18 @@ def synthetic_from_spec(spec: str) -> Trace:
     """Parse `synthetic:NAME[,key=value...]`, e.g. `synthetic:bursty,n=2000,rate=20,seed=3`.
 
     Keys: n, seed, rate, cv (arrival CV), prompt and output (mean lengths).
+    `synthetic:sessions,...` is the multi-turn session generator (traces/sessions.py).
     """
     body = spec.strip().removeprefix(SYNTHETIC_PREFIX)
     name, *parts = (p.strip() for p in body.split(","))
+    if name == "sessions":  # multi-turn sessions with shared prefixes (own keys)
+        from .sessions import sessions_from_spec
+
+        return sessions_from_spec(spec, parts)
     if name not in SCENARIOS:
         raise ValueError(
-            f"synthetic spec {spec!r}: unknown scenario {name!r}; known: {', '.join(SCENARIOS)}"
+            f"synthetic spec {spec!r}: unknown scenario {name!r}; "
+            f"known: {', '.join(SCENARIOS)}, sessions"
         )
     kwargs: dict[str, object] = {}
     for part in parts:

@@ -20,7 +20,11 @@ class TraceRequest:
     slo_ttft: float | None = None
     slo_tpot: float | None = None
     priority: int = 0
+    # Content identity for prefix caching: hashes of consecutive `prefix_block`-token blocks of
+    # the request's tokens (prompt, then output where known), equal where contents are equal
+    # (Mooncake's hash_ids: 512-token blocks of the prompt).
     prefix_hashes: tuple[int, ...] = field(default=())
+    prefix_block: int = 512
 
 
 @dataclass(slots=True)

@@ -27,6 +27,9 @@ class RequestInfo:
     slo_tpot: float
     priority: int = 0
     model: str = ""
+    # hashes of the prompt's full KV blocks (block_size tokens each, chained: equal hashes mean
+    # equal prefixes); what the router computes from the prompt it forwards
+    prefix_hashes: tuple[int, ...] = ()
 
 
 @dataclass(slots=True)
