@@ -117,6 +117,13 @@ def _run(policy: RoutingPolicy, view: str = "live", engine_policy: str = "vllm_d
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_reads_only_the_contract_and_works_without_the_oracle(name):
+    if getattr(POLICIES[name], "oracle", False):
+        # an oracle ablation by name (prefix_oracle): it refuses the live view outright
+        with pytest.raises(ValueError, match="--view oracle"):
+            _run(make_policy(name))
+        _, res, s = _run(make_policy(name), view="oracle")
+        assert s["completed"] + res.rejected == 300
+        return
     rec = RecordingPolicy(make_policy(name))
     sim, res, s = _run(rec, engine_policy="lens" if name == "prism" else "vllm_default")
     log = rec.log

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
+from ..tokens import DEFAULT_BLOCK_SIZE, block_hashes, prompt_pieces
 from .admission import context_refusal
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
@@ -321,6 +322,11 @@ class Router:
             )
         s = self.settings
         ttft, tpot, prio = parse_slo(request.headers, body, s.default_slo_ttft, s.default_slo_tpot)
+        policy = getattr(self.dispatcher, "policy", None)
+        prefix: tuple[int, ...] = ()
+        if getattr(policy, "uses_prefix", False):
+            # the prompt's blocks as the engines' prefix caches name them (nexussched/tokens.py)
+            prefix = block_hashes(prompt_pieces(body, path == CHAT), DEFAULT_BLOCK_SIZE)
         info = RequestInfo(
             next(self._ids),
             estimate_prompt_tokens(path, body),
@@ -330,6 +336,7 @@ class Router:
             tpot,
             prio,
             model,
+            prefix_hashes=prefix,
         )
         why = context_refusal(self.backends, model, info.prompt_tokens, info.max_tokens)
         if why is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ..engine_sched.base import EnginePolicy
 from ..perfmodel.telemetry import StepRecord
 from ..router.policies.base import Move, NoEngineAvailable, RequestInfo, RoutingPolicy
+from ..router.policies.prefix_index import BLOCK_TOKENS
 from ..router.policies.prism import SloUnattainable
 from ..router.policies.view import SCRAPE_PERIOD, TELEMETRY_POLL
 from ..traces.types import Trace
@@ -373,7 +374,12 @@ class ClusterSim:
                     chain = block_chain(tr.prefix_hashes, tr.prefix_block, r.prompt + r.output, bs)
                     if caching:
                         r.hashes = chain
-                    prefix = chain[: r.prompt // bs]
+                    if bs == BLOCK_TOKENS:
+                        prefix = chain[: r.prompt // bs]
+                    else:
+                        prefix = block_chain(
+                            tr.prefix_hashes, tr.prefix_block, r.prompt, BLOCK_TOKENS
+                        )
                 info = RequestInfo(
                     r.id,
                     r.prompt,

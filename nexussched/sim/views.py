@@ -137,6 +137,13 @@ class OracleView(_Counts):
     def max_num_batched_tokens(self) -> int:
         return self._engine.max_num_batched_tokens
 
+    def cached_prefix_tokens(self, hashes: Sequence[int]) -> int:
+        """Prompt tokens the engine's prefix cache holds now for these block hashes."""
+        e = self._engine
+        if e.cache is None or not hashes:
+            return 0
+        return e.cache.match(hashes, len(hashes))[0] * e.block_size
+
 
 class ScrapeClock:
     """When each engine's next scrape falls; `advance(t)` takes every scrape due by `t`."""

@@ -21,7 +21,9 @@ from .fastdeploy_modes import (
     QueueFull,
     TooLarge,
 )
+from .prefix_oracle import PrefixOracle
 from .prism import Prism, PrismConfig, SloUnattainable
+from .sglang import SglangCacheAware
 from .simple import LeastLoad, RoundRobin
 from .view import ORACLE_ATTRS, SCRAPE_PERIOD, TELEMETRY_POLL, VIEW_ATTRS
 from .weighted import WeightedScorer
@@ -36,6 +38,9 @@ POLICIES: dict[str, Callable[..., RoutingPolicy]] = {
     # predictive SLO-aware routing (PRISM) and an llm-d-style weighted scorer baseline
     "prism": Prism,
     "llmd_weighted": WeightedScorer,
+    # SGLang's router default (cache-aware), and an oracle placement on real cache contents
+    "sglang_cache_aware": SglangCacheAware,
+    "prefix_oracle": PrefixOracle,
 }
 
 
@@ -63,12 +68,14 @@ __all__ = [
     "LeastLoad",
     "Move",
     "NoEngineAvailable",
+    "PrefixOracle",
     "Prism",
     "PrismConfig",
     "QueueFull",
     "RequestInfo",
     "RoundRobin",
     "RoutingPolicy",
+    "SglangCacheAware",
     "SloUnattainable",
     "TooLarge",
     "WeightedScorer",

@@ -57,6 +57,7 @@ class RoutingPolicy:
 
     name: ClassVar[str] = "base"
     holds: ClassVar[bool] = False
+    uses_prefix: bool = False  # reads RequestInfo.prefix_hashes (the live router computes them)
     tick_interval: ClassVar[float | None] = None
 
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:

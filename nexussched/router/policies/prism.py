@@ -42,6 +42,7 @@ from itertools import islice
 from ...perfmodel.model import PerfModel, PerfModelConfig
 from ...perfmodel.telemetry import StepRecord
 from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolicy
+from .prefix_index import BLOCK_TOKENS, PrefixIndex
 from .view import kv_capacity_tokens
 
 INF = math.inf
@@ -86,6 +87,10 @@ class PrismConfig:
     jitter: float = 0.0
     seed: int = 0
     decode_sample: int = 16  # learn from 1 in this many decode-only steps (all others are kept)
+    # Predict each engine's prefix-cache hit for a request from a router-side index of the prompt
+    # blocks sent there (sized by the engine's num_gpu_blocks) and fold it into the predicted
+    # prefill time: only the uncached tail is computed, attending to the cached prefix.
+    prefix_aware: bool = True
     perf: PerfModelConfig = field(
         default_factory=lambda: PerfModelConfig(
             window=2048, half_life=1024, drift_ratio=1.5, drift_window=200
@@ -110,7 +115,7 @@ class _Req:
     """A request PRISM has seen: held at the router or in flight at an engine."""
 
     __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
-                 "pace", "bound")  # fmt: skip
+                 "pace", "bound", "hits")  # fmt: skip
 
     def __init__(self, info: RequestInfo, key: tuple) -> None:
         self.info = info
@@ -125,6 +130,11 @@ class _Req:
         self.work = 0.0  # predicted prefill time at the engine it went to
         self.pace = 0.0  # how far it advanced that engine's pacing clock
         self.bound = -INF  # when it was sent to that engine
+        self.hits: list[int] | None = None  # predicted cached prompt tokens per engine
+
+    def hit(self, idx: int) -> int:
+        h = self.hits
+        return h[idx] if h is not None and idx < len(h) else 0
 
 
 class _Engine:
@@ -133,9 +143,10 @@ class _Engine:
     __slots__ = ("model", "coef", "c0", "c1", "c2", "c3", "c4", "n", "ctx", "base", "pw", "pd",
                  "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
                  "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_new", "paced",
-                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared")  # fmt: skip
+                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx")  # fmt: skip
 
-    def __init__(self, model: PerfModel) -> None:
+    def __init__(self, model: PerfModel, idx: int = 0) -> None:
+        self.idx = idx
         self.model = model
         self.coef = None
         self.n = 0  # requests in flight here (PRISM's own count)
@@ -228,9 +239,17 @@ class _Engine:
             self.n, self.ctx, self.kv_used = 0, 0.0, 0.0
         self._rebase()
 
-    def prefill_time(self, p: int, base: float) -> float:
-        """Predicted time to prefill p tokens here next to its decodes, plus the emitting step."""
-        w = self.c0 * p + self.c1 * p * p * 0.5
+    def prefill_work(self, p: int, hit: int = 0) -> float:
+        """Predicted compute of a p-token prompt whose first `hit` tokens are cached here: the
+        rest is computed, each token attending to the cached prefix and the tokens before it."""
+        n = p - hit
+        return self.c0 * n + self.c1 * n * (hit + n * 0.5)
+
+    def prefill_time(self, p: int, base: float, hit: int = 0) -> float:
+        """Predicted time to prefill p tokens (`hit` of them cached) here next to its decodes,
+        plus the emitting step."""
+        n = p - hit
+        w = self.c0 * n + self.c1 * n * (hit + n * 0.5)
         return (w / self.pi if self.n + self.rn and base > self.c4 else w) + base
 
 
@@ -249,6 +268,7 @@ class Prism(RoutingPolicy):
         elif kwargs:
             raise ValueError("prism: give either a config or keyword options, not both")
         self.cfg = config
+        self.uses_prefix = config.prefix_aware  # the live router hashes prompt blocks for it
         self.holds = config.late_binding
         self.tick_interval = config.tick_interval
         self._eng: list[_Engine] = []
@@ -260,11 +280,13 @@ class Prism(RoutingPolicy):
         self.moves = 0
         self.shed = 0
         self._rng = random.Random(config.seed)
+        self._prefix = PrefixIndex(None)  # prompt blocks sent to each engine (LRU)
 
     # ---- learning (transport-independent: the simulator, engine telemetry, the plane) -----------
     def _engine(self, idx: int) -> _Engine:
         while len(self._eng) <= idx:
-            self._eng.append(_Engine(PerfModel(self.cfg.perf, name=str(len(self._eng)))))
+            k = len(self._eng)
+            self._eng.append(_Engine(PerfModel(self.cfg.perf, name=str(k)), k))
         return self._eng[idx]
 
     def observe(self, idx: int, rec: StepRecord) -> None:
@@ -348,12 +370,16 @@ class Prism(RoutingPolicy):
 
     def _ttft(self, e: _Engine, r: _Req, now: float) -> float:
         wait = e.U - now
-        return (wait if wait > 0 else 0.0) + e.prefill_time(r.prompt, e.base + e.c2 + e.c3 * r.ctx)
+        return (wait if wait > 0 else 0.0) + e.prefill_time(
+            r.prompt, e.base + e.c2 + e.c3 * r.ctx, r.hit(e.idx)
+        )
 
     def predict(self, req: RequestInfo, idx: int, now: float) -> tuple[float, float]:
         """(predicted TTFT, predicted decode step time) of `req` if sent to engine `idx` now."""
         e = self._engine(idx)
         r = _Req(req, ())
+        if self.cfg.prefix_aware and req.prefix_hashes:
+            r.hits = self._hits(req, len(self._eng))
         base = e.base + e.c2 + e.c3 * r.ctx
         if e.n + e.rn == 0 or not self._router_paced(e):
             return self._ttft(e, r, now), base / e.pi if e.n + e.rn and e.pi < 1 else base
@@ -380,6 +406,9 @@ class Prism(RoutingPolicy):
         r = _Req(req, self._key(req))
         P = r.prompt
         PP = P * P * 0.5
+        hits = None
+        if cfg.prefix_aware and req.prefix_hashes:
+            hits = r.hits = self._hits(req, n)
         rctx = r.ctx
         slack_t = now + cfg.slack
         qlim_p = now + cfg.queue_limit
@@ -398,7 +427,11 @@ class Prism(RoutingPolicy):
             if P >= e.kv_tokens or not engines[i].healthy:
                 continue
             base = e.base + e.c2 + e.c3 * rctx
-            w = e.c0 * P + e.c1 * PP
+            if hits is None or not hits[i]:
+                w = e.c0 * P + e.c1 * PP
+            else:
+                h = hits[i]
+                w = e.c0 * (P - h) + e.c1 * (P - h) * (h + (P - h) * 0.5)
             t = (w / e.pi if e.n + e.rn and base > e.c4 else w) + base
             paced = e.paced
             U = e.U
@@ -451,6 +484,14 @@ class Prism(RoutingPolicy):
         self._hold(r)
         return None
 
+    def _hits(self, info: RequestInfo, n: int) -> list[int]:
+        """Predicted cached prompt tokens per engine: the prefix of the prompt's blocks PRISM
+        sent there and the index still holds, in whole blocks, leaving the last token to
+        compute (as vLLM does)."""
+        m = self._prefix.match(info.prefix_hashes, n)
+        cap = (max(1, int(info.prompt_tokens)) - 1) // BLOCK_TOKENS
+        return [(k if k < cap else cap) * BLOCK_TOKENS for k in m]
+
     def _held_wait(self, r: _Req) -> float:
         """Rough wait behind the held requests that come first: their work over the cluster's."""
         work = 0.0
@@ -470,7 +511,10 @@ class Prism(RoutingPolicy):
     def _bind(self, r: _Req, idx: int, now: float) -> None:
         e = self._eng[idx]
         base = e.base + e.c2 + e.c3 * r.ctx
-        work = e.prefill_time(r.prompt, base)
+        hit = r.hit(idx)
+        work = e.prefill_time(r.prompt, base, hit)
+        if self.cfg.prefix_aware and r.info.prefix_hashes:
+            self._prefix.add(idx, r.info.prefix_hashes)
         r.engine = idx
         r.bound = now
         paced = self._router_paced(e)
@@ -487,7 +531,7 @@ class Prism(RoutingPolicy):
         if paced:
             # pacing counts prefill compute; the decodes' own time is what the share protects
             share = self._share(e, base, r.info.slo_tpot * self.cfg.tpot_margin)
-            r.pace = (e.c0 * r.prompt + e.c1 * r.prompt * r.prompt * 0.5) / share
+            r.pace = e.prefill_work(r.prompt, hit) / share
             e.V = (e.V if e.V > now else now) + r.pace
             e.dv += r.pace
         else:
@@ -507,6 +551,8 @@ class Prism(RoutingPolicy):
             j = seen = 0
             while j < len(held) and seen < self.cfg.scan:
                 r = held[j][2]
+                if r.hits is not None:  # what the engines hold has changed since it came
+                    r.hits = self._hits(r.info, len(self._eng))
                 if now + self._best_prefill(r) * margin > r.deadline:
                     # cannot meet its TTFT on any engine any more: serve it only from spare room
                     r.hopeless = True
@@ -556,7 +602,7 @@ class Prism(RoutingPolicy):
         best = INF
         for e in self._eng:
             if r.prompt < e.kv_tokens:
-                t = e.prefill_time(r.prompt, e.base + e.c2 + e.c3 * r.ctx)
+                t = e.prefill_time(r.prompt, e.base + e.c2 + e.c3 * r.ctx, r.hit(e.idx))
                 if t < best:
                     best = t
         return best
@@ -587,6 +633,8 @@ class Prism(RoutingPolicy):
                 cap = kv_capacity_tokens(v)
                 if cap:
                     e.kv_tokens = float(cap)
+                    # the engine caches at most its KV blocks' worth of prompt blocks
+                    self._prefix.set_capacity(i, cap // BLOCK_TOKENS)
 
     @staticmethod
     def _queued(e: _Engine, v: EngineView) -> int:

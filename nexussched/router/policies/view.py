@@ -55,6 +55,7 @@ ORACLE_ATTRS: tuple[str, ...] = (
     "decode_ctx_sum",
     "free_blocks",
     "max_num_batched_tokens",
+    "cached_prefix_tokens",  # the engine's real prefix-cache hit for a prompt (prefix_oracle)
 )
 
 

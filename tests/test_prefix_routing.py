@@ -1,0 +1,179 @@
+"""Prefix-aware routing: the router-side index, llm-d's prefix scorer, SGLang's cache-aware
+policy, PRISM's predicted hit, and the oracle placement."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from nexussched.localproc import free_ports
+from nexussched.router.policies import RequestInfo, make_policy
+from nexussched.router.policies.prefix_index import PrefixIndex
+from nexussched.sim import ClusterSim, EngineConfig, get_profile
+from nexussched.traces import synthetic_from_spec
+
+MODEL = "sim-llama-3-8b"
+
+
+class View:
+    """A minimal live-contract engine view."""
+
+    def __init__(self, name: str, waiting: int = 0, inflight: int = 0, kv: float = 0.0):
+        self.name = name
+        self.healthy = True
+        self.num_running = 0
+        self.num_waiting = waiting
+        self.kv_usage = kv
+        self.last_scrape = 0.0
+        self.block_size = 16
+        self.num_gpu_blocks = 28000
+        self.inflight = inflight
+        self.inflight_prompt_tokens = 0
+        self.inflight_max_tokens = 0
+
+
+def info(i: int, hashes: tuple[int, ...], prompt: int | None = None) -> RequestInfo:
+    p = prompt if prompt is not None else 16 * len(hashes) + 5
+    return RequestInfo(i, p, 100, 0.0, 2.0, 0.1, prefix_hashes=hashes)
+
+
+# ---- the index -------------------------------------------------------------------------------
+def test_index_matches_contiguous_prefixes_and_forgets_least_recently_sent():
+    ix = PrefixIndex(None)
+    ix.add(0, [1, 2, 3])
+    ix.add(1, [1, 9])
+    assert ix.match([1, 2, 3, 4], 3) == [3, 1, 0]
+    assert ix.match([1, 9, 3], 2) == [1, 2]
+    ix.set_capacity(0, 4)
+    ix.add(0, [5, 6])  # 1 and 2 are the oldest: trimmed
+    assert ix.size(0) == 4 and ix.match([1, 2, 3], 2) == [0, 1]
+    ix.removed(1, [9])  # a KV event
+    assert ix.match([1, 9], 2) == [0, 1]
+
+
+# ---- llm-d ------------------------------------------------------------------------------------
+def test_llmd_prefix_scorer_keeps_a_prefix_on_its_engine_at_llmd_weights():
+    pol = make_policy("llmd_weighted")
+    assert (pol.prefix_weight, pol.queue_weight, pol.kv_weight) == (3.0, 2.0, 2.0)
+    views = [View("a"), View("b"), View("c")]
+    first = pol.route(info(0, (1, 2, 3, 4)), views, 0.0)
+    # equal load: the engine that got the prefix gets its continuation
+    assert pol.route(info(1, (1, 2, 3, 4, 5, 6)), views, 0.0) == first
+    # but a queue on that engine outweighs a half match (3 * 0.5 < 2 * 1 queue score)
+    views[first].num_waiting = 10
+    assert pol.route(info(2, (1, 2, 9, 9)), views, 0.0) != first
+    # the index is sized from vllm:cache_config_info (autoTune)
+    assert pol.index.capacity(first) == 28000
+
+
+# ---- SGLang -----------------------------------------------------------------------------------
+def test_sglang_cache_aware_thresholds():
+    pol = make_policy("sglang_cache_aware")
+    assert (pol.cache_threshold, pol.balance_abs, pol.balance_rel) == (0.3, 64, 1.5)
+    views = [View("a"), View("b")]
+    home = pol.route(info(0, tuple(range(10))), views, 0.0)
+    other = 1 - home
+    # a match above 30% of the prompt goes home
+    assert pol.route(info(1, tuple(range(10)) + (77,)), views, 1.0) == home
+    # a match below 30% goes to the smallest tree (the other worker's is empty)
+    assert pol.route(info(2, (0, 50, 51, 52, 53, 54, 55, 56)), views, 2.0) == other
+    # imbalance by more than 64 and 1.5x: the least-loaded worker, cache or not
+    views[home].inflight, views[other].inflight = 200, 100
+    assert pol.route(info(3, tuple(range(10))), views, 3.0) == other
+    # 64 apart but not 1.5x: still balanced, so the cache decides
+    views[home].inflight, views[other].inflight = 200, 140
+    # (both trees now hold blocks 0-9; only home holds the continuation 77)
+    assert pol.route(info(4, tuple(range(10)) + (77, 78)), views, 4.0) == home
+
+
+# ---- PRISM ------------------------------------------------------------------------------------
+def test_prism_predicts_the_hit_and_prefers_the_engine_holding_the_prefix():
+    pol = make_policy("prism")
+    views = [View("a"), View("b")]
+    h = tuple(range(200))  # 3,200 cached tokens
+    first = pol.route(info(0, h, prompt=3300), views, 0.0)
+    pol.on_finish(0, first, 1.0)
+    cold = 1 - first
+    req = info(1, h + (999,), prompt=3300)
+    # the router-side index predicts a 3,200-token hit where the prefix went: less prefill
+    t_home = pol.predict(req, first, 2.0)[0]
+    t_cold = pol.predict(req, cold, 2.0)[0]
+    assert t_home < t_cold
+    assert pol.route(req, views, 2.0) == first
+    off = make_policy("prism", prefix_aware=False)
+    assert off.uses_prefix is False and pol.uses_prefix is True
+
+
+# ---- the oracle and hit rates in the simulator -----------------------------------------------
+def _hit_rate(policy: str, view: str = "live") -> float:
+    tr = synthetic_from_spec("synthetic:sessions,n=400,seed=4,rate=8")
+    sim = ClusterSim(
+        [get_profile("a100")] * 4,
+        make_policy(policy),
+        engine_config=EngineConfig(),
+        view=view,
+    )
+    res = sim.run(tr, 2.0, 0.1)
+    q = sum(e.prefix_cache_queries for e in res.engines)
+    return sum(e.prefix_cache_hits for e in res.engines) / q
+
+
+def test_prefix_aware_routers_reuse_more_than_blind_ones_and_the_oracle_runs_only_as_oracle():
+    blind = _hit_rate("round_robin")
+    for name in ("llmd_weighted", "sglang_cache_aware", "prism"):
+        assert _hit_rate(name) > blind + 0.1, name
+    assert _hit_rate("prefix_oracle", view="oracle") > blind + 0.1
+    with pytest.raises(ValueError, match="--view oracle"):
+        _hit_rate("prefix_oracle")
+
+
+# ---- live: router and engine-sims hash the same prompt blocks --------------------------------
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    )
+
+
+@pytest.mark.parametrize("policy", ["llmd_weighted", "sglang_cache_aware"])
+def test_live_router_sends_a_conversation_back_to_its_cache(spawn, policy):
+    *ports, rport = free_ports(4)
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    engines = [spawn("engine-sim", "--time-scale", "0", port=p, wait=False) for p in ports]
+    router = spawn(
+        "router",
+        *sum((["--backend", u] for u in urls), []),
+        "--policy",
+        policy,
+        "--scrape-interval",
+        "0.2",
+        port=rport,
+        wait=False,
+    )
+    for p in (*engines, router):
+        p.wait_ready()
+    messages = [{"role": "system", "content": "You answer briefly and precisely. " * 30}]
+    cached = []
+    for turn in range(5):
+        messages.append({"role": "user", "content": f"question number {turn} " * 10})
+        out = _post(
+            router.url + "/v1/chat/completions",
+            {"model": MODEL, "messages": messages, "max_tokens": 8, "ignore_eos": True},
+        )
+        cached.append(out["usage"]["prompt_tokens_details"]["cached_tokens"])
+        messages.append({"role": "assistant", "content": out["choices"][0]["message"]["content"]})
+    # every later turn found the conversation so far in its engine's cache
+    assert cached[0] == 0 and all(c >= 16 * 16 for c in cached[1:])
+    hits = [_metric(u, "vllm:prefix_cache_hits_total") for u in urls]
+    assert sorted(hits)[:2] == [0.0, 0.0]  # one engine served the whole conversation
