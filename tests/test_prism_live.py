@@ -4,6 +4,7 @@ through a real redis-server, requests over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import aiohttp
 import redis.asyncio as aioredis
@@ -39,7 +40,10 @@ async def wait_healthy(server: TestServer, n: int) -> None:
 
 
 async def complete(session, url: str, prompt: int, max_tokens: int, headers=None) -> int:
-    body = {"model": MODEL, "prompt": [1000 + k % 500 for k in range(prompt)],
+    # a distinct first token per call: engines cache prefixes, and these tests need every
+    # prompt computed for the models to learn prefill speed
+    first = random.randrange(20000, 30000)
+    body = {"model": MODEL, "prompt": [first] + [1000 + k % 500 for k in range(prompt - 1)],
             "max_tokens": max_tokens, "ignore_eos": True}  # fmt: skip
     async with session.post(url + "/v1/completions", json=body, headers=headers or {}) as r:
         await r.read()
