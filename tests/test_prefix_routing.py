@@ -4,6 +4,7 @@ policy, PRISM's predicted hit, and the oracle placement."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import pytest
@@ -163,6 +164,12 @@ def test_live_router_sends_a_conversation_back_to_its_cache(spawn, policy):
     )
     for p in (*engines, router):
         p.wait_ready()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:  # the router probes the engines into rotation
+        with urllib.request.urlopen(router.url + "/backends", timeout=5) as r:
+            if sum(b["healthy"] for b in json.loads(r.read())["backends"]) == 2:
+                break
+        time.sleep(0.05)
     messages = [{"role": "system", "content": "You answer briefly and precisely. " * 30}]
     cached = []
     for turn in range(5):
