@@ -99,6 +99,7 @@ async def complete(
     stream: bool = True,
     prompt: str = "hello world " * 20,
     timeout: float = 60.0,
+    headers: dict | None = None,
 ) -> Result:
     body = {
         "model": MODEL,
@@ -109,7 +110,10 @@ async def complete(
     }
     try:
         async with session.post(
-            url + "/v1/completions", json=body, timeout=aiohttp.ClientTimeout(total=timeout)
+            url + "/v1/completions",
+            json=body,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            headers=headers,
         ) as r:
             if r.status != 200 or not stream:
                 data = await r.json(content_type=None)

@@ -61,7 +61,9 @@ def wait_healthy(url: str, n: int, timeout: float = 10.0) -> list[dict]:
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as r:
+    # /backends is an admin view: behind the API key like the API itself
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
         return json.loads(r.read())
 
 

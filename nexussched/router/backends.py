@@ -6,6 +6,11 @@ Each Backend is the live EngineView a policy reads (the contract in router/polic
 `vllm:cache_config_info`, and `inflight`, `inflight_prompt_tokens` and `inflight_max_tokens` are
 the router's own counts. A connection failure takes a backend out of rotation at once; a probe loop brings it back
 when `/health` answers again.
+
+Membership is live: `add` brings a backend in (a retired one with the same URL comes back at its
+old index), `retire` takes one out for good; it drains (requests in flight finish, no new ones
+go there). Indices never shift, because policies and dispatchers address engines by index.
+Each backend has a circuit breaker (router/breaker.py) fed by `answered` / `failed`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from .breaker import Breaker
 from .config import BackendSpec
 from .policies.base import RequestInfo
 from .policies.view import SCRAPE_PERIOD
@@ -129,12 +135,12 @@ class Backend:
         "down_reason",
         "sent",
         "headers",
+        "retired",
+        "breaker",
     )
 
-    def __init__(self, spec: BackendSpec) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.url = spec.url
+    def __init__(self, spec: BackendSpec, breaker: Breaker | None = None) -> None:
+        self.set_spec(spec)
         self.healthy = False
         self.num_running = 0
         self.num_waiting = 0
@@ -144,15 +150,22 @@ class Backend:
         self.inflight = 0  # the router's count: sent and not finished
         self.inflight_prompt_tokens = 0  # their prompt tokens
         self.inflight_max_tokens = 0  # their declared max_tokens
-        self.models: frozenset[str] = frozenset(spec.models)
-        self.model_cards: list[dict] = [
-            {"id": m, "object": "model", "owned_by": spec.name} for m in spec.models
-        ]
         self.has_metrics = True  # set False when /metrics is missing (not a vLLM backend)
         self.last_scrape = 0.0
         self.failures = 0  # consecutive scrape timeouts
         self.down_reason = "not probed yet"
         self.sent = 0  # requests ever sent here
+        self.retired = False  # removed from the router: drains, then is only a tombstone
+        self.breaker = breaker or Breaker()
+
+    def set_spec(self, spec: BackendSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.url = spec.url
+        self.models: frozenset[str] = frozenset(spec.models)
+        self.model_cards: list[dict] = [
+            {"id": m, "object": "model", "owned_by": spec.name} for m in spec.models
+        ]
         h = {"Content-Type": "application/json"}
         if spec.api_key:
             h["Authorization"] = f"Bearer {spec.api_key}"
@@ -187,7 +200,17 @@ class Backend:
             "sent": self.sent,
             "models": sorted(self.models),
             "down_reason": None if self.healthy else self.down_reason,
+            "state": self.lifecycle,
+            "circuit": self.breaker.state,
+            "circuit_opens": self.breaker.opens,
         }
+
+    @property
+    def lifecycle(self) -> str:
+        """active, draining (removed, requests still in flight) or removed."""
+        if not self.retired:
+            return "active"
+        return "draining" if self.inflight > 0 else "removed"
 
 
 class BackendRegistry:
@@ -200,8 +223,12 @@ class BackendRegistry:
         scrape_interval: float = SCRAPE_PERIOD,
         scrape_timeout: float = 2.0,
         scrape_failures: int = 3,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 10.0,
     ) -> None:
-        self.backends = [Backend(s) for s in specs]
+        self.breaker_failures = breaker_failures
+        self.breaker_cooldown = breaker_cooldown
+        self.backends = [Backend(s, self._breaker()) for s in specs]
         self.health_interval = health_interval
         self.scrape_interval = scrape_interval
         self.scrape_timeout = aiohttp.ClientTimeout(total=scrape_timeout)
@@ -209,8 +236,11 @@ class BackendRegistry:
         self.version = 0  # bumped whenever health or model sets change
         self.on_change: list[Callable[[int, bool], None]] = []  # (index, healthy) listeners
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: dict[int, asyncio.Task] = {}  # probe/scrape loop per backend index
         self._checking: set[int] = set()
+
+    def _breaker(self) -> Breaker:
+        return Breaker(self.breaker_failures, self.breaker_cooldown)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def start(self, session: aiohttp.ClientSession, first_probe_timeout: float = 3.0) -> None:
@@ -220,17 +250,105 @@ class BackendRegistry:
             [asyncio.ensure_future(self._probe(i)) for i in range(len(self.backends))],
             timeout=first_probe_timeout,
         )
-        self._tasks = [asyncio.create_task(self._loop(i)) for i in range(len(self.backends))]
+        self._tasks = {i: asyncio.create_task(self._loop(i)) for i in range(len(self.backends))}
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = list(self._tasks.values())
+        self._tasks = {}
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             try:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        self._tasks = []
+
+    # ---- membership ----------------------------------------------------------------------------
+    def listed(self) -> list[Backend]:
+        """Backends that are members or still draining (what /backends and /metrics show)."""
+        return [b for b in self.backends if b.lifecycle != "removed"]
+
+    def find(self, key: str) -> int | None:
+        """Index of the member (not retired) backend named `key` or at URL `key`."""
+        for i, b in enumerate(self.backends):
+            if not b.retired and key in (b.name, b.url):
+                return i
+        return None
+
+    def add(self, spec: BackendSpec) -> int:
+        """Bring a backend in (probed at once; in rotation when /health answers). A retired one
+        at the same URL comes back at its old index. ValueError if the URL or name is taken."""
+        for b in self.backends:
+            if not b.retired and (b.url == spec.url or b.name == spec.name):
+                what = "URL" if b.url == spec.url else "name"
+                raise ValueError(f"a backend with {what} {getattr(spec, what.lower())} is present")
+        idx = next(
+            (i for i, b in enumerate(self.backends) if b.retired and b.url == spec.url), None
+        )
+        if idx is None:
+            idx = len(self.backends)
+            self.backends.append(Backend(spec, self._breaker()))
+        else:  # the same object: requests still draining from it keep their counts
+            b = self.backends[idx]
+            b.set_spec(spec)
+            b.retired = False
+            b.breaker = self._breaker()
+            b.down_reason = "not probed yet"
+        self.version += 1
+        log.warning("backend %s (%s) added", spec.name, spec.url)
+        if self._session is not None:
+            self._tasks[idx] = asyncio.create_task(self._join(idx))
+        return idx
+
+    async def _join(self, idx: int) -> None:
+        await self._probe(idx)
+        await self._loop(idx)
+
+    def retire(self, idx: int) -> None:
+        """Take a backend out for good: no new requests; those in flight finish (drain)."""
+        b = self.backends[idx]
+        if b.retired:
+            return
+        t = self._tasks.pop(idx, None)
+        if t is not None:
+            t.cancel()
+        self.mark_down(idx, "removed")
+        b.retired = True
+        b.down_reason = "removed"
+        self.version += 1
+        log.warning("backend %s removed (%d requests in flight drain)", b.name, b.inflight)
+
+    # ---- the circuit breaker -------------------------------------------------------------------
+    def sending(self, idx: int) -> None:
+        """A request is about to go to backend idx: a half-open backend's trial is this one,
+        so it leaves rotation until the trial's outcome is known."""
+        br = self.backends[idx].breaker
+        if br.state == "half_open" and not br.trial:
+            br.trial = True
+            self.mark_down(idx, "circuit half-open: trial request in flight")
+
+    def answered(self, idx: int, status: int) -> None:
+        """Backend idx answered with HTTP `status`: 5xx is a failure, anything else an answer."""
+        if status >= 500:
+            self.failed(idx, f"answered {status}")
+            return
+        b = self.backends[idx]
+        if b.breaker.success():
+            log.warning("backend %s: circuit closed (trial request answered)", b.name)
+            if not b.retired:
+                self._mark_up(idx)
+
+    def failed(self, idx: int, reason: str) -> None:
+        """Backend idx failed a request (connection failure, 5xx, broken stream)."""
+        b = self.backends[idx]
+        br = b.breaker
+        if br.failure(time.monotonic()):
+            why = f"circuit open after {br.failures} consecutive failures (last: {reason})"
+            if b.healthy:
+                self.mark_down(idx, why)
+            else:
+                b.down_reason = why
+                log.warning("backend %s: %s", b.name, why)
 
     # ---- state changes -------------------------------------------------------------------------
     def mark_down(self, idx: int, reason: str) -> None:
@@ -248,7 +366,7 @@ class BackendRegistry:
 
     def _mark_up(self, idx: int) -> None:
         b = self.backends[idx]
-        if b.healthy:
+        if b.healthy or b.retired or b.breaker.blocks:
             return
         b.healthy = True
         b.failures = 0
@@ -284,18 +402,23 @@ class BackendRegistry:
     def healthy_count(self) -> int:
         return sum(1 for b in self.backends if b.healthy)
 
+    def member_count(self) -> int:
+        return sum(1 for b in self.backends if not b.retired)
+
     def model_cards(self) -> list[dict]:
-        """Union of the backends' models (first card seen for each id), healthy or not."""
+        """Union of the members' models (first card seen for each id), healthy or not."""
         seen: dict[str, dict] = {}
         for b in self.backends:
-            for c in b.model_cards:
-                seen.setdefault(c["id"], c)
+            if not b.retired:
+                for c in b.model_cards:
+                    seen.setdefault(c["id"], c)
         return list(seen.values())
 
     def known_models(self) -> set[str]:
         out: set[str] = set()
         for b in self.backends:
-            out |= b.models
+            if not b.retired:
+                out |= b.models
         return out
 
     # ---- probing -------------------------------------------------------------------------------
@@ -314,10 +437,16 @@ class BackendRegistry:
                 log.warning("backend %s: probe error %r", b.name, e)
 
     async def _probe(self, idx: int) -> bool:
-        """GET /health, then the model list and a first scrape; mark up on success."""
+        """GET /health, then the model list and a first scrape; mark up on success. A backend
+        whose breaker is open waits out its cooldown first (then half-open: one trial)."""
         b = self.backends[idx]
         s = self._session
         assert s is not None
+        br = b.breaker
+        if br.state == "open" and not br.cooled(time.monotonic()):
+            return False
+        if br.state == "half_open" and br.trial:
+            return False  # the trial request decides
         try:
             async with s.get(b.url + "/health", timeout=self.scrape_timeout) as r:
                 if r.status != 200:

@@ -24,7 +24,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="URL",
         help="backend base URL, e.g. http://127.0.0.1:8001 (repeatable)",
     )
-    p.add_argument("--backends-file", metavar="FILE", help="YAML or JSON list of backends")
+    p.add_argument(
+        "--backends-file",
+        metavar="FILE",
+        help="YAML or JSON list of backends; watched: entries added join, entries removed drain",
+    )
+    p.add_argument(
+        "--backends-file-poll",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between checks of --backends-file for changes (default 1.0)",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
@@ -68,7 +79,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--retries",
         type=int,
         default=1,
-        help="re-sends on another backend before the first response byte",
+        help="re-sends on another backend before the first response byte (default 1)",
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=float,
+        default=0.02,
+        metavar="S",
+        help="seconds before the first re-send, doubling per re-send, with jitter (default 0.02)",
+    )
+    p.add_argument(
+        "--retry-backoff-max",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="cap of the re-send backoff in seconds (default 1.0)",
+    )
+    p.add_argument(
+        "--breaker-failures",
+        type=int,
+        default=5,
+        metavar="N",
+        help="consecutive failures (connection errors, 5xx) that open a backend's circuit "
+        "breaker; 0 turns it off (default 5)",
+    )
+    p.add_argument(
+        "--breaker-cooldown",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds a breaker stays open before one trial request may go (default 10)",
+    )
+    p.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not write the access log (one line per request on stderr; on by default)",
     )
     p.add_argument(
         "--max-connections", type=int, default=0, help="upstream pool size (0: no limit)"
@@ -105,6 +151,13 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         health_interval=args.health_interval,
         scrape_interval=args.scrape_interval,
         retries=args.retries,
+        retry_backoff=args.retry_backoff,
+        retry_backoff_max=args.retry_backoff_max,
+        breaker_failures=args.breaker_failures,
+        breaker_cooldown=args.breaker_cooldown,
+        backends_file=args.backends_file,
+        backends_file_poll=args.backends_file_poll,
+        access_log=args.access_log,
         max_connections=args.max_connections,
         default_slo_ttft=args.slo_ttft,
         default_slo_tpot=args.slo_tpot,
@@ -116,6 +169,14 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = settings_from_args(args)
+    if settings.access_log:  # on whatever --log-level says: its own handler, at INFO
+        from .access_log import log as access
+
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s access %(message)s"))
+        access.addHandler(h)
+        access.setLevel(logging.INFO)
+        access.propagate = False
     sched = settings.mode_args.get("params")
     if sched is not None:  # Redis must answer before we serve (one-line error otherwise)
         import asyncio

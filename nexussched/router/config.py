@@ -65,7 +65,9 @@ def backend_from_url(url: str) -> BackendSpec:
     return BackendSpec(url=u, name=default_name(u))
 
 
-def _entry(item: object, where: str) -> BackendSpec:
+def backend_entry(item: object, where: str) -> BackendSpec:
+    """One backend from a URL string or a mapping (url, name, api_key, models); ValueError
+    naming `where` on a bad entry."""
     if isinstance(item, str):
         try:
             return backend_from_url(item)
@@ -143,7 +145,7 @@ def load_backends_file(path: str | Path) -> list[BackendSpec]:
         where = f"bad backends file {p}, " + (
             f"line {lines[i]}" if i < len(lines) and lines[i] else f"entry {i + 1}"
         )
-        out.append(_entry(item, where))
+        out.append(backend_entry(item, where))
     return out
 
 
@@ -167,6 +169,13 @@ class RouterSettings:
     scrape_timeout: float = 2.0
     scrape_failures: int = 3  # consecutive scrape timeouts before a backend is taken out
     retries: int = 1  # extra attempts on another backend before the first response byte
+    retry_backoff: float = 0.02  # seconds before the first retry; doubles per retry (jittered)
+    retry_backoff_max: float = 1.0  # cap of the backoff
+    breaker_failures: int = 5  # consecutive failures that open a backend's breaker (0: off)
+    breaker_cooldown: float = 10.0  # seconds open before a half-open trial request
+    backends_file: str | None = None  # watched: backends join and leave as it changes
+    backends_file_poll: float = 1.0  # seconds between checks of the file
+    access_log: bool = True  # one line per request on the `nexussched.access` logger
     max_connections: int = 0  # connection pool size, 0 = unlimited
     default_slo_ttft: float = 2.0  # seconds, when a request states none
     default_slo_tpot: float = 0.1
@@ -203,6 +212,14 @@ class RouterSettings:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.retries < 0 or self.max_connections < 0:
             raise ValueError("retries and max-connections must be >= 0")
+        if self.breaker_failures < 0:
+            raise ValueError("breaker-failures must be >= 0 (0 turns the breaker off)")
+        for name in ("retry_backoff", "retry_backoff_max", "breaker_cooldown"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name.replace('_', '-')} must be a number >= 0, got {v!r}")
+        if not (self.backends_file_poll > 0 and math.isfinite(self.backends_file_poll)):
+            raise ValueError("backends-file-poll must be a positive number")
         return self
 
 

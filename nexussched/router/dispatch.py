@@ -35,6 +35,11 @@ class ProxyCall:
     model: str
     t0: float  # receipt, time.monotonic()
     forward_headers: dict = field(default_factory=dict)
+    # filled while it is served, for the access log
+    request_id: str = ""
+    backend: str = ""  # the backend that answered
+    ttft: float | None = None  # seconds from receipt to the first byte sent to the client
+    tokens: int | None = None  # completion tokens (usage), else streamed token events
 
 
 @dataclass(slots=True)
@@ -87,6 +92,8 @@ class Dispatcher:
     `backend_failed`."""
 
     router: RouterCore
+    # whether backends may join and leave while it runs (router/membership.py)
+    membership: bool = False
 
     async def start(self, router: RouterCore) -> None:
         self.router = router

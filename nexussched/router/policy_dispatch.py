@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from .breaker import backoff_delay
 from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, RouterCore
 from .errors import APIError
@@ -37,8 +39,11 @@ class PolicyDispatcher(Dispatcher):
     requests that have not yet received a byte (the upstream attempt is cancelled and re-sent).
     """
 
+    membership = True  # engines are addressed through the registry: they may join and leave
+
     def __init__(self, policy: RoutingPolicy) -> None:
         self.policy = policy
+        self._rng = random.Random()  # retry jitter
         self._held: dict[object, asyncio.Future] = {}
         self._flights: dict[object, _Flight] = {}
         self._tasks: list[asyncio.Task] = []
@@ -132,6 +137,16 @@ class PolicyDispatcher(Dispatcher):
                 self._held.pop(call.info.id, None)
         return idx
 
+    # ---- retries -----------------------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        s = self.router.settings
+        return backoff_delay(attempt, s.retry_backoff, s.retry_backoff_max, self._rng)
+
+    def _another(self, call: ProxyCall, tried: list[int]) -> bool:
+        """Whether a healthy backend serving the call's model is left to try."""
+        views = self.router.views_for(call.model)
+        return any(v.healthy and i not in tried for i, v in enumerate(views))
+
     # ---- the request -------------------------------------------------------------------------
     async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
         router = self.router
@@ -141,7 +156,12 @@ class PolicyDispatcher(Dispatcher):
         spent = 0
         rebinds = policy.tick_interval is not None
         forced: int | None = None
+        settings = router.settings
+        pause = 0.0
         while True:
+            if pause:  # capped exponential backoff with jitter between attempts
+                await asyncio.sleep(pause)
+                pause = 0.0
             if forced is not None:
                 idx, forced = forced, None
             else:
@@ -182,6 +202,19 @@ class PolicyDispatcher(Dispatcher):
                         if spent > router.settings.retries:
                             raise router.after_failure(idx) from None
                     router.metrics.retries.inc()
+                    pause = self._backoff(len(tried))
+                    continue
+                if (
+                    up.resp.status >= 500
+                    and spent < settings.retries
+                    and self._another(call, [*tried, idx])
+                ):
+                    # the engine answered 5xx and the client has no byte yet: try another one
+                    up.resp.close()
+                    tried.append(idx)
+                    spent += 1
+                    router.metrics.retries.inc()
+                    pause = self._backoff(len(tried))
                     continue
                 return await router.relay(call, up)
             finally:

@@ -14,22 +14,27 @@ the request on the engine.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
 
 from ..tokens import DEFAULT_BLOCK_SIZE, block_hashes, prompt_pieces
+from .access_log import access_line, token_events, usage_tokens
+from .access_log import log as access_log
 from .admission import context_refusal
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, Upstream
 from .errors import APIError, bad_request
+from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
 from .requests import (
@@ -43,6 +48,25 @@ from .requests import (
 )
 
 log = logging.getLogger("nexussched.router")
+
+REQUEST_ID = web.RequestKey("request_id", str)  # the request's id, kept on the request
+MAX_REQUEST_ID = 128
+
+
+def request_id(request: web.Request) -> str:
+    """The client's x-request-id (up to 128 printable characters), else a new one; kept on the
+    request so every answer, errors included, returns it."""
+    rid = request.headers.get("x-request-id")
+    if rid is not None and not (0 < len(rid) <= MAX_REQUEST_ID and rid.isprintable()):
+        request[REQUEST_ID] = uuid.uuid4().hex
+        raise bad_request(
+            f"x-request-id must be 1 to {MAX_REQUEST_ID} printable characters",
+            code="invalid_value",
+        )
+    if not rid:
+        rid = uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    return rid
 
 
 # ---- the service -----------------------------------------------------------------------------
@@ -58,9 +82,23 @@ class Router:
             scrape_interval=settings.scrape_interval,
             scrape_timeout=settings.scrape_timeout,
             scrape_failures=settings.scrape_failures,
+            breaker_failures=settings.breaker_failures,
+            breaker_cooldown=settings.breaker_cooldown,
         )
         self.backends = self.registry.backends
-        self.metrics = RouterMetrics(lambda: self.backends)
+        self.metrics = RouterMetrics(self.registry.listed)
+        self.admin = BackendsAdmin(self.registry, self._auth, self._membership_refusal)
+        self.watcher = (
+            BackendsFileWatcher(
+                self.registry,
+                settings.backends_file,
+                settings.backends_file_poll,
+                self._membership_refusal,
+            )
+            if settings.backends_file
+            else None
+        )
+        self._watch_task: asyncio.Task | None = None
         self.dispatcher = dispatcher
         self.session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
@@ -79,10 +117,11 @@ class Router:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/backends", self._backends)
+        app.router.add_routes(self.admin.routes())
         for path, handler in getattr(self.dispatcher, "routes", list)():  # a mode's own views
             app.router.add_get(path, handler)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
+        app.on_response_prepare.append(self._tag_response)
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -101,8 +140,13 @@ class Router:
         )
         await self.registry.start(self.session)
         await self.dispatcher.start(self)
+        if self.watcher is not None:
+            self.watcher.start()
+            self._watch_task = asyncio.create_task(self.watcher.run())
 
     async def _cleanup(self, app: web.Application) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         await self.dispatcher.close()
         await self.registry.stop()
         if self.session is not None:
@@ -125,7 +169,7 @@ class Router:
         return views
 
     def no_backend(self, model: str) -> APIError:
-        n = len(self.backends)
+        n = self.registry.member_count()
         up = self.registry.healthy_count()
         if up:
             return APIError(
@@ -139,6 +183,7 @@ class Router:
 
     def backend_failed(self, e: BackendFailed) -> None:
         self._failures[e.idx] = e.reason
+        self.registry.failed(e.idx, e.reason)
         self.metrics.backend_failures.labels(self.backends[e.idx].name).inc()
         if e.refused:
             self.registry.mark_down(e.idx, e.reason)
@@ -151,7 +196,7 @@ class Router:
         if not self.registry.healthy_count():
             return APIError(
                 503,
-                f"no backend available: all {len(self.backends)} backends are "
+                f"no backend available: all {self.registry.member_count()} backends are "
                 f"out of rotation ({why})",
                 code="no_backend",
             )
@@ -168,6 +213,7 @@ class Router:
         """Send the call to backend `idx`; return once the first body bytes (streaming) or the
         whole body arrived. Raises BackendFailed if the backend failed before that."""
         b = self.backends[idx]
+        self.registry.sending(idx)
         headers = b.headers if not call.forward_headers else {**b.headers, **call.forward_headers}
         assert self.session is not None
         try:
@@ -198,20 +244,25 @@ class Router:
         except BaseException:
             resp.close()
             raise
+        self.registry.answered(idx, resp.status)
         return Upstream(resp, first, idx)
 
     async def relay(self, call: ProxyCall, up: Upstream) -> web.StreamResponse:
         """Answer the client with the upstream response; streams are relayed chunk by chunk."""
         resp = up.resp
         name = self.backends[up.idx].name
+        call.backend = name
         m = self.metrics
         if not (call.stream and resp.status == 200):
             ct = resp.headers.get("Content-Type", "application/json")
             resp.release()
             m.count(name, resp.status)
             m.observe_e2e(name, time.monotonic() - call.t0)
+            if resp.status == 200:
+                call.tokens = usage_tokens(up.first)
             return web.Response(status=resp.status, body=up.first, headers={"Content-Type": ct})
-        m.observe_ttft(name, time.monotonic() - call.t0)
+        call.ttft = time.monotonic() - call.t0
+        m.observe_ttft(name, call.ttft)
         out = web.StreamResponse(
             status=200,
             headers={
@@ -225,6 +276,8 @@ class Router:
             await out.write(up.first)
             content = resp.content
             broke: BaseException | None = None
+            events = token_events(up.first)
+            prev = last = up.first
             while True:
                 try:
                     chunk = await content.readany()
@@ -238,7 +291,13 @@ class Router:
                     break
                 if not chunk:
                     break
+                events += token_events(chunk)
+                prev, last = last, chunk
                 await out.write(chunk)
+            used = usage_tokens(last)
+            if used is None:
+                used = usage_tokens(prev)
+            call.tokens = used if used is not None else events
             if broke is not None:
                 if isinstance(broke, TimeoutError):  # slow, not dead: no health consequence
                     err = self._timed_out(self.backends[up.idx])
@@ -348,12 +407,53 @@ class Router:
         return ProxyCall(request, path, raw, body, info, stream, model, t0, fwd)
 
     async def _serve(self, request: web.Request, path: str) -> web.StreamResponse:
+        t0 = time.monotonic()
+        call: ProxyCall | None = None
+        status = 499  # unless answered: the client left (the handler was cancelled)
         try:
+            rid = request_id(request)
             call = await self._parse(request, path)
-            return await self.dispatcher.dispatch(call)
+            call.request_id = rid
+            call.forward_headers["x-request-id"] = rid
+            out = await self.dispatcher.dispatch(call)
+            status = out.status
+            return out
         except APIError as e:
             self.metrics.count("none", e.status)
+            status = e.status
             return e.response()
+        finally:
+            if self.settings.access_log:
+                self._log_access(request, call, status, t0)
+
+    def _log_access(
+        self, request: web.Request, call: ProxyCall | None, status: int, t0: float
+    ) -> None:
+        e2e = time.monotonic() - t0
+        if call is None:
+            rid = request.get(REQUEST_ID, "")
+            line = access_line(rid, "", "", status, None, e2e, None, False)
+        else:
+            ttft = call.ttft if call.ttft is not None else (e2e if status == 200 else None)
+            line = access_line(
+                call.request_id, call.model, call.backend, status, ttft, e2e, call.tokens,
+                call.stream,
+            )  # fmt: skip
+        access_log.info(line)
+
+    async def _tag_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer carries the request's id (the client's x-request-id, or one made)."""
+        rid = request.get(REQUEST_ID)
+        if rid:
+            response.headers["x-request-id"] = rid
+
+    def _membership_refusal(self) -> str | None:
+        if getattr(self.dispatcher, "membership", False):
+            return None
+        return (
+            f"backends cannot join or leave while running in mode {self.settings.mode!r} "
+            "(its nodes are fixed at start); restart the router to change them"
+        )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, COMPLETIONS)
@@ -374,16 +474,13 @@ class Router:
             {
                 "status": "ok" if up else "unavailable",
                 "healthy_backends": up,
-                "backends": len(self.backends),
+                "backends": self.registry.member_count(),
             },
             status=200 if up else 503,
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    async def _backends(self, request: web.Request) -> web.Response:
-        return web.json_response({"backends": [b.state() for b in self.backends]})
 
     async def _not_found(self, request: web.Request) -> web.Response:
         return APIError(
