@@ -81,6 +81,9 @@ class RecordingPolicy(RoutingPolicy):
     def on_finish(self, req_id, idx, now):
         return self.inner.on_finish(req_id, idx, now)
 
+    def on_output(self, req_id, output_tokens):
+        return self.inner.on_output(req_id, output_tokens)
+
     def decode_target(self, req_id, src, engines, now):
         return self.inner.decode_target(req_id, src, self._wrap(engines), now)
 

@@ -174,7 +174,15 @@ def test_replay_through_router_is_planned_recorded_and_learned(stack):
     trace = head(resolve_trace("bundled"), N_REQUESTS)
     t0 = time.monotonic()
     outcomes = asyncio.run(
-        replay_live(stack["router"].url, trace, model=MODEL, slo_ttft=2.0, slo_tpot=0.1)
+        # a real vLLM ignores engine-sim's output-length field: declare the true lengths
+        replay_live(
+            stack["router"].url,
+            trace,
+            model=MODEL,
+            slo_ttft=2.0,
+            slo_tpot=0.1,
+            max_tokens="exact",
+        )
     )
     wall = time.monotonic() - t0
     failed = [o.error for o in outcomes if not o.completed]

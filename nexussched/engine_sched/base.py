@@ -32,6 +32,10 @@ class EnginePolicy:
     def observe(self, rec: StepRecord) -> None:
         """Step telemetry of the engine this policy drives (online learning hook)."""
 
+    def finished(self, seq_id: object, output_tokens: int, max_tokens: int) -> None:
+        """A sequence declaring `max_tokens` ended after `output_tokens` output tokens: the only
+        moment an engine learns how long a request's output was."""
+
 
 class VllmDefault(EnginePolicy):
     name = "vllm_default"

@@ -28,6 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..perfmodel.lengths import LengthEstimator
 from .plan import SeqState, StepPlan, StepState
 
 INF = math.inf
@@ -87,9 +88,17 @@ def chunk_for_time(c0: float, c1: float, room: float, ctx: float) -> int:
 
 
 def decode_step_limit(
-    decodes: Sequence[SeqState], now: float, decode_time: float, cfg: LensConfig
+    decodes: Sequence[SeqState],
+    now: float,
+    decode_time: float,
+    cfg: LensConfig,
+    lengths: LengthEstimator | None = None,
 ) -> tuple[float, int]:
-    """(step-time limit from the decodes' TPOT targets and banks, count of hopeless decodes)."""
+    """(step-time limit from the decodes' TPOT targets and banks, count of hopeless decodes).
+
+    A decode's tokens still to come are estimated by `lengths` (finished requests' lengths given
+    those generated so far), or else taken at its declared max_tokens: the planner never knows
+    the true length."""
     limit = INF
     late = 0
     keep = 1.0 - cfg.tpot_margin
@@ -102,17 +111,19 @@ def decode_step_limit(
         bank = slo * (d.generated - 1) - (now - ft if ft is not None else 0.0)
         # Hopeless: already behind by more than a token's budget (a measured fact, not only the
         # model's view), and even decode-only steps from here on cannot bring it back.
-        if (
-            depri
-            and bank < -slo
-            and bank + (d.output_tokens - d.generated) * (slo - decode_time) < 0.0
-        ):
+        if depri and bank < -slo and bank + _remaining(d, lengths) * (slo - decode_time) < 0.0:
             late += 1
             continue
         allow = keep * slo + spend * bank
         if allow < limit:
             limit = allow
     return limit, late
+
+
+def _remaining(d: SeqState, lengths: LengthEstimator | None) -> float:
+    if lengths is None:
+        return float(d.max_tokens - d.generated)
+    return lengths.expected_remaining(d.generated, d.max_tokens)
 
 
 def order_prefills(
@@ -175,9 +186,13 @@ def order_prefills(
 
 
 def plan_step(
-    state: StepState, coef: tuple[float, float, float, float, float], cfg: LensConfig
+    state: StepState,
+    coef: tuple[float, float, float, float, float],
+    cfg: LensConfig,
+    lengths: LengthEstimator | None = None,
 ) -> tuple[StepPlan, PlanInfo]:
-    """The step's plan: token budget, prefill service order and per-prefill chunk caps."""
+    """The step's plan: token budget, prefill service order and per-prefill chunk caps.
+    `lengths`: the engine's output-length estimates (None: trust each declared max_tokens)."""
     c0, c1, c2, c3, c4 = coef
     decodes = state.decodes
     nd = len(decodes)
@@ -190,7 +205,7 @@ def plan_step(
         if c % bs == 0:
             new_blocks += 1
     t_dec = c2 * nd + c3 * ctx + c4
-    limit, late_dec = decode_step_limit(decodes, state.now, t_dec, cfg) if nd else (INF, 0)
+    limit, late_dec = decode_step_limit(decodes, state.now, t_dec, cfg, lengths) if nd else (INF, 0)
     if cfg.max_step < limit:
         limit = cfg.max_step
     cap = cfg.max_budget or state.max_num_batched_tokens

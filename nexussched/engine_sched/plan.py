@@ -18,7 +18,7 @@ class SeqState:
     prompt_tokens: int
     computed: int  # tokens with KV computed
     generated: int  # output tokens produced so far
-    output_tokens: int  # max_tokens (the router's and engine's only knowledge of length)
+    max_tokens: int  # declared by the client: a planner never knows the true output length
     arrival: float
     running: bool
     slo_ttft: float

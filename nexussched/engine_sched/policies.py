@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import ClassVar
 
-from ..perfmodel import PerfModel, StepRecord
+from ..perfmodel import LengthEstimator, PerfModel, StepRecord
 from .base import EnginePolicy
 from .lens import LensConfig, PlanInfo, chunk_for_time, coef_tuple, plan_step
 from .plan import StepPlan, StepState
@@ -44,15 +44,19 @@ class LensPolicy(EnginePolicy):
         self.surprise = surprise
         self._decode_run = 0
         self.last: PlanInfo | None = None
+        self.lengths = LengthEstimator()  # final output lengths of the requests this engine ended
         self.steps_planned = 0
         self.steps_observed = 0
         self.steps_learned = 0
 
     def plan(self, state: StepState) -> StepPlan:
-        plan, info = plan_step(state, coef_tuple(self.model), self.config)
+        plan, info = plan_step(state, coef_tuple(self.model), self.config, self.lengths)
         self.last = info
         self.steps_planned += 1
         return plan
+
+    def finished(self, seq_id: object, output_tokens: int, max_tokens: int) -> None:
+        self.lengths.observe(output_tokens, max_tokens)
 
     def fast_decode_ok(self) -> bool:
         # LENS never holds a decode back, so a decode-only run with nothing admissible is the same

@@ -291,14 +291,22 @@ class _LensMixin:
         done = None
         if scheduler_output.total_num_scheduled_tokens > 0:
             done = self.lens_clock.complete(scheduler_output, time.monotonic())
+        stepped = [
+            r
+            for r in map(self.requests.get, scheduler_output.num_scheduled_tokens)
+            if r is not None
+        ]
         outputs = super().update_from_output(scheduler_output, model_runner_output)
         now = time.time()
         first = self.lens_first_token
-        for rid in scheduler_output.num_scheduled_tokens:
-            if rid not in first:
-                r = self.requests.get(rid)
-                if r is not None and r.num_output_tokens > 0:
-                    first[rid] = now
+        reqs = self.requests
+        for r in stepped:
+            rid = r.request_id
+            if rid not in reqs:
+                # it ended this step: the planner learns its output length (it knew max_tokens)
+                self.lens.finished(rid, r.num_output_tokens, r.max_tokens)
+            elif rid not in first and r.num_output_tokens > 0:
+                first[rid] = now
         if done is not None:
             self._lens_observe(done.record, done.extra)
         if len(first) > 4 * (len(self.requests) + 64):

@@ -359,6 +359,7 @@ def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: 
                 concurrency=args.concurrency,
                 progress=not args.no_progress,
                 client_timeout=args.client_timeout or None,
+                max_tokens=args.max_tokens,
             )
         )
         pols = args.policies if args.policies != "round_robin,least_load" else "live"
@@ -375,6 +376,8 @@ def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: 
                 "slo_tpot": args.slo_tpot,
                 "client_timeout": args.client_timeout or None,
                 "live": args.live,
+                "view": "live",
+                "max_tokens_mode": args.max_tokens,
                 **summarize(outcomes),
                 "goodput_rps": None,
             }

@@ -2,8 +2,16 @@
 
 Each request goes out at its (scaled) arrival time as a streaming `/v1/completions` call whose
 prompt is a list of `prompt_tokens` token ids (exact on vLLM and engine-sim; for `endpoint="chat"`
-a text of about that many tokens), with `max_tokens = output_tokens` and `ignore_eos`, so the
-engine does the trace's work. Measured as vLLM's benchmark does, from the moment the request is
+a text of about that many tokens), with `ignore_eos`.
+
+Declared versus true length (`max_tokens`): a client does not know how long its answer will be,
+so by default (`cap:4096`) every request declares `max_tokens = 4096`, and the trace's recorded
+length (cut at the cap) travels separately in `vllm_xargs.nexussched_output_tokens`. That field is
+test-only: engine-sim stops the request there, and the router forwards `vllm_xargs` unread, so
+router policies and the engine's planner see only the declared cap while the engine still does
+the trace's work. A real vLLM ignores the field and would generate all 4096 tokens: replay against
+vLLM with `max_tokens="exact"` (`--max-tokens exact`), which declares each request's true length
+(the ablation in which clients know their output lengths). Measured as vLLM's benchmark does, from the moment the request is
 sent: TTFT at the first chunk with content, TPOT = (E2E - TTFT) / (tokens - 1), the largest gap
 between content chunks (max ITL) and E2E at the end of the stream. Results are RequestOutcome
 records, the same the simulated replay produces, so `summarize()` reports both alike.
@@ -20,6 +28,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from ..sim.request import MAX_TOKENS_DEFAULT, OUTPUT_TOKENS_XARG, declare, parse_max_tokens
 from ..traces.transform import scale_rate
 from ..traces.types import Trace, TraceRequest
 from .metrics import RequestOutcome
@@ -105,16 +114,21 @@ async def _one(
     t_start: float,
     extra_headers: dict[str, str],
     client_timeout: float | None = None,
+    cap: int | None = None,
 ) -> RequestOutcome:
     """One request; a client_timeout (s) without a first token makes the client give up: it
-    closes the connection (the router and engine abort the request, freeing its KV)."""
+    closes the connection (the router and engine abort the request, freeing its KV). `cap`: the
+    max_tokens every request declares (None: its true length)."""
+    out, declared = declare(r.output_tokens, cap)
     body: dict = {
         "model": model,
-        "max_tokens": max(1, r.output_tokens),
+        "max_tokens": declared,
         "stream": True,
         "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }
+    if declared != out:
+        body["vllm_xargs"] = {OUTPUT_TOKENS_XARG: out}
     if chat:
         body["messages"] = [{"role": "user", "content": _prompt_text(r)}]
     else:
@@ -236,6 +250,7 @@ async def replay_live(
     send_slo_headers: bool = True,
     timeout: float = 600.0,
     client_timeout: float | None = None,
+    max_tokens: str = MAX_TOKENS_DEFAULT,
 ) -> list[RequestOutcome]:
     """Replay `trace` against the OpenAI endpoint at `url` (base URL, with or without /v1).
 
@@ -248,9 +263,11 @@ async def replay_live(
     callable given the number of requests just finished, or True for a progress bar.
     client_timeout: seconds a client waits for its first token before it disconnects (the
     request then fails as "timeout"; the router aborts it at its engine, freeing its KV).
+    max_tokens: what each request declares, `cap:N` or `exact` (see the module docstring).
     """
     if client_timeout is not None and not (client_timeout > 0 and math.isfinite(client_timeout)):
         raise ValueError(f"client_timeout must be positive, got {client_timeout!r}")
+    cap = parse_max_tokens(max_tokens)
     if endpoint not in ("completions", "chat"):
         raise ValueError(f"endpoint must be 'completions' or 'chat', got {endpoint!r}")
     if not (time_scale >= 0 and math.isfinite(time_scale)):
@@ -306,6 +323,7 @@ async def replay_live(
                     t_start,
                     headers,
                     client_timeout,
+                    cap,
                 )
             else:
                 async with sem:
@@ -320,6 +338,7 @@ async def replay_live(
                         t_start,
                         headers,
                         client_timeout,
+                        cap,
                     )
             if progress is not None:
                 progress(1)

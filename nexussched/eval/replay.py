@@ -98,6 +98,7 @@ def simulate(
         scrape_period=setup.info.scrape_period,
         telemetry_delay=setup.info.telemetry_delay,
         client_timeout=setup.client_timeout,
+        max_tokens=setup.info.max_tokens,
     )
     t0 = time.perf_counter()
     res = cluster.run(scaled, setup.slo_ttft, setup.slo_tpot, progress=progress)

@@ -1,12 +1,15 @@
-"""Per-step latency model of one engine, learned online from step telemetry."""
+"""Per-step latency model of one engine, learned online from step telemetry; online estimates of
+requests' output lengths."""
 
 from .features import FEATURE_NAMES, N_FEATURES, batch_features, record_features, records_matrix
+from .lengths import LengthEstimator
 from .model import PerfModel, PerfModelConfig, fit_nnls, mape
 from .telemetry import StepRecord, TelemetryLog, prefill_attn_work, read_jsonl
 
 __all__ = [
     "FEATURE_NAMES",
     "N_FEATURES",
+    "LengthEstimator",
     "PerfModel",
     "PerfModelConfig",
     "StepRecord",

@@ -40,6 +40,7 @@ class ProxyCall:
     backend: str = ""  # the backend that answered
     ttft: float | None = None  # seconds from receipt to the first byte sent to the client
     tokens: int | None = None  # completion tokens (usage), else streamed token events
+    complete: bool = False  # the whole answer went through (then `tokens` is its length)
 
 
 @dataclass(slots=True)

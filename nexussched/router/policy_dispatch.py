@@ -220,6 +220,9 @@ class PolicyDispatcher(Dispatcher):
             finally:
                 b.end(call.info)
                 if finished:
+                    if call.complete and call.tokens:
+                        # the router learns how long the output was only now
+                        policy.on_output(rid, call.tokens)
                     policy.on_finish(rid, idx, time.monotonic())
                     if policy.holds:
                         self._offer(idx)

@@ -260,6 +260,7 @@ class Router:
             m.observe_e2e(name, time.monotonic() - call.t0)
             if resp.status == 200:
                 call.tokens = usage_tokens(up.first)
+                call.complete = True
             return web.Response(status=resp.status, body=up.first, headers={"Content-Type": ct})
         call.ttft = time.monotonic() - call.t0
         m.observe_ttft(name, call.ttft)
@@ -312,6 +313,7 @@ class Router:
                 m.count(name, err.status)
             else:
                 clean = True
+                call.complete = True
                 m.count(name, 200)
                 m.observe_e2e(name, time.monotonic() - call.t0)
             await out.write_eof()

@@ -22,7 +22,16 @@ from ..traces.types import Trace
 from .engine import EngineConfig, EngineSim
 from .hardware import HardwareProfile
 from .prefix_cache import block_chain
-from .request import EXPIRED, REJECTED, SHED, TIMEOUT, SimRequest
+from .request import (
+    EXPIRED,
+    MAX_TOKENS_DEFAULT,
+    REJECTED,
+    SHED,
+    TIMEOUT,
+    SimRequest,
+    declare,
+    parse_max_tokens,
+)
 from .views import ScrapeClock, make_views
 
 STALL_OFFERS = 2000  # offer rounds with nothing running or arriving before a run is declared stuck
@@ -45,6 +54,11 @@ class ClusterSim:
     it what the live router has, gauges scraped every `scrape_period` s and step telemetry
     delivered in polls every TELEMETRY_POLL s, `telemetry_delay` s after each step ends;
     `view="oracle"` gives exact, instant state and telemetry (an ablation).
+
+    Requests declare `max_tokens` (`max_tokens="cap:N"`: every client asks for N and longer
+    outputs are cut there; "exact": each declares its true length, an ablation). Policies see only
+    the declaration; the engine learns the true length when the request ends, and the policy then
+    learns it too (`on_output`, as the live router counts the tokens it relays).
     """
 
     def __init__(
@@ -60,6 +74,7 @@ class ClusterSim:
         scrape_period: float = SCRAPE_PERIOD,
         telemetry_delay: float = 0.0,
         client_timeout: float | None = None,
+        max_tokens: str = MAX_TOKENS_DEFAULT,
     ) -> None:
         if not telemetry_delay >= 0 or not math.isfinite(telemetry_delay):
             raise ValueError(f"telemetry delay must be >= 0 seconds, got {telemetry_delay!r}")
@@ -68,6 +83,8 @@ class ClusterSim:
         # disconnects; its request is cancelled wherever it is (None or 0: clients wait forever).
         self.client_timeout = client_timeout if client_timeout and client_timeout > 0 else None
         self.view = view
+        # what clients declare: each request's true length (exact) or one cap for all (cap:N)
+        self.max_tokens_cap = parse_max_tokens(max_tokens)
         self.telemetry_delay = telemetry_delay
         # step records on their way to the policy: (time it may see them, engine, record)
         self._tele_buf: list[tuple[float, int, StepRecord]] = []
@@ -77,7 +94,8 @@ class ClusterSim:
         # from a prefill to a decode engine over a link of this many GB/s (200 Gb/s RDMA default).
         self.kv_link_gbs = kv_link_gbs
         self._splits = bool(getattr(routing, "splits", False))
-        self._split_output: dict[object, int] = {}  # prefill-only requests -> real output length
+        # prefill-only requests -> (true output length, declared max_tokens)
+        self._split_output: dict[object, tuple[int, int]] = {}
         self.engines: list[EngineSim] = []
         for i, prof in enumerate(profiles):
             name = f"{prof.name}-{i}"
@@ -149,7 +167,7 @@ class ClusterSim:
 
     def _count(self, req: SimRequest, idx: int) -> None:
         """The router sent `req` to engine `idx`: its in-flight counts grow."""
-        p, m = req.prompt, req.output
+        p, m = req.prompt, req.max_tokens
         self._counted[req.id] = (idx, p, m)
         self.views[idx].count(p, m, 1)
 
@@ -163,17 +181,18 @@ class ClusterSim:
         if req.failure is not None:
             return  # its client left while it was on its way (a delayed hand-off)
         eng = self.engines[idx]
-        if not eng.fits(req.prompt, req.output):
+        if not eng.fits(req.prompt, req.max_tokens):
             # the engine answers 400, as vLLM does for a request beyond its context or KV cache
             req.engine_name = eng.name
-            self._fail(req, REJECTED, eng.refusal(req.prompt, req.output))
+            self._fail(req, REJECTED, eng.refusal(req.prompt, req.max_tokens))
             return
         req.dispatch_time = now
         req.engine_idx = idx
         self._count(req, idx)
         if self._splits and req.generated == 0 and self.routing.is_prefill(idx):  # type: ignore[attr-defined]
-            self._split_output[req.id] = req.output
-            req.output = 1  # the prefill engine computes the prompt and the first token only
+            self._split_output[req.id] = (req.output, req.max_tokens)
+            # the prefill engine computes the prompt and the first token only (max_tokens=1)
+            req.output = req.max_tokens = 1
         eng.enqueue(req, now)
         self._kick(idx, now)
 
@@ -212,13 +231,13 @@ class ClusterSim:
     def refusal(self, req: SimRequest) -> str | None:
         """Why no engine of the cluster could ever hold `req` (None if one can): refused at
         admission, as the live router answers 400 context_length_exceeded."""
-        if any(e.fits(req.prompt, req.output) for e in self.engines):
+        if any(e.fits(req.prompt, req.max_tokens) for e in self.engines):
             return None
         kv = max(e.total_blocks * e.block_size for e in self.engines)
         mml = max(e.max_model_len for e in self.engines)
         return (
-            f"no engine can hold a request of {req.prompt + req.output} tokens ({req.prompt} "
-            f"prompt + {req.output} max_tokens): the largest KV cache holds {kv} tokens, the "
+            f"no engine can hold a request of {req.prompt + req.max_tokens} tokens ({req.prompt} "
+            f"prompt + {req.max_tokens} max_tokens): the largest KV cache holds {kv} tokens, the "
             f"largest max_model_len is {mml}"
         )
 
@@ -264,18 +283,22 @@ class ClusterSim:
         slo_tpot: float,
         progress: Callable[[int], None] | None = None,
     ) -> SimResult:
-        reqs = [
-            SimRequest(
-                r.id,
-                r.arrival,
-                r.prompt_tokens,
-                r.output_tokens,
-                r.slo_ttft if r.slo_ttft is not None else slo_ttft,
-                r.slo_tpot if r.slo_tpot is not None else slo_tpot,
-                r.priority,
+        cap = self.max_tokens_cap
+        reqs = []
+        for r in trace.requests:
+            out, declared = declare(r.output_tokens, cap)
+            reqs.append(
+                SimRequest(
+                    r.id,
+                    r.arrival,
+                    r.prompt_tokens,
+                    out,
+                    r.slo_ttft if r.slo_ttft is not None else slo_ttft,
+                    r.slo_tpot if r.slo_tpot is not None else slo_tpot,
+                    r.priority,
+                    declared,
+                )
             )
-            for r in trace.requests
-        ]
         self._by_id = {r.id: r for r in reqs}
         routing = self.routing
         views = self.views
@@ -348,6 +371,7 @@ class ClusterSim:
                         if self._handoff(r, idx, t_eng):
                             continue
                     r.hashes = ()  # only live requests need them (memory)
+                    routing.on_output(r.id, r.generated)
                     routing.on_finish(r.id, idx, t_eng)
                 if routing.holds:
                     self._offer(idx, t_eng)
@@ -383,7 +407,7 @@ class ClusterSim:
                 info = RequestInfo(
                     r.id,
                     r.prompt,
-                    r.output,
+                    r.max_tokens,
                     r.arrival,
                     r.slo_ttft,
                     r.slo_tpot,
@@ -424,7 +448,7 @@ class ClusterSim:
         """A prefill-only request finished on `src`. Unless it wanted one token, continue it on
         the decode engine the policy names, after the KV transfer, as a request whose prompt is
         computed and first token generated. True if it continues (not finished yet)."""
-        req.output = self._split_output.pop(req.id)
+        req.output, req.max_tokens = self._split_output.pop(req.id)
         if req.generated >= req.output:
             return False
         dst = self.routing.decode_target(req.id, src, self.views, now)  # type: ignore[attr-defined]

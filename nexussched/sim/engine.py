@@ -166,19 +166,21 @@ class EngineSim:
         self.cost = self.profile.coefficients()
 
     # ---- admission ---------------------------------------------------------------------------
-    def fits(self, prompt_tokens: int, output_tokens: int) -> bool:
+    def fits(self, prompt_tokens: int, max_tokens: int) -> bool:
+        """vLLM's admission rule: prompt + declared max_tokens within max_model_len, and a KV
+        cache that can hold the prompt."""
         return (
-            prompt_tokens + output_tokens <= self.max_model_len
+            prompt_tokens + max_tokens <= self.max_model_len
             and math.ceil((prompt_tokens + 1) / self.block_size) <= self.total_blocks
         )
 
-    def refusal(self, prompt_tokens: int, output_tokens: int) -> str:
+    def refusal(self, prompt_tokens: int, max_tokens: int) -> str:
         """Why `fits` says no, naming both sizes (vLLM's context-length error, or the KV cache)."""
-        need = prompt_tokens + output_tokens
+        need = prompt_tokens + max_tokens
         if need > self.max_model_len:
             return (
                 f"{self.name}: maximum context length is {self.max_model_len} tokens, the request "
-                f"needs {need} ({prompt_tokens} prompt + {output_tokens} max_tokens)"
+                f"needs {need} ({prompt_tokens} prompt + {max_tokens} max_tokens)"
             )
         return (
             f"{self.name}: a prompt of {prompt_tokens} tokens does not fit in its KV cache of "
@@ -615,9 +617,11 @@ class EngineSim:
                     r.finish = end
                     done.append(r)
         if done:
+            fin = self.policy.finished
             for r in done:
                 self.running.remove(r)
                 self._free(r)
+                fin(r.id, r.generated, r.max_tokens)  # the engine learns the length at the end
         self._batch = []
         rec = self._record
         if rec is not None:
@@ -674,9 +678,11 @@ class EngineSim:
                 t0 = ends[i]
                 for f in self._listeners:
                     f(rec)
+        fin = self.policy.finished
         for r in done:
             self.running.remove(r)
             self._free(r)
+            fin(r.id, r.generated, r.max_tokens)  # the engine learns the length at the end
         return done
 
     # ---- planner view ------------------------------------------------------------------------

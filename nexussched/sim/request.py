@@ -13,6 +13,35 @@ SHED = "shed"  # refused by SLO admission control (PRISM's shed)
 TIMEOUT = "timeout"  # its client gave up waiting for the first token and disconnected
 EXPIRED = "expired"  # a scheduler queue dropped it after its TTL (FastDeploy's scheduler_ttl)
 
+MAX_TOKENS_DEFAULT = "cap:4096"
+# Test-only request field (in vllm_xargs) that makes engine-sim stop at a trace's recorded length;
+# routers forward it unread, so they still see only the declared max_tokens.
+OUTPUT_TOKENS_XARG = "nexussched_output_tokens"
+
+
+def parse_max_tokens(spec: str) -> int | None:
+    """`exact` (clients declare each request's true length: None) or `cap:N` (every client asks
+    for N tokens; longer outputs are cut at N, as vLLM stops at max_tokens)."""
+    s = spec.strip().lower()
+    if s == "exact":
+        return None
+    if s.startswith("cap:"):
+        try:
+            n = int(s[4:])
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return n
+    raise ValueError(f"--max-tokens must be 'exact' or 'cap:N' with N >= 1, got {spec!r}")
+
+
+def declare(output: int, cap: int | None) -> tuple[int, int]:
+    """(true output length, declared max_tokens) of a trace request under a max-tokens mode."""
+    output = max(1, output)
+    if cap is None:
+        return output, output
+    return min(output, cap), cap
+
 
 class SimRequest:
     """Mutable per-request state; slots keep the hot loops cheap."""
@@ -22,6 +51,7 @@ class SimRequest:
         "arrival",
         "prompt",
         "output",
+        "max_tokens",
         "slo_ttft",
         "slo_tpot",
         "priority",
@@ -56,11 +86,15 @@ class SimRequest:
         slo_ttft: float,
         slo_tpot: float,
         priority: int = 0,
+        max_tokens: int | None = None,
     ) -> None:
         self.id = id
         self.arrival = arrival
         self.prompt = max(1, prompt)
+        # `output` is how long the output really is: the engine's physics (where it stops), read
+        # by no policy; `max_tokens` is what the client declared, all a router or planner knows.
         self.output = max(1, output)
+        self.max_tokens = self.output if max_tokens is None else max(1, max_tokens)
         self.slo_ttft = slo_ttft
         self.slo_tpot = slo_tpot
         self.priority = priority
@@ -97,7 +131,7 @@ class SimRequest:
             self.prompt,
             self.computed,
             self.generated,
-            self.output,
+            self.max_tokens,
             self.arrival,
             running,
             self.slo_ttft,

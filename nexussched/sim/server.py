@@ -9,7 +9,9 @@ steps included, yielding to the event loop every few milliseconds), for throughp
 Tokens: a prompt string counts ~4 characters per token (deterministic), a list of token ids counts
 its length; chat messages add 4 tokens each. Generated text is synthetic words. Without
 `ignore_eos`, a request stops early at a geometric length of mean `eos_mean` when that is set
-(default 0: it always runs to max_tokens, like `ignore_eos`).
+(default 0: it always runs to max_tokens, like `ignore_eos`). A request whose `vllm_xargs` holds
+`nexussched_output_tokens` (test-only: trace replay) stops there, or at max_tokens if sooner; the
+engine's planner sees only max_tokens until the request ends.
 
 Step telemetry (the StepRecords the perf model learns from; durations in simulated seconds) is
 served as JSON lines by `GET /telemetry?since=N` and optionally appended to a file.
@@ -41,7 +43,7 @@ from ..perfmodel.telemetry import StepRecord
 from ..tokens import block_hashes, message_tokens, prompt_pieces, text_tokens
 from .engine import EngineConfig, EngineSim
 from .hardware import get_profile
-from .request import SimRequest
+from .request import OUTPUT_TOKENS_XARG, SimRequest
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAST_SLICE_S = 0.005  # fast mode: longest stretch of simulation between event-loop turns
@@ -547,12 +549,26 @@ class EngineServer:
         if isinstance(mn, int) and not isinstance(mn, bool) and mn > out:
             out = min(mn, mt)
             reason = "length" if out == mt else reason
-        if not self.engine.fits(prompt, out):
+        # Test-only: trace replay (eval/live.py) tells the engine where the recorded output ended,
+        # so that a replayed request is as long as in the trace while every router and planner
+        # sees only the declared max_tokens. Routers forward vllm_xargs unread.
+        xa = body.get("vllm_xargs")
+        forced = xa.get(OUTPUT_TOKENS_XARG) if isinstance(xa, dict) else None
+        if forced is not None:
+            if isinstance(forced, bool) or not isinstance(forced, int) or forced < 1:
+                raise _BadRequest(
+                    400,
+                    f"vllm_xargs.{OUTPUT_TOKENS_XARG} must be a positive integer, got {forced!r}",
+                    param="vllm_xargs",
+                )
+            out = min(forced, mt)
+            reason = "length" if out == mt else "stop"
+        if not self.engine.fits(prompt, mt):
             raise _BadRequest(
                 400, f"prompt of {prompt} tokens does not fit in the KV cache", param="prompt"
             )
         ttft, tpot, prio = _slo(request.headers, body, self.cfg.slo_ttft, self.cfg.slo_tpot)
-        r = SimRequest(next(self._ids), self.now(), prompt, out, ttft, tpot, prio)
+        r = SimRequest(next(self._ids), self.now(), prompt, out, ttft, tpot, prio, max_tokens=mt)
         if self.engine.cache is not None:
             # the prompt's full blocks, named as the router's prefix index names them
             r.hashes = block_hashes(prompt_pieces(body, chat), self.engine.block_size)

@@ -47,7 +47,8 @@ class RoutingPolicy:
     - route(): index of the engine to send a request to, or None to hold it at the router
       (only policies with `holds = True`; they keep the request and release it through pull()).
     - pull(): engine `idx` has room; return held requests it should take now.
-    - on_finish(): a request finished on engine `idx` (bookkeeping).
+    - on_finish(): a request finished on engine `idx` (bookkeeping); on_output() before it says
+      how many tokens it produced.
     - tick(): called every `tick_interval` seconds; may return Moves (re-binding).
     - cancel(): a held request's client left; drop it (True if it was held here).
     - take_dropped(): requests the policy itself gave up on since the last call (e.g. a queue's
@@ -67,6 +68,12 @@ class RoutingPolicy:
         return []
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        return None
+
+    def on_output(self, req_id: object, output_tokens: int) -> None:
+        """A request ended after `output_tokens` output tokens (the router counted them as it
+        relayed them): the only time a router learns how long an output was. Called before
+        on_finish, for requests that ended normally."""
         return None
 
     def tick(self, engines: Sequence[EngineView], now: float) -> list[Move]:

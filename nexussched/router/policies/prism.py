@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from itertools import islice
 
+from ...perfmodel.lengths import LengthEstimator
 from ...perfmodel.model import PerfModel, PerfModelConfig
 from ...perfmodel.telemetry import StepRecord
 from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolicy
@@ -117,11 +118,12 @@ class _Req:
     __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
                  "pace", "bound", "hits")  # fmt: skip
 
-    def __init__(self, info: RequestInfo, key: tuple) -> None:
+    def __init__(self, info: RequestInfo, key: tuple, out: float) -> None:
         self.info = info
         self.prompt = max(1, int(info.prompt_tokens))
-        # mean context of its decode steps: what it adds to every step's KV reads
-        self.ctx = self.prompt + max(1, int(info.max_tokens)) * 0.5
+        # mean context of its decode steps (`out`: its expected output length): what it adds to
+        # every step's KV reads
+        self.ctx = self.prompt + out * 0.5
         self.deadline = info.arrival + info.slo_ttft
         self.key = key
         self.engine = -1
@@ -277,6 +279,8 @@ class Prism(RoutingPolicy):
         self._hopeless: list[tuple[tuple, int, _Req]] = []
         self._seq = 0
         self._tpot_ref = 0.1  # running mean of requests' TPOT SLO (s)
+        # output lengths of finished requests: a request's expected length given its max_tokens
+        self.lengths = LengthEstimator()
         self.moves = 0
         self.shed = 0
         self._rng = random.Random(config.seed)
@@ -377,7 +381,7 @@ class Prism(RoutingPolicy):
     def predict(self, req: RequestInfo, idx: int, now: float) -> tuple[float, float]:
         """(predicted TTFT, predicted decode step time) of `req` if sent to engine `idx` now."""
         e = self._engine(idx)
-        r = _Req(req, ())
+        r = _Req(req, (), self._expected_output(req))
         if self.cfg.prefix_aware and req.prefix_hashes:
             r.hits = self._hits(req, len(self._eng))
         base = e.base + e.c2 + e.c3 * r.ctx
@@ -387,15 +391,24 @@ class Prism(RoutingPolicy):
         return self._ttft(e, r, now), base / share
 
     # ---- routing ----------------------------------------------------------------------------
-    def _key(self, info: RequestInfo) -> tuple:
+    def _expected_output(self, info: RequestInfo) -> float:
+        """Expected output length of a new request: learned from finished ones, capped by its
+        declared max_tokens (PRISM never knows the true length)."""
+        return self.lengths.expected_total(0, max(1, int(info.max_tokens)))
+
+    def _key(self, info: RequestInfo, out: float) -> tuple:
         o = self.cfg.order
         if o == "edf":
             k = info.arrival + info.slo_ttft
         elif o == "lifo":
             k = -info.arrival
         else:
-            k = info.prompt_tokens + 0.25 * info.max_tokens
+            k = info.prompt_tokens + 0.25 * out
         return (info.priority, k)
+
+    def on_output(self, req_id: object, output_tokens: int) -> None:
+        r = self._reqs.get(req_id)
+        self.lengths.observe(output_tokens, r.info.max_tokens if r is not None else None)
 
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
         n = len(engines)
@@ -403,7 +416,8 @@ class Prism(RoutingPolicy):
             self._engine(n - 1)
             self._sync(engines)
         cfg = self.cfg
-        r = _Req(req, self._key(req))
+        out = self._expected_output(req)
+        r = _Req(req, self._key(req, out), out)
         P = r.prompt
         PP = P * P * 0.5
         hits = None
