@@ -134,10 +134,11 @@ def test_a_prompt_no_engine_can_hold_is_refused_at_admission_naming_both_sizes()
         assert stranded == [] and small.finish == small.finish
         assert big.failure == "rejected"
         assert "60000" in big.error and "46224" in big.error, big.error
-    # and beyond max_model_len (prompt + max_tokens), also naming both
-    res, _ = _run("a100:1", "round_robin", "vllm_default", [(0.0, 130_000, 2000)])
+    # and beyond max_model_len (prompt + the declared max_tokens, 4096 by default, as vLLM
+    # checks it: the true output of 2000 would have fit), also naming both
+    res, _ = _run("a100:1", "round_robin", "vllm_default", [(0.0, 127_000, 2000)])
     r = res.requests[0]
-    assert r.failure == "rejected" and "132000" in r.error and "131072" in r.error, r.error
+    assert r.failure == "rejected" and "131096" in r.error and "131072" in r.error, r.error
 
 
 # ---- the live router refuses what no backend can hold ------------------------------------------
