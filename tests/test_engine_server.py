@@ -127,6 +127,24 @@ def test_streaming_completion_and_chat(client):
     assert r.usage.completion_tokens == 5 and r.choices[0].message.content
 
 
+def test_response_ids_are_unique_and_created_is_the_arrival_time(client):
+    import re
+    import time
+
+    before = int(time.time())
+    a = client.completions.create(model=MODEL, prompt="a", max_tokens=2)
+    b = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "b"}], max_tokens=2
+    )
+    chunks = list(client.completions.create(model=MODEL, prompt="c", max_tokens=3, stream=True))
+    after = int(time.time())
+    assert re.fullmatch(r"cmpl-[0-9a-f]{32}", a.id) and re.fullmatch(r"chatcmpl-[0-9a-f]{32}", b.id)
+    assert len({a.id, b.id[4:], chunks[0].id}) == 3  # request ids never repeat
+    assert {c.id for c in chunks} == {chunks[0].id}  # one id across a stream's chunks
+    for created in (a.created, b.created, chunks[0].created):
+        assert before <= created <= after
+
+
 def test_models_health_and_metrics_names(engine, client):
     assert [m.id for m in client.models.list()] == [MODEL]
     assert get(engine.url + "/health")[0] == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexussched.eval.jobs import JobRunner, Spawn
+from nexussched.eval.jobs import JobRunner, Spawn, Urgent
 
 
 def _square(task: tuple) -> tuple[int, float]:
@@ -38,6 +38,20 @@ def test_jobs_get_results_in_order_and_identical_tasks_run_once(workers):
     asked = 2 + sum(steps for _, steps in kids)
     assert runner.runs < asked + 1  # memoised: (2,) once, and shared bisection points once
     assert runner.runs == len(runner.cache)
+
+
+def test_urgent_tasks_start_before_costlier_ordinary_ones():
+    order: list[int] = []
+
+    def job(urgent: bool, x: int):
+        (v,) = yield (Urgent([(x,)]) if urgent else [(x,)])
+        order.append(x)
+        return v
+
+    JobRunner(_square, workers=1, cost=lambda t: t[0]).run(
+        [job(False, 9), job(True, 1), job(False, 5)]
+    )
+    assert order == [1, 9, 5]  # the urgent one first, then costliest first
 
 
 def test_an_empty_task_list_and_no_children_do_not_stall():

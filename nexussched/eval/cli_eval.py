@@ -69,21 +69,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_traces_dir_argument(p)
     p.add_argument("--head", type=int, default=None, help="use only the first N requests")
     p.add_argument("--engines", type=int, default=8, help="number of a100 engines (default 8)")
-    p.add_argument("--cluster", default=None, help="mixed hardware, e.g. a100:4,h100:2,l4:2")
+    p.add_argument(
+        "--cluster",
+        default=None,
+        help="mixed hardware, e.g. a100:4,h100:2,l4:2 (overrides --engines)",
+    )
     p.add_argument(
         "--policies",
         default="round_robin,least_load",
-        help="comma list of routing policies, or 'all'",
+        help=f"comma list of routing policies, or 'all': {', '.join(POLICIES)}",
     )
     p.add_argument(
-        "--engine-policy", default="vllm_default", help="comma list of engine policies, or 'all'"
+        "--engine-policy",
+        default="vllm_default",
+        help=f"comma list of engine policies, or 'all': {', '.join(ENGINE_POLICIES)}",
     )
     p.add_argument(
         "--rate-scale", default="1.0", help="replay at k x the trace's rate (comma list ok)"
     )
     p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO in seconds")
     p.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO in seconds")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulation and policies")
     add_information_args(p)
     p.add_argument(
         "--client-timeout",
@@ -104,7 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="sweep the rate to find goodput (attainment >= --goodput-target)",
     )
-    p.add_argument("--goodput-target", type=float, default=0.9)
+    p.add_argument(
+        "--goodput-target",
+        type=float,
+        default=0.9,
+        help="SLO attainment the goodput rate must keep, in (0, 1]",
+    )
     p.add_argument("--out", default="results", help="output directory (results.json, *.png)")
     p.add_argument(
         "--telemetry-out",

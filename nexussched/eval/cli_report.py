@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the evaluation matrix and write a Markdown report with plots",
         description="Replay the scenario matrix (azure-conv, azure-code, mooncake-conv, bursty, "
         "heterogeneous) under every routing x engine policy at the rate where round_robin + "
-        "vllm_default attains 50-70%%, sweep goodput, and write report.md, results.json and PNGs.",
+        "vllm_default attains 50-70%, sweep goodput, and write report.md, results.json and PNGs.",
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument(
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="multiply every scenario's trace slice (default 1: the sizes in the report)",
     )
-    p.add_argument("--workers", type=int, default=0, help="worker processes (default: CPUs)")
+    p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
     p.add_argument(
         "--bisect",
         type=int,
@@ -64,9 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--decisions",
         type=int,
         default=20000,
-        help="PRISM decision-throughput sample size (0: skip)",
+        help="PRISM decision-throughput sample size (0: skip; default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulations and policies")
     add_traces_dir_argument(p)
     add_information_args(p)
     p.add_argument(

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Search PRISM's (and LENS's) knobs with optuna on a training trace slice and "
         "compare default vs tuned knobs on a different evaluation slice.",
     )
-    p.add_argument("--trace", default="azure-conv", help="trace for both slices (default)")
+    p.add_argument("--trace", default="azure-conv", help="trace for both slices")
     p.add_argument("--train", default="0:1500", help="training slice START:STOP of --trace")
     p.add_argument("--eval", default="1500:3000", help="evaluation slice START:STOP of --trace")
     p.add_argument("--eval-trace", default=None,
@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--trials", type=int, default=12, help="optuna trials (default 12)")
     p.add_argument("--no-lens", action="store_true", help="tune PRISM's knobs only")
-    p.add_argument("--slo-ttft", type=float, default=2.0)
-    p.add_argument("--slo-tpot", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slo-ttft", type=float, default=2.0, help="TTFT SLO in seconds")
+    p.add_argument("--slo-tpot", type=float, default=0.1, help="TPOT SLO in seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of optuna and the simulations")
     p.add_argument(
         "--out",
         default=None,

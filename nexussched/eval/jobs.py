@@ -19,6 +19,11 @@ from typing import Any
 Job = Generator[Any, Any, Any]
 
 
+class Urgent(list):
+    """Yielded by a job instead of a plain list: tasks that gate other work (a search step whose
+    result decides what runs next) start before every ordinary task."""
+
+
 @dataclass
 class Spawn:
     """Yielded by a job: run these child jobs; the parent gets their return values."""
@@ -65,7 +70,7 @@ class JobRunner:
         inflight: dict[Future, Hashable] = {}  # future -> key
         pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
 
-        def need(node: _Node, tasks: Sequence[Hashable]) -> None:
+        def need(node: _Node, tasks: Sequence[Hashable], urgent: bool = False) -> None:
             nonlocal seq
             node.results = [None] * len(tasks)
             node.pending = len(tasks)
@@ -81,7 +86,7 @@ class JobRunner:
                 waiting.setdefault(k, []).append((node, i))
                 if first:
                     task_of[k] = t
-                    heapq.heappush(ready, (-self.cost(t), seq, k))
+                    heapq.heappush(ready, (-self.cost(t) - (1e18 if urgent else 0.0), seq, k))
                     seq += 1
 
         def fill(node: _Node, i: int, value: Any) -> None:
@@ -111,7 +116,7 @@ class JobRunner:
             if isinstance(out, Spawn):
                 start(node, list(out.jobs))
             else:
-                need(node, list(out))
+                need(node, list(out), isinstance(out, Urgent))
 
         def finish(k: Hashable, value: Any) -> None:
             self.cache[k] = value

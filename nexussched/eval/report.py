@@ -27,7 +27,7 @@ from ..router.policies import POLICIES
 from ..sim import parse_cluster
 from ..traces import Trace, head, load_trace
 from .information import Information
-from .jobs import Job, JobRunner, Spawn
+from .jobs import Job, JobRunner, Spawn, Urgent
 from .replay import DEFAULT_CLIENT_TIMEOUT, SimSetup, simulate
 
 BASELINE = ("round_robin", "vllm_default")
@@ -166,7 +166,7 @@ def _search_job(ctx: _Ctx, sc: Scenario, n: int) -> Job:
     s = sc.start
     tried: list[tuple[float, dict]] = []
     for _ in range(ctx.cfg.search):
-        (r,) = yield [ctx.task(sc, n, *BASELINE, s)]
+        (r,) = yield Urgent([ctx.task(sc, n, *BASELINE, s)])
         tried.append((s, r))
         a = r["slo_attainment"]
         ctx.say(f"{sc.name}: round_robin+vllm_default at x{s:.3g} attains {a:.1%}")
@@ -194,7 +194,7 @@ def _split_job(ctx: _Ctx, sc: Scenario, n: int, op: float) -> Job:
     splits = sorted({min(k_all - 1, max(1, round(k_all * f))) for f in (0.25, 0.5, 0.75)})
     cands = [replace(sc, policy_kwargs={**sc.policy_kwargs, "splitwise": {"prefill_nodes": k}})
              for k in splits]  # fmt: skip
-    res = yield [ctx.task(c, n, "splitwise", "vllm_default", op) for c in cands]
+    res = yield Urgent([ctx.task(c, n, "splitwise", "vllm_default", op) for c in cands])
     best = max(range(len(splits)), key=lambda i: res[i]["slo_attainment"])
     ctx.say(f"{sc.name}: splitwise prefill nodes " + ", ".join(
         f"{k}/{k_all} -> {r['slo_attainment']:.1%}" for k, r in zip(splits, res, strict=True)))  # fmt: skip

@@ -250,6 +250,12 @@ class BackendRegistry:
             [asyncio.ensure_future(self._probe(i)) for i in range(len(self.backends))],
             timeout=first_probe_timeout,
         )
+        for b in self.backends:  # once each, at start; later changes are logged as they happen
+            if not b.healthy:
+                why = b.down_reason or f"no answer within {first_probe_timeout:g} s"
+                who = b.name if b.name in b.url else f"{b.name} ({b.url})"
+                log.warning("backend %s unreachable at start: %s; probing it every %g s",
+                            who, why, self.health_interval)  # fmt: skip
         self._tasks = {i: asyncio.create_task(self._loop(i)) for i in range(len(self.backends))}
 
     async def stop(self) -> None:

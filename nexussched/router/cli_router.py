@@ -7,7 +7,9 @@ import logging
 import os
 
 from .config import RouterSettings, backend_from_url, load_backends_file, parse_kv
+from .knobs import load_knobs
 from .modes.params import add_scheduler_args, params_from_args
+from .policies import POLICIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -36,25 +38,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds between checks of --backends-file for changes (default 1.0)",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument(
         "--policy",
         default="least_load",
-        help="routing policy (nexussched.router.policies.POLICIES)",
+        choices=list(POLICIES),
+        help="routing policy of --mode policy and --mode prism",
     )
     p.add_argument(
         "--policy-arg",
         action="append",
         metavar="KEY=VALUE",
-        help="keyword argument for the policy (repeatable)",
+        help="one knob of --policy, e.g. slack=0.4 for prism (repeatable; over --policy-config; "
+        "README lists the knobs)",
+    )
+    p.add_argument(
+        "--policy-config",
+        default=None,
+        metavar="FILE",
+        help="knob file (JSON) as `nexussched tune --out` writes; the section of --policy is used",
     )
     p.add_argument(
         "--mode",
         default="policy",
-        help="placement mode (nexussched.router.compose.MODES); 'policy' routes with --policy",
+        choices=["policy", "prism", "local", "global", "splitwise"],
+        help="placement mode: 'policy' routes each request with --policy; 'prism' adds engine "
+        "telemetry and Redis state sharing between replicas (--mode-arg redis=URL); local, "
+        "global, splitwise are FastDeploy's modes (or use --scheduler-name)",
     )
-    p.add_argument("--mode-arg", action="append", metavar="KEY=VALUE")
+    p.add_argument(
+        "--mode-arg",
+        action="append",
+        metavar="KEY=VALUE",
+        help="option of --mode (repeatable); prism: redis=URL, replica=NAME, topic=T, "
+        "learn=auto|telemetry|observed|none",
+    )
     p.add_argument(
         "--api-key",
         default=os.environ.get("NEXUSSCHED_API_KEY"),
@@ -62,7 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit (MiB)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
-    p.add_argument("--connect-timeout", type=float, default=5.0)
+    p.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to connect to a backend"
+    )
     p.add_argument(
         "--health-interval",
         type=float,
@@ -121,9 +142,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--slo-ttft", type=float, default=2.0, help="default TTFT SLO (s)")
     p.add_argument("--slo-tpot", type=float, default=0.1, help="default TPOT SLO (s)")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity",
+    )
     add_scheduler_args(p)  # --scheduler-name local|global|splitwise and FastDeploy's parameters
     p.set_defaults(func=_run)
+
+
+def _policy_args(args: argparse.Namespace) -> dict:
+    """--policy-config's section for --policy, with --policy-arg KEY=VALUE on top."""
+    base: dict = {}
+    if args.policy_config:
+        knobs = load_knobs(args.policy_config)
+        base = dict(knobs.policy_args.get(args.policy, {}))
+        if not base:
+            raise ValueError(f"{args.policy_config}: no knobs for policy {args.policy!r} "
+                             f"(it has: {', '.join(knobs.policy_args) or 'none'})")  # fmt: skip
+    return {**base, **parse_kv(args.policy_arg, "--policy-arg")}
+
+
+async def _check_redis(url: str, timeout: float = 3.0) -> None:
+    """Fail fast, in one line, when --mode prism's Redis does not answer."""
+    import redis.asyncio as aioredis
+
+    try:
+        client = aioredis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    except ValueError as e:
+        raise ValueError(f"--mode-arg redis={url}: {e}") from None
+    try:
+        await client.ping()
+    except Exception as e:  # noqa: BLE001 - any failure to answer is the same error to the user
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--mode prism: Redis at {url} unavailable: {reason}") from None
+    finally:
+        await client.aclose()
 
 
 def settings_from_args(args: argparse.Namespace) -> RouterSettings:
@@ -141,7 +197,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         host=args.host,
         port=args.port,
         policy=args.policy,
-        policy_args=parse_kv(args.policy_arg, "--policy-arg"),
+        policy_args=_policy_args(args),
         mode=mode,
         mode_args=mode_args,
         api_key=args.api_key or None,
@@ -184,5 +240,9 @@ def _run(args: argparse.Namespace) -> int:
         from .modes import check_plane
 
         asyncio.run(check_plane(sched))
+    if settings.mode == "prism" and settings.mode_args.get("redis"):
+        import asyncio
+
+        asyncio.run(_check_redis(str(settings.mode_args["redis"])))
     app = create_app(settings)  # unknown policy/mode: ValueError before binding
     return run_app(app, settings.host, settings.port, "nexussched router")

@@ -52,7 +52,20 @@ def make_dispatcher(settings: RouterSettings) -> Dispatcher:
         raise ValueError(
             f"unknown router mode {settings.mode!r}; known: {', '.join(sorted(MODES))}"
         ) from None
-    return factory(settings, **settings.mode_args)
+    try:
+        return factory(settings, **settings.mode_args)
+    except TypeError as e:  # an unknown --mode-arg / --policy-arg name: one line, no traceback
+        raise ValueError(
+            f"router mode {settings.mode!r} (policy {settings.policy!r}): {_arg_error(e)}"
+        ) from None
+
+
+def _arg_error(e: TypeError) -> str:
+    """`__init__() got an unexpected keyword argument 'x'` -> `unknown argument 'x'`."""
+    text = str(e)
+    if "unexpected keyword argument" in text:
+        return "unknown argument " + text.rsplit("argument", 1)[1].strip()
+    return text.split(") ", 1)[-1] if ") " in text else text
 
 
 def create_app(settings: RouterSettings, dispatcher: Dispatcher | None = None) -> web.Application:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 
 from ..plane.keys import KeySpace
 from ..plane.streams import model_card, parse_model_card
+from .outage import OutageLog
 
 log = logging.getLogger("nexussched.router")
 
@@ -97,6 +98,7 @@ class PrismShare:
         self.names = names
         self.topic = topic
         self.interval = interval
+        self.outage = OutageLog("prism state sharing (Redis)", log)
         self.ttl = ttl
         self.model_every = model_every
         self.clock = clock
@@ -174,10 +176,11 @@ class PrismShare:
         while True:
             try:
                 await self.sync_once()
+                self.outage.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis down: each replica keeps routing on its own view
-                log.warning("prism share: %r", e)
+                self.outage.fail(e)
             await asyncio.sleep(self.interval)
 
     async def close(self) -> None:

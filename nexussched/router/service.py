@@ -468,6 +468,13 @@ class Router:
             self._auth(request)
         except APIError as e:
             return e.response()
+        if not self.registry.healthy_count():
+            return APIError(
+                503,
+                f"no healthy backend: all {len(self.backends)} backends are out of rotation "
+                "(see GET /backends)",
+                code="no_healthy_backend",
+            ).response()
         return web.json_response({"object": "list", "data": self.registry.model_cards()})
 
     async def _health(self, request: web.Request) -> web.Response:

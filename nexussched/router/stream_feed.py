@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from ..perfmodel.telemetry import StepRecord
 from ..plane.keys import KeySpace
 from ..plane.streams import LOAD, STEP, decode_entry
+from .outage import OutageLog
 
 log = logging.getLogger("nexussched.router")
 
@@ -53,6 +54,7 @@ class StreamFeed:
         self.redis = redis
         self.keys = KeySpace(topic)
         self.interval = interval
+        self.outage = OutageLog("telemetry plane (Redis)", log)
         self.count = count
         self.discover_every = discover_every
         self._cursor: dict[str, str] = {}  # stream key -> last id read
@@ -137,10 +139,11 @@ class StreamFeed:
         while True:
             try:
                 n = await self.poll_once()
+                self.outage.ok()
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # Redis down: keep routing on what was learned
-                log.warning("telemetry plane: %r", e)
+                self.outage.fail(e)
                 n = 0
             if n < self.count:  # caught up: wait; behind: read on at once
                 await asyncio.sleep(self.interval)

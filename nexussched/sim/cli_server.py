@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
+from ..engine_sched import ENGINE_POLICIES
+from .hardware import PRESETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -14,9 +17,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "/health, /metrics (vLLM names) and /telemetry (step records) from a simulated engine "
         "running in real or scaled time.",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8001)
-    p.add_argument("--profile", default="a100", help="hardware profile: a100, h100, l4")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8001, help="port to listen on")
+    p.add_argument(
+        "--profile",
+        default="a100",
+        choices=sorted(PRESETS),
+        help="hardware profile the simulated engine runs at",
+    )
     p.add_argument(
         "--model",
         action="append",
@@ -31,23 +39,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1.0,
         help="wall seconds per simulated second; 0 = fast mode (no pacing)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated engine")
     p.add_argument(
         "--engine-policy",
         default="vllm_default",
-        help="batch planner (nexussched.engine_sched.ENGINE_POLICIES)",
+        choices=list(ENGINE_POLICIES),
+        help="batch planner of the engine",
     )
-    p.add_argument("--max-num-seqs", type=int, default=None)
-    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=None,
+        help="running sequences per step (default: vLLM V1's default for the profile's device)",
+    )
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="tokens per step (default: vLLM V1's default for the profile's device)",
+    )
     p.add_argument("--num-blocks", type=int, default=None, help="KV blocks (default: from profile)")
-    p.add_argument("--max-model-len", type=int, default=131072)
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        default=131072,
+        help="longest prompt + output in tokens (capped at what the KV cache holds)",
+    )
     p.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="cache prompt prefixes like vLLM V1 (default: on)",
     )
-    p.add_argument("--default-max-tokens", type=int, default=16)
+    p.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=16,
+        help="max_tokens of a request that does not set it (as vLLM's completions API)",
+    )
     p.add_argument(
         "--eos-mean",
         type=float,
@@ -73,7 +102,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "plane, as the vLLM plug-in does), e.g. redis://127.0.0.1:6379/0",
     )
     p.add_argument("--topic", default="default", help="plane topic the records go under")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument(
+        "--log-level",
+        default="WARNING",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity",
+    )
     p.set_defaults(func=_run)
 
 

@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import time
+import uuid
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -183,11 +184,14 @@ def _slo(headers, body: dict, dttft: float, dtpot: float) -> tuple[float, float,
 class _Gen:
     """A request's link between the engine loop and its HTTP handler."""
 
-    __slots__ = ("req", "stream", "seen", "fut", "done")
+    __slots__ = ("req", "stream", "seen", "fut", "done", "uid", "created")
 
     def __init__(self, req: SimRequest, stream: bool) -> None:
         self.req = req
         self.stream = stream
+        # as vLLM: a random id (unique across engines and restarts) and the arrival's Unix time
+        self.uid = uuid.uuid4().hex
+        self.created = int(time.time())
         self.seen = 0  # tokens handed to the client
         self.fut: asyncio.Future | None = None
         self.done = False
@@ -635,7 +639,7 @@ class EngineServer:
                 "finish_reason": reason,
                 "stop_reason": None,
             }
-            obj, rid = "chat.completion", f"chatcmpl-{r.id}"
+            obj, rid = "chat.completion", f"chatcmpl-{g.uid}"
         else:
             choice = {
                 "index": 0,
@@ -645,11 +649,11 @@ class EngineServer:
                 "stop_reason": None,
                 "prompt_logprobs": None,
             }
-            obj, rid = "text_completion", f"cmpl-{r.id}"
+            obj, rid = "text_completion", f"cmpl-{g.uid}"
         out = {
             "id": rid,
             "object": obj,
-            "created": self._created,
+            "created": g.created,
             "model": model,
             "choices": [choice],
             "usage": usage,
@@ -689,13 +693,12 @@ class EngineServer:
         body: dict,
         t0: float,
     ) -> web.StreamResponse:
-        r = g.req
         opts = body.get("stream_options")
         usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        rid = f"chatcmpl-{r.id}" if chat else f"cmpl-{r.id}"
+        rid = f"chatcmpl-{g.uid}" if chat else f"cmpl-{g.uid}"
         obj = "chat.completion.chunk" if chat else "text_completion"
         head = (
-            f'{{"id":"{rid}","object":"{obj}","created":{self._created},'
+            f'{{"id":"{rid}","object":"{obj}","created":{g.created},'
             f'"model":{json.dumps(model)},"choices":['
         )
         if chat:
