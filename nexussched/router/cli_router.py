@@ -43,8 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--policy",
         default="least_load",
-        choices=list(POLICIES),
-        help="routing policy of --mode policy and --mode prism",
+        help=f"routing policy of --mode policy and --mode prism: {', '.join(POLICIES)}",
     )
     p.add_argument(
         "--policy-arg",
@@ -62,8 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         default="policy",
-        choices=["policy", "prism", "local", "global", "splitwise"],
-        help="placement mode: 'policy' routes each request with --policy; 'prism' adds engine "
+        help="placement mode, one of policy, prism, local, global, splitwise: 'policy' routes each request with --policy; 'prism' adds engine "
         "telemetry and Redis state sharing between replicas (--mode-arg redis=URL); local, "
         "global, splitwise are FastDeploy's modes (or use --scheduler-name)",
     )
