@@ -10,6 +10,7 @@ from nexussched.engine_sched.base import EnginePolicy
 from nexussched.perfmodel import StepRecord
 from nexussched.sim import EngineConfig, EngineSim, SimRequest, get_profile
 from nexussched.sim.hardware import parse_cluster
+from nexussched.sim.references import REFERENCES_MS
 
 
 def run_engine(eng: EngineSim, reqs: list[SimRequest]) -> list[SimRequest]:
@@ -55,6 +56,28 @@ def test_single_request_ttft_equals_its_prefill_steps():
     assert [x.prefill_tokens for x in prefill_steps] == [512, 512, 476]
     assert r.ttft == pytest.approx(sum(x.duration for x in prefill_steps), rel=1e-9)
     assert r.generated == 5 and len(recs) == 3 + 4
+
+
+@pytest.mark.parametrize("device", ["a100", "h100"])
+def test_step_times_agree_with_measured_references(device):
+    """A whole engine, noise on: a 2048-token prompt's TTFT and the decode steps of 1 and 64
+    requests near 1k context land within 15% of the measured references."""
+    prof = get_profile(device)
+    first = req(0, prompt=2048, output=2)
+    run_engine(EngineSim(prof, seed=3, config=EngineConfig(max_num_batched_tokens=2048)), [first])
+    assert first.ttft * 1e3 == pytest.approx(REFERENCES_MS[(device, "prefill 2048")], rel=0.15)
+    for n in (1, 64):
+        recs: list[StepRecord] = []
+        eng = EngineSim(prof, telemetry=recs.append, seed=n)
+        run_engine(eng, [req(i, 1000, 60) for i in range(n)])
+        dec = [
+            x.duration
+            for x in recs
+            if not x.prefill_chunks and x.num_decodes == n and x.decode_ctx_sum <= n * 1060
+        ]
+        assert len(dec) >= 20
+        ref = REFERENCES_MS[(device, f"{n} decode{'s' if n > 1 else ''} @1k")]
+        assert sum(dec) / len(dec) * 1e3 == pytest.approx(ref, rel=0.15)
 
 
 def test_decode_steps_slow_as_batch_grows():
@@ -136,7 +159,7 @@ def test_truncated_macro_step_admits_a_new_request_at_the_next_boundary():
 
 
 def test_profiles_rank_by_speed_and_cluster_spec_parses():
-    a, h, l4 = (get_profile(n).coefficients() for n in ("a100", "h100", "l4"))
+    a, h, l4 = (get_profile(n).step_model() for n in ("a100", "h100", "l4"))
     for n, ctx in ((1, 500), (64, 64000)):
         assert h.decode_time(n, ctx) < a.decode_time(n, ctx) < l4.decode_time(n, ctx)
     assert [p.name for p in parse_cluster("a100:2,l4:1")] == ["a100", "a100", "l4"]

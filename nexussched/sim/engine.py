@@ -85,7 +85,7 @@ class EngineSim:
         cfg = config or EngineConfig()
         self.name = name
         self.profile = profile
-        self.cost = profile.coefficients()
+        self.cost = profile.step_model()
         self.block_size = cfg.block_size
         self.total_blocks = cfg.num_blocks or profile.kv_tokens() // cfg.block_size
         self.free_blocks = self.total_blocks
@@ -163,7 +163,7 @@ class EngineSim:
     def set_speed(self, factor: float) -> None:
         """Change the engine's true speed (slowdown experiments); schedulers must notice by learning."""
         self.profile = self.profile.slowed(factor)
-        self.cost = self.profile.coefficients()
+        self.cost = self.profile.step_model()
 
     # ---- admission ---------------------------------------------------------------------------
     def fits(self, prompt_tokens: int, max_tokens: int) -> bool:
@@ -483,14 +483,7 @@ class EngineSim:
                 dctx += r.computed
             else:
                 chunks.append((n, r.computed))
-        ptok = 0
-        attn = 0.0
-        ctx_read = 0
-        for c, ctx in chunks:
-            ptok += c
-            attn += c * (ctx + c / 2.0)
-            ctx_read += ctx
-        dur = self.cost.time(ptok, attn, ctx_read, nd, dctx, len(chunks)) * self.noise.next()
+        dur = self.cost.time(chunks, nd, dctx) * self.noise.next()
         if self._listeners:
             self._record = StepRecord(
                 duration=dur,
@@ -526,18 +519,21 @@ class EngineSim:
         k = min(k, q * self.block_size)
         if k < 2:
             return False
-        c = self.cost
-        p = c.knee_p
-        g = c.per_token * n
-        base = (c.overhead + c.per_seq * n + (c.weights**p + g**p) ** (1.0 / p)) * c.speed
-        slope = c.per_kv_token * c.speed
+        # The step model's decode time, inlined: this loop is the simulator's hot path.
+        base, kv, half, serial, overlap = self.cost.decode_terms(n)
+        speed = self.cost.speed
+        sqrt = math.sqrt
         noise = self.noise
         ends: list[float] = []
         durs: list[float] = []
         t = now
         ctx = S
         for _ in range(k):
-            d = (base + slope * ctx) * noise.next()
+            gpu = base + kv * sqrt(ctx * (ctx + half))
+            d = gpu + serial
+            if overlap > gpu:
+                d += overlap - gpu
+            d *= speed * noise.next()
             t += d
             ends.append(t)
             durs.append(d)
