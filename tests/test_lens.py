@@ -303,7 +303,9 @@ def run_sim(
 
 
 def test_lens_beats_fcfs_under_overload_in_the_simulator():
-    tr = synthetic_trace(arrival="gamma", rate=8.0, cv=2.0, n=600, seed=4)
+    # Rate 9.5: the measured hardware (issue 11) is ~1.2x faster than the old roofline, where rate
+    # 8 gave the same overload (FCFS at 45% of SLOs).
+    tr = synthetic_trace(arrival="gamma", rate=9.5, cv=2.0, n=600, seed=4)
     base, _, _ = run_sim(tr, "vllm_default")
     lens, pols, res = run_sim(tr, "lens")
     assert lens["completed"] == base["completed"] == 600  # deprioritised, never dropped
