@@ -9,7 +9,7 @@ import pytest
 
 from nexussched.perfmodel import PerfModel, PerfModelConfig, StepRecord, mape, read_jsonl
 from nexussched.router.policies import make_policy
-from nexussched.sim import ClusterSim, parse_cluster
+from nexussched.sim import ClusterSim, EngineSim, SimRequest, get_profile, parse_cluster
 from nexussched.traces import head, load_trace, scale_rate, scenario
 
 
@@ -140,3 +140,31 @@ def test_telemetry_jsonl_roundtrip_and_bad_line(tmp_path):
     p.write_text(json.dumps(recs[0].to_dict()) + '\n{"duration": \n')
     with pytest.raises(ValueError, match=r"t.jsonl, line 2"):
         list(read_jsonl(p))
+
+
+def test_a_long_prompt_is_not_extrapolated_quadratically_from_short_ones():
+    """Cold start on 50-token prompts only (LENS's per-request SLO test): tokens and attention
+    work are nearly collinear, and a fit that put the prefill cost on attention predicted a
+    6,000-token prompt at 22-44 s instead of ~0.45 s. The attention term must earn its place."""
+    prof = get_profile("a100")
+    recs: list[StepRecord] = []
+    eng = EngineSim(prof, telemetry=recs.append, seed=0)
+    reqs = [SimRequest(i, i * 0.001, 50, 400, 2.0, 0.1) for i in range(38)]
+    now, i = 0.0, 0
+    while now < 1.0:
+        while i < len(reqs) and reqs[i].arrival <= now:
+            eng.enqueue(reqs[i], now)
+            i += 1
+        end = eng.start_step(now, reqs[i].arrival if i < len(reqs) else 1.0)
+        if end is None:
+            now = reqs[i].arrival
+            continue
+        eng.finish_step()
+        now = end
+    assert 2 <= sum(1 for r in recs if r.prefill_chunks) <= 10
+    m = PerfModel()
+    for r in recs:
+        m.observe(r)
+    assert m.fitted
+    truth = prof.step_model().time(((6000, 0),), 0, 0)
+    assert m.predict([(6000, 0)]) < 2.0 * truth

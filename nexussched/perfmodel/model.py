@@ -164,7 +164,9 @@ class PerfModel:
             "num_threads": 1,
             "seed": 0,
         }
-        self._booster = lgb.train(params, lgb.Dataset(X[:, :4], target), num_boost_round=60)
+        self._booster = lgb.train(
+            params, lgb.Dataset(residual_features(X), target), num_boost_round=60
+        )
 
     # ---- prediction -----------------------------------------------------------------------
     def predict_features(self, x: tuple[float, ...]) -> float:
@@ -198,14 +200,16 @@ class PerfModel:
         x = batch_features(prefill_chunks, num_decodes, decode_ctx_sum)
         t = self.predict_features(x)
         if exact and self._booster is not None:
-            t *= math.exp(float(self._booster.predict(np.array([x[:4]]))[0]))
+            # num_threads=1: OpenMP start-up dominated a one-row prediction (10 ms vs 60 us)
+            r = self._booster.predict(residual_features(np.array([x])), num_threads=1)
+            t *= math.exp(float(r[0]))
         return t
 
     def predict_matrix(self, X: np.ndarray, exact: bool = False) -> np.ndarray:
         """Vectorised prediction for many candidate batches (rows of features)."""
         t = X @ self.coef
         if exact and self._booster is not None:
-            t = t * np.exp(self._booster.predict(X[:, :4]))
+            t = t * np.exp(self._booster.predict(residual_features(X), num_threads=1))
         return t
 
     # ---- forecasts ------------------------------------------------------------------------
@@ -299,6 +303,11 @@ class PerfModel:
             import lightgbm as lgb
 
             m._booster = lgb.Booster(model_str=d["residual_model"])
+            if m._booster.num_feature() != N_RESIDUAL_FEATURES:
+                raise ValueError(
+                    f"perf model residual uses {m._booster.num_feature()} features, this version "
+                    f"{N_RESIDUAL_FEATURES}: refit it"
+                )
         return m
 
     def save(self, path: str | Path) -> None:
@@ -313,11 +322,31 @@ class PerfModel:
         return cls.from_dict(d)
 
 
+N_RESIDUAL_FEATURES = 4
+ATTN = FEATURE_NAMES.index("prefill_attn")
+ATTN_RIDGE = 1.0  # on the column-normalised attention coefficient (see fit_nnls)
+
+
+def residual_features(X: np.ndarray) -> np.ndarray:
+    """What the residual trees see: the four batch terms. (Adding total tokens and mean decode and
+    chunk contexts was tried on the measured truth and made no measurable difference.)"""
+    return X[:, :N_RESIDUAL_FEATURES]
+
+
 def fit_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Non-negative least squares on relative error: rows scaled by weight / y.
 
     Columns are normalised first so the solver is well conditioned across terms whose scales
     differ by ten orders of magnitude (attention work vs the constant).
+
+    The attention term must earn its place. When every prefill seen so far had nearly the same
+    shape (say, only 50-token prompts), its tokens and its attention work are nearly collinear,
+    and the solver may put the prefill cost on attention (which also mimics the convex knee of the
+    GEMMs), which then extrapolates quadratically to a long prompt: a 6,000-token prompt predicted
+    at 22-44 s instead of 0.5 s. So a second fit with a ridge on the attention coefficient is
+    taken whenever its squared error exceeds the plain fit's by less than four times the per-row
+    noise variance (a two-sigma test for one parameter); once prefill shapes vary, the plain fit
+    stands.
     """
     from scipy.optimize import nnls  # imported here: scipy costs ~0.4 s at CLI start-up
 
@@ -326,7 +355,16 @@ def fit_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     b = y * scale_rows
     col = np.linalg.norm(A, axis=0)
     col[col == 0] = 1.0
-    sol, _ = nnls(A / col, b, maxiter=50 * N_FEATURES)
+    A = A / col
+    sol, res = nnls(A, b, maxiter=50 * N_FEATURES)
+    if sol[ATTN] > 0.0:
+        ridge = np.zeros((1, A.shape[1]))
+        ridge[0, ATTN] = ATTN_RIDGE
+        alt, _ = nnls(np.vstack((A, ridge)), np.append(b, 0.0), maxiter=50 * N_FEATURES)
+        worse = float(np.sum((A @ alt - b) ** 2)) - res * res
+        noise = res * res / max(len(b) - A.shape[1], 1)  # per-row variance of the plain fit
+        if worse <= 4.0 * noise:  # the attention term does not earn its place (~2 sigma)
+            sol = alt
     return sol / col
 
 
