@@ -147,14 +147,20 @@ def test_simulated_prism_never_reads_the_hardware_and_beats_round_robin():
 
 
 def test_swapped_cluster_order_mirrors_the_placement():
-    trace = scenario("poisson", n=600, seed=4, rate=14.0)
+    # Three traces: one run's share moves by several points with any change to the learned model
+    # (seed 4 alone: 0.805 vs 0.877 on the measured hardware, 0.803 vs 0.838 before it), while an
+    # order bias would move all three the same way.
     shares = []
     for spec in ("a100:1,l4:1", "l4:1,a100:1"):
-        out = simulate(trace, SimSetup(parse_cluster(spec)), "prism").outcomes
-        c = Counter(o.engine.split("-")[0] for o in out)
-        shares.append(c["a100"] / len(out))
+        a100 = total = 0
+        for seed in (4, 5, 6):
+            trace = scenario("poisson", n=600, seed=seed, rate=14.0)
+            out = simulate(trace, SimSetup(parse_cluster(spec)), "prism").outcomes
+            a100 += sum(1 for o in out if o.engine.startswith("a100"))
+            total += len(out)
+        shares.append(a100 / total)
     assert shares[0] > 0.6 and shares[1] > 0.6
-    assert shares[0] == pytest.approx(shares[1], abs=0.06)
+    assert shares[0] == pytest.approx(shares[1], abs=0.05)
 
 
 def test_late_binding_holds_until_an_engine_has_room_then_pull_releases():
