@@ -84,6 +84,10 @@ class PrismDispatcher(PolicyDispatcher):
                 self.streams = StreamFeed(
                     p.observe, router.backends, self._redis, self.topic, self.telemetry_interval
                 )
+                try:  # map the engines already publishing before the HTTP feed polls any of them
+                    await asyncio.wait_for(self.streams.discover(), 5.0)
+                except Exception as e:  # noqa: BLE001 - Redis down: the stream task retries
+                    log.warning("telemetry plane: first discovery failed: %r", e)
                 self._tasks.append(asyncio.create_task(self.streams.run()))
         if telemetry:
             # engine-sim without a stream serves GET /telemetry; a streamed engine is not polled

@@ -75,9 +75,11 @@ class TelemetryFeed:
                 return 0
             if resp.status != 200:
                 return 0
-            self._served.add(idx)
             text = await resp.text()
             nxt = resp.headers.get("X-Telemetry-Next")
+        if self.skip is not None and self.skip(idx):
+            return 0  # its stream was found while this poll was in flight: the stream teaches it
+        self._served.add(idx)
         self._since[url] = int(nxt) if nxt is not None else since
         lines = text.splitlines()
         n = 0
