@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,12 +30,14 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def start(args: list[str], port: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # stderr to a file, not a pipe nobody reads: the router's access log would fill a pipe and
+    # block the router after a few hundred requests
     p = subprocess.Popen(
         [sys.executable, "-m", "nexussched.cli", *args, "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=tempfile.TemporaryFile(),
     )
     return p
 

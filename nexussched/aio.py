@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Coroutine
+import socket
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +27,12 @@ def run_event_loop(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def serve_app(
-    app: web.Application, host: str, port: int, banner: str, shutdown_timeout: float = 5.0
+    app: web.Application,
+    host: str,
+    port: int,
+    banner: str,
+    shutdown_timeout: float = 5.0,
+    reuse_port: bool = False,
 ) -> int:
     """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
 
@@ -35,7 +41,7 @@ def serve_app(
             app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=4096)
+        site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as e:
@@ -53,3 +59,50 @@ def serve_app(
 
     run_event_loop(main())
     return 0
+
+
+def serve_workers(
+    make_app: Callable[[], web.Application],
+    host: str,
+    port: int,
+    banner: str,
+    workers: int,
+    shutdown_timeout: float = 5.0,
+) -> int:
+    """Serve `workers` processes on one port (SO_REUSEPORT: the kernel spreads connections over
+    them). Each process builds its own app after the fork; SIGINT/SIGTERM to the first stops all.
+    The port is checked free (without SO_REUSEPORT) first, so a taken port is a one-line error,
+    not a silent share with a stranger."""
+    if workers <= 1:
+        return serve_app(make_app(), host, port, banner, shutdown_timeout)
+    if port == 0:
+        raise ValueError("--workers needs a fixed --port (the workers share it)")
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        probe.bind((host, port))
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    finally:
+        probe.close()
+    children: list[int] = []
+    for k in range(1, workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve until told to stop, then leave without running atexit
+            code = 1
+            try:
+                code = serve_app(
+                    make_app(), host, port, f"{banner} (worker {k})", shutdown_timeout, True
+                )
+            finally:
+                os._exit(code)
+        children.append(pid)
+    try:
+        return serve_app(make_app(), host, port, f"{banner} (worker 0)", shutdown_timeout, True)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            os.waitpid(pid, 0)

@@ -397,3 +397,12 @@ def test_access_log_fields_are_one_safe_line():
     assert usage_tokens(b'data: {"usage": {"completion_tokens": 12}}\n\ndata: [DONE]') == 12
     assert usage_tokens(json.dumps({"choices": []}).encode()) is None
     assert token_events(b"data: {}\n\ndata: {}\n\ndata: [DONE]\n\n") == 2
+
+
+async def test_with_several_workers_the_admin_api_defers_to_the_backends_file(hosts, session):
+    a = await hosts(engine())
+    r = await hosts(router([a.url], None, api_key=KEY, workers=2))  # settings only: no fork here
+    body = {"url": "http://127.0.0.1:9"}
+    async with session.post(r.url + "/backends", json=body, headers=AUTH) as x:
+        assert x.status == 409 and "--backends-file" in (await x.json())["error"]["message"]
+    assert len(await backends(session, r.url)) == 1

@@ -130,6 +130,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds a breaker stays open before one trial request may go (default 10)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes serving the port (SO_REUSEPORT), each a replica; share PRISM's state "
+        "through --mode-arg redis=URL (default 1)",
+    )
+    p.add_argument(
         "--no-access-log",
         dest="access_log",
         action="store_false",
@@ -212,6 +220,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         backends_file=args.backends_file,
         backends_file_poll=args.backends_file_poll,
         access_log=args.access_log,
+        workers=args.workers,
         max_connections=args.max_connections,
         default_slo_ttft=args.slo_ttft,
         default_slo_tpot=args.slo_tpot,
@@ -219,7 +228,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .compose import create_app, run_app  # aiohttp only when serving
+    from .compose import run_router  # aiohttp only when serving
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = settings_from_args(args)
@@ -242,5 +251,4 @@ def _run(args: argparse.Namespace) -> int:
         import asyncio
 
         asyncio.run(_check_redis(str(settings.mode_args["redis"])))
-    app = create_app(settings)  # unknown policy/mode: ValueError before binding
-    return run_app(app, settings.host, settings.port, "nexussched router")
+    return run_router(settings)  # unknown policy/mode: ValueError before binding

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from ..aio import serve_app
+from ..aio import serve_app, serve_workers
 from .config import RouterSettings
 from .dispatch import Dispatcher
 from .policy_dispatch import PolicyDispatcher
@@ -84,3 +84,15 @@ def run_app(
 ) -> int:
     """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
     return serve_app(app, host, port, what, shutdown_timeout)
+
+
+def run_router(settings: RouterSettings, what: str = "nexussched router") -> int:
+    """Serve the router with `settings.workers` processes sharing the port (SO_REUSEPORT). Each
+    worker is a replica of its own: placement state that must be shared goes through the Redis
+    plane (PRISM's `redis`, FastDeploy's global mode), as between replicas on several hosts."""
+    app = create_app(settings)  # a bad policy or mode: ValueError before anything binds
+    if settings.workers <= 1:
+        return run_app(app, settings.host, settings.port, what)
+    return serve_workers(
+        lambda: create_app(settings), settings.host, settings.port, what, settings.workers
+    )

@@ -176,6 +176,7 @@ class RouterSettings:
     backends_file: str | None = None  # watched: backends join and leave as it changes
     backends_file_poll: float = 1.0  # seconds between checks of the file
     access_log: bool = True  # one line per request on the `nexussched.access` logger
+    workers: int = 1  # processes serving the port (SO_REUSEPORT), each a replica
     max_connections: int = 0  # connection pool size, 0 = unlimited
     default_slo_ttft: float = 2.0  # seconds, when a request states none
     default_slo_tpot: float = 0.1
@@ -212,6 +213,8 @@ class RouterSettings:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if self.retries < 0 or self.max_connections < 0:
             raise ValueError("retries and max-connections must be >= 0")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {self.workers!r}")
         if self.breaker_failures < 0:
             raise ValueError("breaker-failures must be >= 0 (0 turns the breaker off)")
         for name in ("retry_backoff", "retry_backoff_max", "breaker_cooldown"):

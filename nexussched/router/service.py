@@ -19,6 +19,7 @@ import hmac
 import itertools
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -87,7 +88,7 @@ class Router:
         )
         self.backends = self.registry.backends
         self.metrics = RouterMetrics(self.registry.listed)
-        self.admin = BackendsAdmin(self.registry, self._auth, self._membership_refusal)
+        self.admin = BackendsAdmin(self.registry, self._auth, self._admin_refusal)
         self.watcher = (
             BackendsFileWatcher(
                 self.registry,
@@ -449,6 +450,14 @@ class Router:
         if rid:
             response.headers["x-request-id"] = rid
 
+    def _admin_refusal(self) -> str | None:
+        if self.settings.workers > 1:  # a request reaches one worker: change all through the file
+            return (
+                f"with --workers {self.settings.workers} a change here would reach one worker; "
+                "change backends through --backends-file, which every worker watches"
+            )
+        return self._membership_refusal()
+
     def _membership_refusal(self) -> str | None:
         if getattr(self.dispatcher, "membership", False):
             return None
@@ -484,6 +493,7 @@ class Router:
                 "status": "ok" if up else "unavailable",
                 "healthy_backends": up,
                 "backends": self.registry.member_count(),
+                "worker": os.getpid(),  # which of --workers answered
             },
             status=200 if up else 503,
         )
