@@ -1,10 +1,18 @@
-"""Sustained non-streaming throughput through the router, with a fast engine-sim behind it.
+"""The router's data-plane cost, side by side: ours with 1 and N workers, and (when asked)
+sglang-router, in front of the same fast engine-sims, driven by the same client, in one run.
 
-The load comes from a separate process (a lean keep-alive HTTP/1.1 client on raw asyncio streams,
-closed loop over C connections), so the router's process measures only the router. Prints requests
-per second through the router and, for reference, straight to the engine-sim.
+For each router: non-streaming requests per second (closed loop over C keep-alive connections),
+the router's CPU seconds per 1,000 of them (its whole process tree, from /proc), and TTFT p50/p99
+at S concurrent streams, next to the same streams sent straight to an engine (the added TTFT).
+The load comes from a separate process (a lean HTTP/1.1 client on raw asyncio streams), so a
+router's process measures only the router. engine-sim runs with --time-scale 0 (answers at once).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_router_throughput.py [--conns 64] [--seconds 8]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_router_throughput.py [--workers 1,2]
+        [--with-sglang] [--conns 64] [--streams 64] [--seconds 8]
+
+--with-sglang installs sglang-router (SGLang Model Gateway's router, Rust) into its own venv
+(.venv-sglang, made once) and runs it with the same policy; without the flag, or when the install
+fails, its row says why it is missing.
 """
 
 from __future__ import annotations
@@ -12,96 +20,204 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
-from _procs import free_port, start, stop, wait_http  # noqa: E402
+sys.path.insert(0, os.path.dirname(__file__))
+from _procs import ROOT, free_port, start, stop, wait_http  # noqa: E402
+
+SGLANG_ROUTER = "sglang-router==0.3.2"
+MODEL = "sim-llama-3-8b"
 
 
-async def _conn(
-    host: str, port: int, req: bytes, stop_at: float, t_warm: float, counts: list[int]
-) -> None:
+# ---- the client (runs in its own process) --------------------------------------------------
+def _request(host: str, port: int, max_tokens: int, stream: bool) -> bytes:
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "prompt": "benchmark the router " * 4,
+            "max_tokens": max_tokens,
+            "ignore_eos": True,
+            "stream": stream,
+        }
+    ).encode()
+    return (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _read_body(reader: asyncio.StreamReader, head: bytes) -> float | None:
+    """Read one response body (content-length or chunked); the monotonic time its first SSE
+    event arrived (None when it had none)."""
+    low = head.lower()
+    i = low.find(b"content-length:")
+    if i >= 0:
+        n = int(head[i + 15 : head.index(b"\r\n", i)])
+        data = await reader.readexactly(n)
+        return time.monotonic() if b"data:" in data else None
+    first = None
+    while True:
+        size = int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return first
+        data = await reader.readexactly(size + 2)
+        if first is None and b"data:" in data:
+            first = time.monotonic()
+
+
+async def _conn(host, port, req, stop_at, t_warm, counts, ttfts) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while True:
-            now = time.monotonic()
-            if now >= stop_at:
-                return
+        while time.monotonic() < stop_at:
+            t = time.monotonic()
             writer.write(req)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head[9:12])
-            i = head.lower().find(b"content-length:")
-            n = int(head[i + 15 : head.index(b"\r\n", i)])
-            await reader.readexactly(n)
-            if time.monotonic() >= t_warm:
+            first = await _read_body(reader, head)
+            if t >= t_warm:
                 counts[0 if status == 200 else 1] += 1
+                if first is not None:
+                    ttfts.append(first - t)
     finally:
         writer.close()
 
 
-async def _load(
-    host: str, port: int, conns: int, seconds: float, warmup: float, max_tokens: int
-) -> dict:
-    body = json.dumps(
-        {
-            "model": "sim-llama-3-8b",
-            "prompt": "benchmark the router " * 4,
-            "max_tokens": max_tokens,
-            "ignore_eos": True,
-        }
-    ).encode()
-    req = (
-        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+async def _load(port: int, conns: int, seconds: float, warmup: float, tokens: int, stream: bool):
+    host = "127.0.0.1"
+    req = _request(host, port, tokens, stream)
     counts = [0, 0]
-    t0 = time.monotonic()
-    t_warm = t0 + warmup
+    ttfts: list[float] = []
+    t_warm = time.monotonic() + warmup
     stop_at = t_warm + seconds
-    await asyncio.gather(*[_conn(host, port, req, stop_at, t_warm, counts) for _ in range(conns)])
+    await asyncio.gather(
+        *[_conn(host, port, req, stop_at, t_warm, counts, ttfts) for _ in range(conns)]
+    )
     span = time.monotonic() - t_warm
-    return {"ok": counts[0], "errors": counts[1], "rps": counts[0] / span}
+    ttfts.sort()
+
+    def q(p: float) -> float | None:
+        return ttfts[min(len(ttfts) - 1, int(p * len(ttfts)))] if ttfts else None
+
+    return {"ok": counts[0], "errors": counts[1], "rps": counts[0] / span,
+            "ttft_p50": q(0.5), "ttft_p99": q(0.99)}  # fmt: skip
 
 
 def client_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int)
-    p.add_argument("--conns", type=int)
+    for name in ("--port", "--conns", "--max-tokens"):
+        p.add_argument(name, type=int)
     p.add_argument("--seconds", type=float)
     p.add_argument("--warmup", type=float)
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--stream", action="store_true")
     a = p.parse_args(argv)
-    print(
-        json.dumps(
-            asyncio.run(_load("127.0.0.1", a.port, a.conns, a.seconds, a.warmup, a.max_tokens))
+    res = asyncio.run(_load(a.port, a.conns, a.seconds, a.warmup, a.max_tokens, a.stream))
+    print(json.dumps(res))
+
+
+# ---- the driver ----------------------------------------------------------------------------
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = (task / "children").read_text().split()
+                todo.extend(int(k) for k in kids)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_client(port: int, a: argparse.Namespace, stream: bool, cpu_of: int | None = None):
+    """One load run; with cpu_of, also the CPU that process tree used in the measured window."""
+    conns = a.streams if stream else a.conns
+    tokens = a.stream_tokens if stream else a.max_tokens
+    cmd = [sys.executable, __file__, "--client", "--port", str(port), "--conns", str(conns),
+           "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--max-tokens", str(tokens)]  # fmt: skip
+    if stream:
+        cmd.append("--stream")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    cpu = None
+    if cpu_of is not None:
+        time.sleep(a.warmup + 0.2)  # the client's clock started a little after ours
+        c0 = tree_cpu(cpu_of)
+        time.sleep(a.seconds - 0.2)
+        cpu = tree_cpu(cpu_of) - c0
+    out, _ = proc.communicate(timeout=a.seconds + a.warmup + 120)
+    res = json.loads(out)
+    if cpu is not None:
+        res["cpu_per_1k"] = cpu / max(1, res["ok"]) * 1000.0
+    return res
+
+
+def sglang_python(a: argparse.Namespace) -> tuple[Path | None, str]:
+    """The venv's python with sglang-router installed, or None and why not."""
+    if not a.with_sglang:
+        return None, "not asked (--with-sglang)"
+    venv = Path(a.sglang_venv)
+    py = venv / "bin" / "python"
+    if not (venv / "bin" / "sglang-router").exists():
+        try:
+            if not py.exists():
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            subprocess.run(
+                [str(py), "-m", "pip", "install", "-q", SGLANG_ROUTER],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+        except (subprocess.SubprocessError, OSError) as e:
+            err = getattr(e, "stderr", "") or str(e)
+            return None, f"install of {SGLANG_ROUTER} failed: {err.strip().splitlines()[-1:]}"
+    return py, ""
+
+
+def start_sglang(py: Path, engines: list[int], port: int, policy: str) -> subprocess.Popen:
+    urls = [f"http://127.0.0.1:{p}" for p in engines]
+    return subprocess.Popen(
+        [str(py.parent / "sglang-router"), "launch", "--host", "127.0.0.1", "--port", str(port),
+         "--policy", policy, "--log-level", "warn", "--worker-urls", *urls],
+        stdout=subprocess.DEVNULL,
+        stderr=tempfile.TemporaryFile(),
+    )  # fmt: skip
+
+
+def wait_ready(port: int, timeout: float = 60.0) -> None:
+    """Until a completion goes through (a router may answer /health before its workers)."""
+    import urllib.request
+
+    body = json.dumps({"model": MODEL, "prompt": "x", "max_tokens": 1}).encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/completions",
+            data=body,
+            headers={"Content-Type": "application/json"},
         )
-    )
+        try:
+            with urllib.request.urlopen(req, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"router on port {port} did not serve within {timeout:.0f} s")
 
 
-def run_client(port: int, a: argparse.Namespace) -> dict:
-    out = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--client",
-            "--port",
-            str(port),
-            "--conns",
-            str(a.conns),
-            "--seconds",
-            str(a.seconds),
-            "--warmup",
-            str(a.warmup),
-            "--max-tokens",
-            str(a.max_tokens),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout)
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
 
 
 def main() -> None:
@@ -109,32 +225,81 @@ def main() -> None:
         client_main([x for x in sys.argv[1:] if x != "--client"])
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--conns", type=int, default=64)
+    p.add_argument("--engines", type=int, default=2, help="engine-sims behind every router")
+    p.add_argument("--conns", type=int, default=64, help="connections, non-streaming part")
+    p.add_argument("--streams", type=int, default=64, help="concurrent streams, TTFT part")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--max-tokens", type=int, default=4)
-    p.add_argument("--policy", default="least_load")
+    p.add_argument("--stream-tokens", type=int, default=16)
+    p.add_argument("--policy", default="round_robin", help="ours and sglang-router's")
+    p.add_argument("--workers", default="1,2", help="our router's worker counts to run")
+    p.add_argument("--with-sglang", action="store_true")
+    p.add_argument("--sglang-venv", default=str(ROOT / ".venv-sglang"))
+    p.add_argument("--router-arg", action="append", default=[], help="extra flag for ours")
     a = p.parse_args()
-    ep, rp = free_port(), free_port()
-    procs = [start(["engine-sim", "--time-scale", "0"], ep)]
+    engines = [free_port() for _ in range(a.engines)]
+    procs = [start(["engine-sim", "--time-scale", "0"], ep) for ep in engines]
+    rows: list[tuple[str, dict | None, str]] = []
     try:
-        wait_http(f"http://127.0.0.1:{ep}/health")
-        procs.append(
-            start(["router", "--backend", f"http://127.0.0.1:{ep}", "--policy", a.policy], rp)
-        )
-        wait_http(f"http://127.0.0.1:{rp}/health")
-        direct = run_client(ep, a)
-        routed = run_client(rp, a)
+        for ep in engines:
+            wait_http(f"http://127.0.0.1:{ep}/health")
+        direct = run_client(engines[0], a, stream=True)
+        rows.append(("straight to one engine (streams)", None, ""))
+        for w in [int(x) for x in a.workers.split(",") if x]:
+            rp = free_port()
+            backends = [x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")]
+            r = start(["router", *backends, "--policy", a.policy, "--workers", str(w),
+                       *a.router_arg], rp)  # fmt: skip
+            try:
+                wait_ready(rp)
+                res = run_client(rp, a, stream=False, cpu_of=r.pid)
+                res["stream"] = run_client(rp, a, stream=True)
+                rows.append((f"nexussched, {w} worker{'s' if w > 1 else ''}", res, ""))
+            finally:
+                stop([r])
+        py, why = sglang_python(a)
+        if py is None:
+            rows.append(("sglang-router", None, why))
+        else:
+            sp = free_port()
+            s = start_sglang(py, engines, sp, a.policy)
+            try:
+                wait_ready(sp)
+                res = run_client(sp, a, stream=False, cpu_of=s.pid)
+                res["stream"] = run_client(sp, a, stream=True)
+                rows.append((SGLANG_ROUTER, res, ""))
+            finally:
+                stop([s])
     finally:
         stop(procs)
+    load = os.getloadavg()[0]
     print(
-        f"non-streaming completions, max_tokens={a.max_tokens}, {a.conns} keep-alive "
-        f"connections, {a.seconds:g} s after {a.warmup:g} s warm-up, fast engine-sim "
-        f"(--time-scale 0), policy {a.policy}"
+        f"{a.engines} engine-sims (--time-scale 0), policy {a.policy}; non-streaming: "
+        f"max_tokens={a.max_tokens}, {a.conns} keep-alive connections; streams: "
+        f"{a.stream_tokens} tokens, {a.streams} concurrent; {a.seconds:g} s after "
+        f"{a.warmup:g} s warm-up each; {os.cpu_count()} CPUs, load average {load:.1f}"
     )
-    print(f"{'path':<22}{'requests/s':>12}{'ok':>10}{'errors':>8}")
-    for name, r in (("straight to engine", direct), ("through router", routed)):
-        print(f"{name:<22}{r['rps']:>12.0f}{r['ok']:>10}{r['errors']:>8}")
+    d50 = direct["ttft_p50"]
+    print(
+        f"{'router':<34}{'req/s':>8}{'errors':>8}{'CPU s/1k req':>14}{'TTFT p50 ms':>13}"
+        f"{'TTFT p99 ms':>13}{'added p50 ms':>14}"
+    )
+    print(
+        f"{'straight to one engine (streams)':<34}{'-':>8}{direct['errors']:>8}{'-':>14}"
+        f"{fmt(d50 * 1e3, '.2f'):>13}{fmt(direct['ttft_p99'] * 1e3, '.2f'):>13}{'-':>14}"
+    )
+    for name, res, why in rows[1:]:
+        if res is None:
+            print(f"{name:<34}  skipped: {why}")
+            continue
+        st = res["stream"]
+        added = None if st["ttft_p50"] is None else (st["ttft_p50"] - d50) * 1e3
+        print(
+            f"{name:<34}{res['rps']:>8.0f}{res['errors'] + st['errors']:>8}"
+            f"{fmt(res.get('cpu_per_1k'), '.3f'):>14}{fmt(st['ttft_p50'] * 1e3, '.2f'):>13}"
+            f"{fmt(st['ttft_p99'] * 1e3, '.2f'):>13}{fmt(added, '.2f'):>14}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Sequence
 
 import aiohttp
@@ -38,6 +37,7 @@ from .errors import APIError, bad_request
 from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
+from .request_ids import REQUEST_ID, RequestIds
 from .requests import (
     CHAT,
     COMPLETIONS,
@@ -49,25 +49,6 @@ from .requests import (
 )
 
 log = logging.getLogger("nexussched.router")
-
-REQUEST_ID = web.RequestKey("request_id", str)  # the request's id, kept on the request
-MAX_REQUEST_ID = 128
-
-
-def request_id(request: web.Request) -> str:
-    """The client's x-request-id (up to 128 printable characters), else a new one; kept on the
-    request so every answer, errors included, returns it."""
-    rid = request.headers.get("x-request-id")
-    if rid is not None and not (0 < len(rid) <= MAX_REQUEST_ID and rid.isprintable()):
-        request[REQUEST_ID] = uuid.uuid4().hex
-        raise bad_request(
-            f"x-request-id must be 1 to {MAX_REQUEST_ID} printable characters",
-            code="invalid_value",
-        )
-    if not rid:
-        rid = uuid.uuid4().hex
-    request[REQUEST_ID] = rid
-    return rid
 
 
 # ---- the service -----------------------------------------------------------------------------
@@ -103,6 +84,7 @@ class Router:
         self.dispatcher = dispatcher
         self.session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
+        self._rids = RequestIds()
         self._timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout, connect=settings.connect_timeout
         )
@@ -414,7 +396,7 @@ class Router:
         call: ProxyCall | None = None
         status = 499  # unless answered: the client left (the handler was cancelled)
         try:
-            rid = request_id(request)
+            rid = self._rids.of(request)
             call = await self._parse(request, path)
             call.request_id = rid
             call.forward_headers["x-request-id"] = rid
