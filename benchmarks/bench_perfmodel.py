@@ -74,11 +74,13 @@ def main() -> None:
         f"{'online truth':>13}"
     )
     worst = {}
+    by_workload: dict[str, list[StepRecord]] = {}
     for label, trace, spec in (
         ("azure-conv x4", conv, "a100:1,h100:1,l4:1"),
         ("mixed", mixed, "a100:1,h100:1,l4:1"),
     ):
         recs = telemetry(spec, trace)
+        by_workload[label] = recs
         for eng in sorted({r.engine for r in recs}):
             mine = [r for r in recs if r.engine == eng]
             cut = int(len(mine) * 0.7)
@@ -112,6 +114,32 @@ def main() -> None:
         "worst measured NNLS MAPE per engine: "
         + ", ".join(f"{d} {v:.2%}" for d, v in sorted(worst.items()))
     )
+
+    # Transfer: a model fitted on one workload's steps, scored on the other's (harder than the
+    # split by time: the batch shapes differ; the online model would refit to the new ones).
+    print("\ntransfer: fit on all steps of one workload, score on the other (NNLS | + LGBM)")
+    print(
+        f"{'fit on':<14} {'scored on':<14} {'engine':<6} {'NNLS meas':>10} {'NNLS truth':>11} "
+        f"{'+LGBM meas':>11} {'+LGBM truth':>12}"
+    )
+    names = list(by_workload)
+    for src, dst in ((names[0], names[1]), (names[1], names[0])):
+        for dev in ("a100", "h100", "l4"):
+            tr = [r for r in by_workload[src] if r.engine.startswith(dev)]
+            te = [r for r in by_workload[dst] if r.engine.startswith(dev)]
+            X, y = records_matrix(te)
+            truth = true_times(te)
+            lin = PerfModel()
+            lin.fit_records(tr)
+            res = PerfModel(PerfModelConfig(residual=True))
+            res.fit_records(tr[-20000:])
+            p_lin = lin.predict_matrix(X)
+            p_res = res.predict_matrix(X, exact=True)
+            print(
+                f"{src:<14} {dst:<14} {dev:<6} {ape(p_lin, y).mean():>10.2%} "
+                f"{ape(p_lin, truth).mean():>11.2%} {ape(p_res, y).mean():>11.2%} "
+                f"{ape(p_res, truth).mean():>12.2%}"
+            )
 
     m = PerfModel(PerfModelConfig(residual=True, residual_min_samples=400))
     m.fit_records(telemetry("a100:1", head(conv, 800)))
