@@ -209,8 +209,10 @@ async def test_the_live_router_learns_lengths_from_what_it_relays(stack):
     e, _ = stack
     policy = Prism(late_binding=False)
     seen: list[int] = []
+    started: list[object] = []
     learn = policy.on_output
     policy.on_output = lambda rid, n: (seen.append(n), learn(rid, n))  # type: ignore[method-assign]
+    policy.on_first_token = lambda rid, idx, now: started.append(rid)  # type: ignore[method-assign]
     settings = RouterSettings(backends=[backend_from_url(e.url)], health_interval=0.1)
     server = TestServer(create_app(settings, PolicyDispatcher(policy)))
     await server.start_server()
@@ -234,6 +236,7 @@ async def test_the_live_router_learns_lengths_from_what_it_relays(stack):
                     assert r.status == 200
                     await r.read()
         assert seen == [7, 9, 11]
+        assert len(started) == 3  # each answer's first bytes were seen before its end
         assert policy.lengths.expected_total(0, 4096) == pytest.approx(9.0)
     finally:
         await server.close()

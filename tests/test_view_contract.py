@@ -84,6 +84,9 @@ class RecordingPolicy(RoutingPolicy):
     def on_output(self, req_id, output_tokens):
         return self.inner.on_output(req_id, output_tokens)
 
+    def on_first_token(self, req_id, idx, now):
+        return self.inner.on_first_token(req_id, idx, now)
+
     def decode_target(self, req_id, src, engines, now):
         return self.inner.decode_target(req_id, src, self._wrap(engines), now)
 
@@ -257,3 +260,27 @@ def test_default_scrape_period_is_the_live_routers():
     assert poll == TELEMETRY_POLL
     live = inspect.signature(PrismDispatcher).parameters["telemetry_interval"].default
     assert live == TELEMETRY_POLL
+
+
+class _Gauges:
+    def __init__(self, waiting: int, scraped: float) -> None:
+        self.num_waiting = waiting
+        self.last_scrape = scraped
+
+
+def test_fastdeploy_nodes_trust_first_bytes_over_a_stale_scrape():
+    from nexussched.router.policies.fastdeploy import PendingPulls
+
+    p = PendingPulls()
+    v = _Gauges(waiting=2, scraped=0.0)  # scraped before the hand-over below
+    p.sent(0, "a", 1.0)
+    p.sent(0, "b", 1.0)
+    assert p.waiting(0, v) == 2 + 2  # the gauge's 2 (at most the 2 not started) + 2 unconfirmed
+    p.done(0, "a")
+    p.done(0, "b")  # both answered: the engine took them
+    assert p.waiting(0, v) == 0  # the stale gauge's 2 cannot be waiting: only we feed it
+    v.num_waiting = 0
+    p.sent(0, "c", 2.0)
+    assert p.waiting(0, v) == 1  # sent after the last scrape, no answer yet
+    v.last_scrape = 2.5  # a scrape after it shows nothing waiting: it was taken
+    assert p.waiting(0, v) == 0

@@ -216,6 +216,8 @@ class PolicyDispatcher(Dispatcher):
                     router.metrics.retries.inc()
                     pause = self._backoff(len(tried))
                     continue
+                # the engine answered: a stream's first bytes, or a whole answer
+                policy.on_first_token(rid, idx, time.monotonic())
                 return await router.relay(call, up)
             finally:
                 b.end(call.info)

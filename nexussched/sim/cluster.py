@@ -110,6 +110,9 @@ class ClusterSim:
                     telemetry=self._telemetry_hook(i, telemetry),
                 )
             )
+        if type(routing).on_first_token is not RoutingPolicy.on_first_token:
+            for e in self.engines:
+                e.first_tokens = []  # the router sees answers start (their first bytes)
         self.views = make_views(self.engines, view, lambda: self.now)
         self._scrapes = ScrapeClock(self.views, 0.0 if view == "oracle" else scrape_period)
         self._counted: dict[object, tuple[int, int, int]] = {}  # id -> (engine, prompt, max_tokens)
@@ -363,6 +366,12 @@ class ClusterSim:
                 self.now = t_eng
                 eng = engines[idx]
                 finished = eng.finish_step()
+                started = eng.first_tokens
+                if started:
+                    for r in started:
+                        if r.failure is None:
+                            routing.on_first_token(r.id, idx, t_eng)
+                    started.clear()
                 for r in finished:
                     if r.failure is not None:
                         continue  # cancelled by its client during the step (books closed then)

@@ -104,6 +104,9 @@ class EngineSim:
         if self.policy.learns:
             listeners.append(self.policy.observe)
         self._listeners: list[Callable[[StepRecord], None]] = listeners
+        # requests that got their first token in the last step, when someone asks (the cluster,
+        # for a router policy that watches answers start)
+        self.first_tokens: list[SimRequest] | None = None
         self.noise = NoiseStream(
             np.random.default_rng(seed),
             profile.noise_cv,
@@ -604,6 +607,8 @@ class EngineSim:
                 r.generated += 1
                 if r.generated == 1:
                     r.first_token = end
+                    if self.first_tokens is not None:
+                        self.first_tokens.append(r)
                 else:
                     itl = end - r.last_token
                     if itl > r.max_itl:

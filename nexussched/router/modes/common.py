@@ -42,7 +42,7 @@ class NodeView:
 
     @property
     def num_waiting(self) -> int:
-        return self.b.num_waiting + self.node.unconfirmed(self.b)
+        return min(self.b.num_waiting, self.node.not_started()) + self.node.unconfirmed(self.b)
 
     @property
     def kv_usage(self) -> float:
@@ -75,18 +75,27 @@ class NodeView:
 
 
 class NodeState:
-    """What a node handed its engine: send times of requests not yet confirmed taken."""
+    """What a node handed its engine: send times of requests not yet confirmed taken, and the
+    requests that have not started answering (no first byte yet)."""
 
     def __init__(self, kv_blocks: int, block_size: int) -> None:
         self.kv_blocks = kv_blocks
         self.block_size = block_size
         self._sent: dict[object, float] = {}
+        self._open: set[object] = set()
 
     def sent(self, key: object) -> None:
         self._sent[key] = time.monotonic()
+        self._open.add(key)
 
     def confirm(self, key: object) -> None:
         self._sent.pop(key, None)
+        self._open.discard(key)
+
+    def not_started(self) -> int:
+        """Requests sent that have not answered yet: a bound on the engine's waiting queue
+        (only this router feeds it) that is never stale, unlike the scraped gauge."""
+        return len(self._open)
 
     def unconfirmed(self, backend) -> int:
         if not self._sent:

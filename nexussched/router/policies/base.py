@@ -48,7 +48,7 @@ class RoutingPolicy:
       (only policies with `holds = True`; they keep the request and release it through pull()).
     - pull(): engine `idx` has room; return held requests it should take now.
     - on_finish(): a request finished on engine `idx` (bookkeeping); on_output() before it says
-      how many tokens it produced.
+      how many tokens it produced; on_first_token() says an engine started answering one.
     - tick(): called every `tick_interval` seconds; may return Moves (re-binding).
     - cancel(): a held request's client left; drop it (True if it was held here).
     - take_dropped(): requests the policy itself gave up on since the last call (e.g. a queue's
@@ -68,6 +68,10 @@ class RoutingPolicy:
         return []
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        return None
+
+    def on_first_token(self, req_id: object, idx: int, now: float) -> None:
+        """Engine `idx` started answering `req_id` (the router relays its first bytes)."""
         return None
 
     def on_output(self, req_id: object, output_tokens: int) -> None:

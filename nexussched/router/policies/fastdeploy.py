@@ -57,20 +57,20 @@ def engine_resources(
     view: EngineView,
     max_prefill_batch: int = MAX_PREFILL_BATCH,
     reserved_output_blocks: int = RESERVED_OUTPUT_BLOCKS,
-    pending: int = 0,
+    waiting: int | None = None,
     max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
     assumed_blocks: int = 1000,
 ) -> Resources | None:
     """Resources of an engine as a policy sees it, or None when it should not take work now: its
     own queue is not empty (FastDeploy pulls only when the engine has taken everything it was
-    given; `pending`: requests handed to it that no scrape has shown taken yet) or it has no free
-    blocks beyond the reserve.
+    given; `waiting`: the router's reckoning of that queue, PendingPulls.waiting; None: the
+    view's num_waiting) or it has no free blocks beyond the reserve.
 
     Free blocks come from vllm:cache_config_info's block count and the scraped KV usage
     (`assumed_blocks` when the engine exports no block count); the token budget is the node's
     configured `max_num_batched_tokens` (vLLM does not expose it). The oracle view's exact
     `free_blocks` and budget are used where it offers them."""
-    if not view.healthy or view.num_waiting + pending > 0:
+    if not view.healthy or (view.num_waiting if waiting is None else waiting) > 0:
         return None
     free = getattr(view, "free_blocks", None)  # exact: the oracle view only
     if free is None:
@@ -85,32 +85,41 @@ def engine_resources(
 
 
 class PendingPulls:
-    """Requests a node handed its engine that the engine has not visibly taken yet: sent before
-    no scrape showing an empty waiting queue (FastDeploy's engine asks for more only once it has
-    consumed what it was given; with scraped gauges the router must remember what it sent)."""
+    """What a node handed its engine, as the router sees it (the live modes' NodeState keeps the
+    same books). FastDeploy's engine asks for more only once it has consumed what it was given;
+    with scraped gauges the router must remember what it sent:
+    - unconfirmed: sent, no first byte yet, and no scrape since showing an empty waiting queue;
+    - not started: sent, no first byte yet. Only this router feeds the engine, so its waiting
+      queue holds at most these: a bound that is never stale, unlike the scraped gauge.
+    `waiting()` is what the resource check takes as the engine's queue."""
 
     def __init__(self) -> None:
         self._sent: list[dict[object, float]] = []
+        self._open: list[set[object]] = []
 
     def _node(self, idx: int) -> dict[object, float]:
         while len(self._sent) <= idx:
             self._sent.append({})
+            self._open.append(set())
         return self._sent[idx]
 
     def sent(self, idx: int, req_id: object, now: float) -> None:
         self._node(idx)[req_id] = now
+        self._open[idx].add(req_id)
 
     def done(self, idx: int, req_id: object) -> None:
+        """It started answering, or ended."""
         if idx < len(self._sent):
             self._sent[idx].pop(req_id, None)
+            self._open[idx].discard(req_id)
 
-    def count(self, idx: int, view: EngineView) -> int:
+    def waiting(self, idx: int, view: EngineView) -> int:
         sent = self._node(idx)
         if sent and view.num_waiting == 0:
             seen = view.last_scrape
             for k in [k for k, t in sent.items() if t < seen]:
                 del sent[k]
-        return len(sent)
+        return min(view.num_waiting, len(self._open[idx])) + len(sent)
 
 
 def can_ever_hold(

@@ -188,7 +188,7 @@ class FastDeployLocal(RoutingPolicy):
             v,
             self.max_prefill_batch,
             self.reserved_output_blocks,
-            self.pending.count(idx, v),
+            self.pending.waiting(idx, v),
             self.max_num_batched_tokens,
         )
 
@@ -209,6 +209,9 @@ class FastDeployLocal(RoutingPolicy):
         self, idx: int, engines: Sequence[EngineView], res: Resources, now: float
     ) -> list[RequestInfo]:
         return []
+
+    def on_first_token(self, req_id: object, idx: int, now: float) -> None:
+        self.pending.done(idx, req_id)  # the engine has taken it (as the live NodeView confirms)
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
         self.pending.done(idx, req_id)
@@ -426,7 +429,7 @@ class FastDeploySplitwise(RoutingPolicy):
             v,
             self.max_prefill_batch,
             self.reserved_output_blocks,
-            self.pending.count(idx, v),
+            self.pending.waiting(idx, v),
             self.max_num_batched_tokens,
         )
         if res is None:
@@ -480,6 +483,9 @@ class FastDeploySplitwise(RoutingPolicy):
             self._add(d, req_id, 1, now)
         self.handoffs += 1
         return d
+
+    def on_first_token(self, req_id: object, idx: int, now: float) -> None:
+        self.pending.done(idx, req_id)  # the engine has taken it (as the live NodeView confirms)
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
         self.pending.done(idx, req_id)

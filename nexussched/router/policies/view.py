@@ -17,6 +17,8 @@ the live router has:
 A second channel reaches policies that learn (`observe(idx, StepRecord)`): the step records an
 engine publishes (engine-sim's /telemetry, the vLLM plug-in's stream), only for engines that
 publish them, polled in batches every TELEMETRY_POLL seconds and late by the publishing delay.
+And the router sees each answer it relays start (`on_first_token`) and end, with how many tokens
+it carried (`on_output`, then `on_finish`).
 
 Nothing else reaches a policy in the default (live) world. The simulator's oracle view
 (`--view oracle`) adds the engine's exact, instant state (ORACLE_ATTRS) as an ablation; a policy
