@@ -373,11 +373,15 @@ def _run_live(args: argparse.Namespace, trace: Trace, scales: list[float], out: 
                 max_tokens=args.max_tokens,
             )
         )
-        pols = args.policies if args.policies != "round_robin,least_load" else "live"
+        # the live router's policy and its engines' schedulers are whatever they were started
+        # with: name them only when the user did
+        pols = args.policies if args.policies != "round_robin,least_load" else "live router"
         runs.append(
             {
                 "policy": pols,
-                "engine_policy": args.engine_policy,
+                "engine_policy": (
+                    args.engine_policy if args.engine_policy != "vllm_default" else "as served"
+                ),
                 "trace": args.trace,
                 "rate_scale": k,
                 "rate_rps": tr.rate,
