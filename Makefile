@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 # The main job on an embedded default: the bundled Azure conversation sample replayed through a
 # simulated mixed cluster under every routing and engine policy; prints the SLO table, writes
 # demo-out/attainment.png and demo-out/timeline.png. Splitwise gets its best prefill/decode split
-# on this cluster (h100 and l4 prefill, the a100s decode: 82% against 18% for the a100s prefilling).
+# on this cluster (h100 and l4 prefill, the a100s decode: 81.5% against 18.5% for the a100s prefilling).
 demo: $(STAMP)
 	$(VENV)/bin/nexussched eval --trace bundled --cluster a100:2,h100:1,l4:1 --policies all \
 		--engine-policy all --rate-scale 5 --policy-arg splitwise.roles=D,D,P,P --out demo-out

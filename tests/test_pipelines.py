@@ -85,3 +85,13 @@ def test_knob_file_round_trip_and_errors(tmp_path):
     f.write_text("{not json")
     with pytest.raises(ValueError, match="not JSON"):
         load_knobs(f)
+
+
+def test_all_policies_means_every_policy_but_the_oracle_ablations():
+    from nexussched.eval.cli_eval import _names
+    from nexussched.router.policies import POLICIES
+
+    names = _names("all", POLICIES, "routing policy")
+    oracles = [n for n, f in POLICIES.items() if getattr(f, "oracle", False)]
+    assert oracles and not set(oracles) & set(names)
+    assert set(names) | set(oracles) == set(POLICIES)
