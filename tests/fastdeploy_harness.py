@@ -90,6 +90,12 @@ class Result:
     done: bool = False  # saw [DONE]
     body: dict | None = None
     error: str | None = None
+    ids: list[str] = field(default_factory=list)  # response ids seen, in order of first sight
+
+    @property
+    def spliced(self) -> bool:
+        """Tokens of more than one generation in one answer (the response id changed)."""
+        return len(self.ids) > 1
 
 
 async def complete(
@@ -136,6 +142,8 @@ async def complete(
                     if "error" in obj:
                         res.error = obj["error"]["message"]
                         continue
+                    if obj.get("id") not in res.ids:
+                        res.ids.append(obj.get("id"))
                     res.tokens.append(obj["choices"][0]["text"])
             return res
     except (TimeoutError, aiohttp.ClientError) as e:
@@ -158,3 +166,50 @@ async def engine_finished(session: aiohttp.ClientSession, url: str) -> int:
 async def get_json(session: aiohttp.ClientSession, url: str) -> dict:
     async with session.get(url) as r:
         return await r.json(content_type=None)
+
+
+@dataclass
+class Tally:
+    """What a fault run did to its clients. served: complete, one generation; failed: a clear
+    error (an error body, or an SSE error event); hung: the client gave up waiting; lost: neither
+    served nor told (a stream cut without an error, a short answer); duplicated: more tokens than
+    asked; spliced: tokens of two generations (response ids) in one answer."""
+
+    served: int = 0
+    failed: int = 0
+    hung: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    spliced: int = 0
+    status_5xx: int = 0
+
+    @classmethod
+    def of(cls, results: list[Result], want: int) -> Tally:
+        t = cls()
+        for r in results:
+            if r.status == 0 and r.error and r.error.startswith("TimeoutError"):
+                t.hung += 1
+            elif r.status == 200 and r.done and r.error is None and len(r.tokens) == want:
+                t.served += 1
+            elif r.error is not None and r.status != 0:
+                t.failed += 1
+            elif r.status != 200 and r.body and "error" in r.body:
+                t.failed += 1
+            else:
+                t.lost += 1
+            t.duplicated += len(r.tokens) > want
+            t.spliced += r.spliced
+            t.status_5xx += r.status >= 500
+        return t
+
+    @property
+    def bad(self) -> tuple[int, int, int, int]:
+        """(hung, lost, duplicated, spliced): all zero in a run that holds up."""
+        return (self.hung, self.lost, self.duplicated, self.spliced)
+
+    def line(self, name: str) -> str:
+        return (
+            f"REPRO {name}: served={self.served} failed={self.failed} hung={self.hung} "
+            f"lost={self.lost} duplicated={self.duplicated} spliced={self.spliced} "
+            f"5xx={self.status_5xx}"
+        )

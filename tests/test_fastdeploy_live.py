@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from fastdeploy_harness import (
     Result,
+    Tally,
     complete,
     dispatcher,
     engine,
@@ -154,11 +155,15 @@ async def test_kill_a_node_holding_stolen_work(redis_proc, hosts, session, spawn
     assert await wait_until(b_holds, timeout=15)
     b.kill()  # SIGKILL while it executes stolen requests
     res = await asyncio.gather(*tasks)
-    lost, dup = tally(res, 60)
+    t = Tally.of(res, 60)
+    print(t.line("node-kill-stolen-10"))
     view = await get_json(session, a.url + "/scheduler")
-    assert (lost, dup) == (0, 0), (res, view)
-    assert view["stats"].get("requeued", 0) > 0  # its leases ran out and the work came back
-    assert view["stats"]["done"] == 10 and view["leases"] == 0
+    assert t.bad == (0, 0, 0, 0), (res, view)
+    # streams B had started end with a clear error (one generation per answer); the rest of its
+    # work came back when its leases ran out and was served
+    assert t.served + t.failed == 10 and t.failed <= 4, res
+    assert view["stats"].get("requeued", 0) > 0
+    assert view["stats"]["done"] >= t.served and view["leases"] == 0
 
 
 async def _driving(session, url: str) -> bool:
@@ -186,7 +191,12 @@ async def test_redis_killed_and_restarted(redis_proc, hosts, session):
     res = await asyncio.gather(*tasks)
     after = await complete(session, a.url, 5)
     assert after.status == 200 and after.done
-    assert tally(res, 40) == (0, 0), res
+    t = Tally.of(res, 40)
+    print(t.line("redis-kill-restart-8"))
+    assert t.bad == (0, 0, 0, 0), res
+    # a stream that was running when Redis forgot it ends with a clear error (its run is gone;
+    # another run would splice two generations); queued ones run again and are served
+    assert t.served + t.failed == 8 and t.failed <= 2, res
     assert dispatcher(a).counters["requeued_after_loss"] > 0  # Redis forgot them; we did not
 
 

@@ -34,7 +34,9 @@ def make_client(
     """A pooled asyncio client (hiredis parser when installed). Does not connect yet.
 
     The pool blocks (up to `timeout`) when all its connections are busy, rather than failing:
-    a burst of requests waits its turn for a connection."""
+    a burst of requests waits its turn for a connection. Every command gives up after `timeout`
+    (socket timeout): a stalled Redis costs a caller at most that, never a silent hang. Blocking
+    commands (BLMPOP, BLPOP) must block for less than it."""
     pool = aioredis.BlockingConnectionPool(
         max_connections=max_connections,
         timeout=timeout,
@@ -44,7 +46,7 @@ def make_client(
         password=addr.password or None,
         decode_responses=True,
         socket_connect_timeout=timeout,
-        socket_timeout=None,
+        socket_timeout=timeout,
         health_check_interval=0,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns (and closes) its pool

@@ -1,8 +1,20 @@
 """The Redis key layout of the state plane, one namespace per topic.
 
-Every key starts with ``nxs:{<topic>}:``. The braces are a Redis Cluster hash tag, so all keys of a
-topic hash to one slot and the multi-key Lua scripts stay legal on a cluster; nodes of different
-topics never see each other's keys (FastDeploy's `scheduler_topic`).
+Scheduling state starts with ``nxs:{<topic>}:``. The braces are a Redis Cluster hash tag, so those
+keys hash to one slot and the Lua scripts that change them together stay legal on a cluster; nodes
+of different topics never see each other's keys (FastDeploy's `scheduler_topic`). Response lists,
+the bulk of the traffic (every streamed event), carry their own tag per replica and lane
+(``nxs:{<topic>/<replica>/<lane>}:resp``), so on a Redis Cluster they spread over slots and masters.
+
+Which scripts must stay single-slot, and why (scripts.py):
+- ENQUEUE, CLAIM, UNCLAIM, CANCEL, REAP, ADOPT, HANDOFF change a task, a queue, the load table and
+  the lease set in one step; that atomicity is what keeps "a request is in exactly one place" and
+  "a node's score is its queue length" true, so they share the topic's slot.
+- PUSH is the fence (task + lease + origin keep-alive, topic slot); the events themselves go to the
+  response list in a separate call, outside the script, which is what lets that list live in
+  another slot. A late event of a fenced attempt can therefore still reach the origin; the origin
+  accepts one attempt's events only (records.Chunk.attempt), so this costs nothing.
+- RENEW, OWN_NODE, RELEASE_NODE touch only topic keys.
 
 | key                       | type   | holds                                                          |
 |---------------------------|--------|----------------------------------------------------------------|
@@ -11,16 +23,20 @@ topics never see each other's keys (FastDeploy's `scheduler_topic`).
 |                           |        | renewed (PX = keep-alive period)                               |
 | ``nodes``                 | hash   | node -> JSON NodeInfo (role, shard, url, owner, load, ts): the |
 |                           |        | registry every replica reads; stale entries are pruned         |
-| ``replica:<id>``          | string | keep-alive of a router replica (response-list owner)           |
+| ``replica:<id>``          | string | keep-alive of a router replica (response-list owner); a        |
+|                           |        | request whose origin has none is dropped, not run              |
+| ``replicas``              | hash   | replica -> JSON {t: last heartbeat ms, lanes}: who may own     |
+|                           |        | response lists (read instead of a SCAN; swept when dead)       |
 | ``load:<shard>``          | zset   | node -> number of requests queued on it (FastDeploy's load     |
 |                           |        | score); a node's shard is crc16(node) % load_shards_num        |
 | ``q:<node>``              | list   | request ids queued on a node, head = oldest                    |
-| ``task:<rid>``            | hash   | payload, origin replica, home node + shard, state              |
-|                           |        | (queued/leased/done/expired), attempt (fencing token), worker, |
+| ``task:<rid>``            | hash   | payload, origin replica, home node + shard, state (queued/     |
+|                           |        | leased/done/expired/orphaned), attempt (fencing token), worker,|
 |                           |        | enqueue time; expires ttl + grace after enqueue                |
 | ``leases``                | zset   | rid -> lease deadline (ms, Redis clock) of a claimed request   |
-| ``resp:<replica>:<i>``    | list   | response chunks (JSON) for requests that replica received;     |
-|                           |        | i = crc16(rid) % reader lanes; expires unless written to       |
+| ``{t/<replica>/<i>}:resp``| list   | response chunks (JSON) for requests that replica received;     |
+|                           |        | i = crc16(rid) % reader lanes; expires unless written to; own  |
+|                           |        | hash tag (another slot than the topic's)                       |
 | ``bell:<node>``           | list   | wake-up hint for a node's puller (at most one element)         |
 | ``stats``                 | hash   | counters: enqueued, claimed, stolen, requeued, done, expired,  |
 |                           |        | skipped (expired in a queue), fenced (refused pushes of a lost |
@@ -52,7 +68,7 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass
 
-STATES = ("queued", "leased", "done", "expired")
+STATES = ("queued", "leased", "done", "expired", "orphaned")
 
 
 def crc16(text: str) -> int:
@@ -98,7 +114,12 @@ class KeySpace:
         return f"{self.prefix}leases"
 
     def resp(self, replica: str, lane: int = 0) -> str:
-        return f"{self.prefix}resp:{replica}:{lane}"
+        # its own hash tag: response lists spread over a cluster's slots (see the module doc)
+        return f"nxs:{{{self.topic}/{replica}/{lane}}}:resp"
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}replicas"
 
     def bell(self, node: str) -> str:
         return f"{self.prefix}bell:{node}"

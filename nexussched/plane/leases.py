@@ -29,15 +29,23 @@ class Leases:
             n += 1
         if n == 0:
             return []
-        return list(await self.s.renew(args=args))
+        return list(await self.s.renew(keys=[self.k.stats], args=args))
 
     async def reap(self, fallback: str = "", fallback_shard: int = 0, limit: int = 200) -> int:
         """Requeue requests whose lease expired; returns how many."""
-        return int(await self.s.reap(args=[self.k.prefix, limit, fallback, fallback_shard]))
+        return int(
+            await self.s.reap(
+                keys=[self.k.stats], args=[self.k.prefix, limit, fallback, fallback_shard]
+            )
+        )
 
     async def adopt(self, dead: str, dead_shard: int, me: str, my_shard: int) -> int:
-        """Move a dead node's queue onto mine."""
-        return int(await self.s.adopt(args=[self.k.prefix, dead, dead_shard, me, my_shard]))
+        """Move (up to scripts.MAX_MOVE of) a dead node's queue onto mine; 0 when dead == me."""
+        return int(
+            await self.s.adopt(
+                keys=[self.k.stats], args=[self.k.prefix, dead, dead_shard, me, my_shard]
+            )
+        )
 
     async def held(self) -> int:
         return int(await self.r.zcard(self.k.leases))

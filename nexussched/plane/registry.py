@@ -7,6 +7,8 @@ which lets the others count live replicas when they share out nodes.
 
 from __future__ import annotations
 
+import json
+
 import redis.asyncio as aioredis
 
 from .keys import KeySpace
@@ -25,26 +27,72 @@ class Registry:
         return sec + usec / 1e6
 
     # ---- replicas ----------------------------------------------------------------------------
-    async def heartbeat_replica(self, replica: str, keepalive_s: float) -> None:
-        await self.r.set(self.k.replica(replica), "1", px=int(keepalive_s * 1000))
+    async def heartbeat_replica(self, replica: str, keepalive_s: float, lanes: int = 1) -> None:
+        """Renew the replica's keep-alive and its entry in the replicas hash."""
+        now_ms = int(await self.server_time() * 1000)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.set(self.k.replica(replica), "1", px=int(keepalive_s * 1000))
+        pipe.hset(self.k.replicas, replica, json.dumps({"t": now_ms, "lanes": int(lanes)}))
+        await pipe.execute()
 
     async def drop_replica(self, replica: str) -> None:
-        await self.r.delete(self.k.replica(replica))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(self.k.replica(replica))
+        pipe.hdel(self.k.replicas, replica)
+        await pipe.execute()
 
     async def live_replicas(self) -> list[str]:
-        pat = self.k.replica("*")
-        cut = len(self.k.replica(""))
-        return sorted([k[cut:] async for k in self.r.scan_iter(match=pat, count=200)])
+        """Replicas whose keep-alive is current (one HGETALL and one EXISTS each; no SCAN)."""
+        names = sorted(await self.r.hkeys(self.k.replicas))
+        if not names:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.exists(self.k.replica(n))
+        alive = await pipe.execute()
+        return [n for n, a in zip(names, alive, strict=True) if a]
+
+    async def sweep_replicas(self, dead_after_s: float) -> list[str]:
+        """Forget replicas whose keep-alive is gone and whose last heartbeat is older than
+        dead_after_s, and delete their response lists (nobody will read them). Returns them."""
+        raw = await self.r.hgetall(self.k.replicas)
+        if not raw:
+            return []
+        names = sorted(raw)
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.exists(self.k.replica(n))
+        alive = await pipe.execute()
+        now_ms = int(await self.server_time() * 1000)
+        gone = []
+        for n, a in zip(names, alive, strict=True):
+            try:
+                rec = json.loads(raw[n])
+                t, lanes = int(rec["t"]), max(1, min(int(rec["lanes"]), 1024))
+            except (ValueError, KeyError, TypeError):
+                t, lanes = 0, 1
+            if a or now_ms - t < dead_after_s * 1000:
+                continue
+            for lane in range(lanes):
+                await self.r.delete(self.k.resp(n, lane))
+            await self.r.hdel(self.k.replicas, n)
+            gone.append(n)
+        return gone
 
     # ---- nodes -------------------------------------------------------------------------------
     async def own(self, node: str, owner: str, keepalive_s: float) -> bool:
         """Take or renew the node's keep-alive for `owner`; False if another replica drives it."""
         return (
-            await self.s.own_node(args=[self.k.prefix, node, owner, int(keepalive_s * 1000)]) == 1
+            await self.s.own_node(
+                keys=[self.k.stats], args=[self.k.prefix, node, owner, int(keepalive_s * 1000)]
+            )
+            == 1
         )
 
     async def release(self, node: str, owner: str) -> bool:
-        return await self.s.release_node(args=[self.k.prefix, node, owner]) == 1
+        return (
+            await self.s.release_node(keys=[self.k.stats], args=[self.k.prefix, node, owner]) == 1
+        )
 
     async def owner(self, node: str) -> str | None:
         return await self.r.get(self.k.node(node))

@@ -1,9 +1,14 @@
 """Lua scripts: every change that must be atomic across queue, load score and lease.
 
-Each script takes the topic's key prefix as ARGV[1] and derives its keys from it (all of a topic's
-keys share one Cluster hash slot, see keys.py). Times come from the Redis server clock (TIME), so
-replicas with skewed clocks still agree on lease deadlines. The load score of a node is always
-rewritten as the length of its queue (never incremented blindly), so it cannot drift.
+Each script takes the topic's key prefix as ARGV[1] and derives its keys from it; KEYS[1] is the
+topic's stats key, which only routes the call to the node holding the topic's slot on a Redis
+Cluster (every key a script touches is in that slot, see keys.py). Times come from the Redis server
+clock (TIME), so replicas with skewed clocks still agree on lease deadlines. The load score of a
+node is always rewritten as the length of its queue (never incremented blindly), so it cannot drift.
+
+Every script terminates on every input: loops run over ARGV (bounded by the call) or pop at most
+`MAX_MOVE` entries a call (bounded by the script), never "until a list is empty" on a list the loop
+itself may refill.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+
+MAX_MOVE = 1000  # entries one call may pop or move (CLAIM, ADOPT, REAP): bounded script time
 
 _NOW = """
 local _t = redis.call('TIME')
@@ -31,19 +38,29 @@ local function ring(P, node)
 end
 """
 
-# ARGV: prefix, node, shard, rid, payload, origin, lane, ttl_ms, grace_ms
-# -> queue length after the push, or 0 when the id is already known (duplicate).
+# ARGV: prefix, node, shard, rid, payload, origin, lane, ttl_ms, grace_ms, attempt0, origin_ka_ms
+# -> queue length after the push, or 0 when the id is already known and still live (duplicate).
+# A request that was cancelled, expired or dropped may be queued again by its origin; attempt0 is
+# the highest attempt the origin has seen, so the new run's attempt ids are all fresh. Enqueueing
+# also renews the origin's keep-alive (its work must not look orphaned right after a Redis restart).
 ENQUEUE = (
     _NOW
     + _SYNC_SCORE
     + """
 local P = ARGV[1]
 local tk = P .. 'task:' .. ARGV[4]
-if redis.call('EXISTS', tk) == 1 then return 0 end
+local st = redis.call('HGET', tk, 'st')
+if st == 'queued' or st == 'leased' or st == 'done' then return 0 end
 local ttl = tonumber(ARGV[8])
+local a0 = math.max(tonumber(ARGV[10] or '0') or 0, tonumber(redis.call('HGET', tk, 'a') or '0'))
 redis.call('HSET', tk, 'p', ARGV[5], 'o', ARGV[6], 'l', ARGV[7], 'h', ARGV[2], 's', ARGV[3],
-           'st', 'queued', 'a', 0, 'w', '', 't', now, 'x', now + ttl)
+           'st', 'queued', 'a', a0, 'w', '', 't', now, 'x', now + ttl)
 redis.call('PEXPIRE', tk, ttl + tonumber(ARGV[9]))
+local oka = tonumber(ARGV[11] or '0') or 0
+if oka > 0 then
+  local rk = P .. 'replica:' .. ARGV[6]
+  if redis.call('PTTL', rk) < oka then redis.call('SET', rk, '1', 'PX', oka) end
+end
 redis.call('RPUSH', P .. 'q:' .. ARGV[2], ARGV[4])
 local n = sync_score(P, ARGV[2], ARGV[3])
 ring(P, ARGV[2])
@@ -55,6 +72,8 @@ return n
 # ARGV: prefix, me, my_shard, n_own, victim, victim_shard, n_steal, min_score, lease_ms, worker
 # Pops up to n_own from the own queue; only if that yields nothing, up to n_steal from the
 # victim, provided its score is still >= min_score (or it is dead and has work left).
+# Requests whose origin replica is gone (its keep-alive expired: nobody would read the answer) are
+# dropped, not run (state 'orphaned'). At most MAX_MOVE entries are popped per call.
 # -> flat list of 7-tuples: rid, attempt, payload, origin, lane, home, stolen(0/1)
 CLAIM = (
     _NOW
@@ -65,18 +84,27 @@ local lease = tonumber(ARGV[9])
 local worker = ARGV[10]
 local out = {}
 local skipped = 0
+local orphaned = 0
+local budget = """
+    + str(MAX_MOVE)
+    + """
 local function take(node, shard, n, stolen)
   local q = P .. 'q:' .. node
   local got = 0
-  while got < n do
+  n = math.min(n, budget)
+  while got < n and budget > 0 do
     local rid = redis.call('LPOP', q)
     if not rid then break end
+    budget = budget - 1
     local tk = P .. 'task:' .. rid
-    local f = redis.call('HMGET', tk, 'st', 'x')
+    local f = redis.call('HMGET', tk, 'st', 'x', 'o')
     if f[1] == 'queued' then
       if tonumber(f[2]) <= now then
         redis.call('HSET', tk, 'st', 'expired')
         skipped = skipped + 1
+      elseif redis.call('EXISTS', P .. 'replica:' .. f[3]) == 0 then
+        redis.call('HSET', tk, 'st', 'orphaned')
+        orphaned = orphaned + 1
       else
         local a = redis.call('HINCRBY', tk, 'a', 1)
         redis.call('HSET', tk, 'st', 'leased', 'w', worker)
@@ -117,6 +145,7 @@ if own == 0 and ARGV[5] ~= '' and ARGV[5] ~= ARGV[2] then
   end
 end
 if skipped > 0 then redis.call('HINCRBY', P .. 'stats', 'skipped', skipped) end
+if orphaned > 0 then redis.call('HINCRBY', P .. 'stats', 'orphaned', orphaned) end
 return out
 """
 )
@@ -151,10 +180,13 @@ return n
 """
 )
 
-# ARGV: prefix, rid, attempt, worker, fin(0/1), lease_ms, resp_ttl_ms, chunk...
-# Appends chunks to the origin's response list only if this worker still holds this attempt's
-# lease (fencing): a worker whose lease expired and was re-queued is refused, so two attempts
-# never stream at once. fin marks the task done and drops its lease. -> 1 ok, 0 fenced
+# ARGV: prefix, rid, attempt, worker, fin(0/1), lease_ms
+# The fence before a worker appends events to the origin's response list: it may, only while it
+# still holds this attempt's lease (a worker whose lease expired and was re-queued is refused, so
+# two attempts never stream at once; the origin also accepts one attempt only). fin marks the task
+# done and drops its lease (idempotent: a retried fin of the same attempt passes again). A task
+# whose origin replica is gone is dropped (state 'orphaned'): nobody reads its answer.
+# -> {1 ok | 0 fenced | -1 origin gone, origin, lane}
 PUSH = (
     _NOW
     + """
@@ -162,14 +194,17 @@ local P = ARGV[1]
 local rid = ARGV[2]
 local tk = P .. 'task:' .. rid
 local f = redis.call('HMGET', tk, 'st', 'a', 'w', 'o', 'l')
-if f[1] ~= 'leased' or f[2] ~= ARGV[3] or f[3] ~= ARGV[4] then
+local mine = f[2] == ARGV[3] and f[3] == ARGV[4]
+if f[1] == 'done' and mine and ARGV[5] == '1' then return {1, f[4], f[5]} end
+if f[1] ~= 'leased' or not mine then
   redis.call('HINCRBY', P .. 'stats', 'fenced', 1)
-  return 0
+  return {0, f[4] or '', f[5] or '0'}
 end
-if #ARGV >= 8 then
-  local r = P .. 'resp:' .. f[4] .. ':' .. f[5]
-  redis.call('RPUSH', r, unpack(ARGV, 8))
-  redis.call('PEXPIRE', r, tonumber(ARGV[7]))
+if redis.call('EXISTS', P .. 'replica:' .. f[4]) == 0 then
+  redis.call('HSET', tk, 'st', 'orphaned')
+  redis.call('ZREM', P .. 'leases', rid)
+  redis.call('HINCRBY', P .. 'stats', 'orphaned', 1)
+  return {-1, f[4], f[5]}
 end
 if ARGV[5] == '1' then
   redis.call('HSET', tk, 'st', 'done')
@@ -179,7 +214,7 @@ if ARGV[5] == '1' then
 else
   redis.call('ZADD', P .. 'leases', now + tonumber(ARGV[6]), rid)
 end
-return 1
+return {1, f[4], f[5]}
 """
 )
 
@@ -212,7 +247,10 @@ REAP = (
     + _SYNC_SCORE
     + """
 local P = ARGV[1]
-local exp = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local lim = math.max(0, math.min(tonumber(ARGV[2]) or 0, """
+    + str(MAX_MOVE)
+    + """))
+local exp = redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now, 'LIMIT', 0, lim)
 local moved = 0
 local touched = {}
 for _, rid in ipairs(exp) do
@@ -268,16 +306,21 @@ return f[1]
 )
 
 # ARGV: prefix, dead, dead_shard, me, my_shard
-# Moves the queue of a node whose keep-alive expired to the head of mine (order kept) and drops
-# the dead node from the load table. -> number adopted (0 if the node is alive after all)
+# Moves up to MAX_MOVE entries of the queue of a node whose keep-alive expired to the head of mine
+# (order kept); drops the dead node from the load table once its queue is empty. A node never
+# adopts itself (that loop would pop and push one list forever): a caller whose own keep-alive is
+# gone gets 0 and renews it. -> number adopted (0 if the node is alive after all)
 ADOPT = (
     _SYNC_SCORE
     + """
 local P = ARGV[1]
 local dead, me = ARGV[2], ARGV[4]
+if dead == me then return 0 end
 if redis.call('EXISTS', P .. 'node:' .. dead) == 1 then return 0 end
 local n = 0
-while true do
+while n < """
+    + str(MAX_MOVE)
+    + """ do
   local rid = redis.call('RPOP', P .. 'q:' .. dead)
   if not rid then break end
   redis.call('LPUSH', P .. 'q:' .. me, rid)
@@ -286,7 +329,11 @@ while true do
   end
   n = n + 1
 end
-redis.call('ZREM', P .. 'load:' .. ARGV[3], dead)
+if redis.call('LLEN', P .. 'q:' .. dead) == 0 then
+  redis.call('ZREM', P .. 'load:' .. ARGV[3], dead)
+else
+  sync_score(P, dead, ARGV[3])
+end
 sync_score(P, me, ARGV[5])
 if n > 0 then
   ring(P, me)

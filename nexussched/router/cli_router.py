@@ -80,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit (MiB)")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a stream may go without an upstream byte before its run counts as failed "
+        "(retried elsewhere if nothing was sent yet, else ended with an SSE error)",
+    )
+    p.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds to connect to a backend"
     )
     p.add_argument(
@@ -209,6 +216,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         api_key=args.api_key or None,
         max_body_bytes=int(args.max_body_mb * 2**20),
         request_timeout=args.request_timeout,
+        idle_timeout=args.idle_timeout,
         connect_timeout=args.connect_timeout,
         health_interval=args.health_interval,
         scrape_interval=args.scrape_interval,

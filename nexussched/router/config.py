@@ -163,6 +163,7 @@ class RouterSettings:
     api_key: str | None = None  # clients must send `Authorization: Bearer <key>`
     max_body_bytes: int = 16 * 2**20
     request_timeout: float = 600.0  # whole request, seconds
+    idle_timeout: float = 60.0  # a stream with no upstream byte this long has failed
     connect_timeout: float = 5.0
     health_interval: float = 1.0  # probe of an unhealthy backend
     scrape_interval: float = SCRAPE_PERIOD  # /metrics scrape of a healthy backend
@@ -198,6 +199,7 @@ class RouterSettings:
             raise ValueError(f"port {self.port} is out of range")
         for name in (
             "request_timeout",
+            "idle_timeout",
             "connect_timeout",
             "health_interval",
             "scrape_interval",

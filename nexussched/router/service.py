@@ -88,6 +88,13 @@ class Router:
         self._timeout = aiohttp.ClientTimeout(
             total=settings.request_timeout, connect=settings.connect_timeout
         )
+        # streams also give up after idle_timeout without a byte (a stalled engine); a
+        # non-streaming answer legitimately sends nothing until it is done
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=settings.request_timeout,
+            connect=settings.connect_timeout,
+            sock_read=settings.idle_timeout,
+        )
         self._bearer = f"Bearer {settings.api_key}".encode() if settings.api_key else None
         self._views: dict[str, tuple[int, Sequence]] = {}
         self._known: tuple[int, set[str]] = (-1, set())
@@ -192,6 +199,9 @@ class Router:
             code="timeout",
         )
 
+    def _idle_reason(self) -> str:
+        return f"no data for {self.settings.idle_timeout:g} s (--idle-timeout)"
+
     async def open_upstream(self, call: ProxyCall, idx: int, body: bytes | None = None) -> Upstream:
         """Send the call to backend `idx`; return once the first body bytes (streaming) or the
         whole body arrived. Raises BackendFailed if the backend failed before that."""
@@ -201,12 +211,17 @@ class Router:
         assert self.session is not None
         try:
             resp = await self.session.post(
-                b.url + call.path, data=call.raw if body is None else body, headers=headers
+                b.url + call.path,
+                data=call.raw if body is None else body,
+                headers=headers,
+                timeout=self._stream_timeout if call.stream else self._timeout,
             )
         except aiohttp.ClientConnectorError as e:
             raise BackendFailed(idx, f"cannot connect: {e.os_error.strerror or e}", True) from None
         except aiohttp.ConnectionTimeoutError as e:
             raise BackendFailed(idx, f"connect timed out: {e}") from None
+        except aiohttp.ServerTimeoutError:  # idle past idle_timeout before a byte: go elsewhere
+            raise BackendFailed(idx, self._idle_reason()) from None
         except TimeoutError:  # the request's own time limit (aiohttp's timeout errors included)
             raise self._timed_out(b) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
@@ -218,6 +233,9 @@ class Router:
                     raise BackendFailed(idx, "stream ended before its first byte")
             else:
                 first = await resp.read()
+        except aiohttp.ServerTimeoutError:
+            resp.close()
+            raise BackendFailed(idx, self._idle_reason()) from None
         except TimeoutError:
             resp.close()
             raise self._timed_out(b) from None

@@ -186,14 +186,25 @@ class SSESplitter:
         return tail
 
 
+class GenerationLost(Exception):
+    """The run whose events already reached the client is gone (its engine or node failed, or
+    its events were lost): continuing with another run would splice two generations into one
+    answer, so the stream must end with an error instead."""
+
+
 class ClientAnswer:
-    """Answers one client from response events that may arrive more than once (a retried attempt
-    restarts at event 0): each event index is delivered once, in order."""
+    """Answers one client from response events that may arrive more than once or from more than
+    one attempt. Exactly one generation per answer: before anything went out, the newest attempt
+    is followed (a retried run replaces a failed one); once events of an attempt went out, only
+    that attempt's events are accepted, each index once and in order. Events of an older attempt
+    are dropped; a newer attempt, or a gap in the indices, raises GenerationLost."""
 
     def __init__(self, call: ProxyCall) -> None:
         self.call = call
         self.delivered = 0
         self.duplicates = 0
+        self.stale = 0  # events of an older attempt, dropped
+        self.attempt = -1  # the attempt being followed
         self.resp: web.StreamResponse | None = None
         self.done = False
 
@@ -202,9 +213,25 @@ class ClientAnswer:
         return self.resp is not None
 
     async def events(
-        self, seq: int, events: list[str], status: int, content_type: str, fin: bool
+        self,
+        seq: int,
+        events: list[str],
+        status: int,
+        content_type: str,
+        fin: bool,
+        attempt: int = 0,
     ) -> web.StreamResponse | None:
         """Deliver a chunk. Returns the finished response once the answer is complete."""
+        if attempt != self.attempt:
+            if attempt < self.attempt:
+                self.stale += len(events)
+                return None
+            if self.started:
+                raise GenerationLost(
+                    f"the run streaming this answer failed after {self.delivered} events"
+                )
+            self.attempt = attempt  # nothing went out yet: follow the newer run
+            self.delivered = 0
         call = self.call
         if not call.stream or (status != 200 and not self.started):
             # a whole body in one chunk (non-streaming, or an error before any event)
@@ -217,8 +244,10 @@ class ClientAnswer:
                 body=body,
                 headers={"Content-Type": content_type or "application/json"},
             )
+        if seq > self.delivered:
+            raise GenerationLost(f"events {self.delivered}..{seq - 1} of the answer were lost")
         if status != 200 and self.started:
-            # an attempt failed for good after others had streamed: end with an SSE error event
+            # this attempt failed after it had streamed: end with an SSE error event
             if fin:
                 self.done = True
                 await self.resp.write(("data: " + "".join(events).strip() + "\n\n").encode())
@@ -234,12 +263,8 @@ class ClientAnswer:
                 },
             )
             await self.resp.prepare(call.request)
-        fresh = []
-        for k, ev in enumerate(events):
-            if seq + k < self.delivered:
-                self.duplicates += 1
-                continue
-            fresh.append(ev)
+        fresh = events[self.delivered - seq :] if seq < self.delivered else events
+        self.duplicates += len(events) - len(fresh)
         if fresh:
             self.delivered += len(fresh)
             await self.resp.write("".join(fresh).encode())

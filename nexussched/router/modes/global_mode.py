@@ -58,7 +58,7 @@ from ..policies.fastdeploy import (
     mini_batches,
     steal_candidates,
 )
-from .common import ClientAnswer, NodeState, NodeView, Payload, SSESplitter
+from .common import ClientAnswer, GenerationLost, NodeState, NodeView, Payload, SSESplitter
 from .params import SchedulerParams
 
 log = logging.getLogger("nexussched.router.plane")
@@ -68,6 +68,7 @@ GATE_POLL_S = 0.02  # a node whose engine is busy re-checks it this often (no Re
 BELL_WAIT_S = 0.5  # an idle node blocks this long on the bells before looking again
 RESYNC_S = 2.0  # how often the origin checks that Redis still knows its requests
 MAX_ATTEMPTS = 4  # engine failures before a request is answered with an error
+ATTEMPT_STRIDE = 1 << 20  # attempt ids of successive enqueues of one request never overlap
 
 
 @dataclass
@@ -80,6 +81,16 @@ class _Pending:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     enqueued_at: float = 0.0
     finished: bool = False
+    answer: ClientAnswer | None = None
+    attempts_seen: int = 0  # the highest attempt whose events arrived
+    enqueues: int = 0  # by this origin: a re-queue's attempts start at enqueues * ATTEMPT_STRIDE
+
+    @property
+    def attempt0(self) -> int:
+        """Where the attempts of the next enqueue start: above every attempt an earlier enqueue
+        could have produced, even in a Redis that has since forgotten them, so that a late event
+        of a lost run never passes for one of the new run."""
+        return max(self.attempts_seen, self.enqueues * ATTEMPT_STRIDE)
 
 
 class _Warn:
@@ -103,9 +114,14 @@ class _Warn:
 class ChunkWriter:
     """Streams one claimed request's events to its origin: the first push goes at once, later
     events accumulate while a push is in flight (natural batching, at most writer_batch_size per
-    call). A push refused by the plane (lease lost) sets `fenced`: stop working on it."""
+    call). A push refused by the plane (lease lost, origin gone) sets `fenced`: stop working on it.
 
-    def __init__(self, d: PlaneDispatcher, c: Claimed, worker: str, node: str) -> None:
+    A push that cannot reach Redis is retried until the client's deadline (receipt + ttl), and no
+    longer than progress_timeout after the first failure: by then the origin has given up too."""
+
+    def __init__(
+        self, d: PlaneDispatcher, c: Claimed, worker: str, node: str, t0: float | None = None
+    ) -> None:
         self.d = d
         self.c = c
         self.worker = worker
@@ -115,7 +131,18 @@ class ChunkWriter:
         self.status = 200
         self.content_type = ""
         self.fenced = False
+        if t0 is None:
+            try:
+                t0 = float(json.loads(c.payload).get("t0") or time.time())
+            except (ValueError, AttributeError, TypeError):
+                t0 = time.time()
+        self.deadline = t0 + d.params.ttl  # the client's, in wall time
         self._task: asyncio.Task | None = None
+
+    @property
+    def sent(self) -> int:
+        """Events handed to the plane so far (0: the origin has seen nothing of this attempt)."""
+        return self.seq
 
     def add(self, events: list[str]) -> None:
         if not events:
@@ -123,6 +150,22 @@ class ChunkWriter:
         self.buf.extend(events)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush())
+
+    async def _retry(self, what, first_fail: list[float]):
+        """Run `what()` until it answers; None once the deadline passed."""
+        p = self.d.params
+        while True:
+            try:
+                async with self.d.writers:
+                    return await what()
+            except ERRORS as e:
+                self.d.warn_push.fail(e)
+                now = time.monotonic()
+                if not first_fail:
+                    first_fail.append(now)
+                if time.time() > self.deadline or now - first_fail[0] > p.progress_timeout:
+                    return None
+                await asyncio.sleep(min(0.25, p.redis_timeout))
 
     async def _push(self, events: list[str], fin: bool) -> bool:
         ch = Chunk(
@@ -136,18 +179,18 @@ class ChunkWriter:
             self.node,
         )
         self.seq += len(events)
-        deadline = time.monotonic() + self.d.params.ttl
-        while True:
-            try:
-                async with self.d.writers:
-                    return await self.d.plane.responses.push(
-                        self.c, self.worker, [ch], fin, self.d.params.lease
-                    )
-            except ERRORS as e:
-                self.d.warn_push.fail(e)
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(0.25)
+        resp = self.d.plane.responses
+        failed: list[float] = []
+        # the fence and the events separately: a retried fin must not be refused as "done"
+        ok = await self._retry(
+            lambda: resp.fence(self.c, self.worker, fin, self.d.params.lease), failed
+        )
+        if not ok:
+            return False
+        if await self._retry(lambda: resp.append(self.c, [ch]), failed) is None:
+            return False
+        self.d.warn_push.ok()
+        return True
 
     async def _flush(self) -> None:
         n = self.d.params.writer_batch_size
@@ -173,6 +216,19 @@ class ChunkWriter:
                 return False
         events, self.buf = self.buf, []
         ok = await self._push(events, True)
+        self.fenced = not ok
+        return ok
+
+    async def fail(self, err: APIError) -> bool:
+        """End this attempt's answer with an error after what was sent (an SSE error event at the
+        client once the stream started, the error body before that)."""
+        await self.drain()
+        if self.fenced:
+            return False
+        self.buf = []
+        self.status = err.status
+        self.content_type = "application/json"
+        ok = await self._push([json.dumps(err.body())], True)
         self.fenced = not ok
         return ok
 
@@ -202,6 +258,7 @@ class NodeWorker:
         self.candidates: list[str] = []
         self.load: dict[str, tuple[int, float]] = {}  # splitwise: rid -> (load, since)
         self.warn = _Warn(f"node {self.name}")
+        self.aborted: dict[str, str] = {}  # rid -> why its run was stopped by us
         self._run = asyncio.create_task(self.run())
         self._renew = asyncio.create_task(self.renew_loop())
 
@@ -212,6 +269,13 @@ class NodeWorker:
     def stop(self) -> None:
         """Stop pulling; work in hand finishes (its leases keep being renewed meanwhile)."""
         self._run.cancel()
+
+    def abort_all(self, why: str) -> None:
+        """The engine left rotation: stop every run on it. Each goes back to a queue if its
+        origin has seen none of its events, else ends with an error (see run_on_engine)."""
+        for rid, (_, t) in list(self.held.items()):
+            self.aborted[rid] = why
+            t.cancel()
 
     def halt(self) -> list[Claimed]:
         """Shut down: stop pulling and executing; returns what was held (to give back)."""
@@ -287,7 +351,9 @@ class NodeWorker:
     async def _wait_bells(self) -> None:
         k = self.d.plane.keys
         keys = [k.bell(self.name)] + [k.bell(n) for n in self.candidates]
-        await self.d.plane.client.blpop(keys, timeout=BELL_WAIT_S)
+        await self.d.plane.client.blpop(
+            keys, timeout=min(BELL_WAIT_S, self.d.params.redis_timeout / 2)
+        )
 
     async def renew_loop(self) -> None:
         every = self.d.params.lease / 3.0
@@ -320,19 +386,18 @@ class NodeWorker:
             log.exception("node %s: executing %s failed", self.name, c.rid)
         finally:
             self.held.pop(c.rid, None)
+            self.aborted.pop(c.rid, None)
             self.state.confirm(c.rid)
 
     async def give_back(self, c: Claimed, why: str) -> None:
         """The engine failed: return the request to its queue for another try (or fail it)."""
-        if c.attempt >= MAX_ATTEMPTS:
-            w = ChunkWriter(self.d, c, self.worker, self.name)
-            w.status = 502
-            w.content_type = "application/json"
+        if c.attempt % ATTEMPT_STRIDE >= MAX_ATTEMPTS:
             err = APIError(
-                502, f"request failed {c.attempt} times; last: {why}", code="backend_failed"
+                502,
+                f"request failed {c.attempt % ATTEMPT_STRIDE} times; last: {why}",
+                code="backend_failed",
             )
-            w.buf = [json.dumps(err.body())]
-            await w.close()
+            await ChunkWriter(self.d, c, self.worker, self.name).fail(err)
             return
         try:
             await self.d.plane.queues.unclaim(self.worker, [c])
@@ -358,8 +423,14 @@ class PlaneDispatcher(Dispatcher):
             "orphan_chunks": 0,
             "stolen": 0,
             "expired": 0,
+            "generation_lost": 0,  # streams ended with an error rather than spliced
+            "cut_streams": 0,  # runs on this replica's nodes that failed after they streamed
+            "no_progress": 0,
+            "stale_events": 0,  # events of an older attempt, dropped by the origin
         }
+        self._boot = uuid.uuid4().hex[:8]  # request ids stay unique across restarts
         self._ids = itertools.count(1)
+        self._cancels: set[str] = set()  # cancels that did not reach Redis yet
         self._rr = itertools.count()
         self._tasks: list[asyncio.Task] = []
         self.warn_enqueue = _Warn("enqueue")
@@ -374,10 +445,13 @@ class PlaneDispatcher(Dispatcher):
         s = router.settings
         self.replica = p.replica_id or f"{s.host}:{s.port}-{uuid.uuid4().hex[:6]}"
         try:
-            self.plane = await Plane.open(p.redis, p.topic, p.load_shards_num, resp_ttl_s=p.ttl)
+            self.plane = await Plane.open(
+                p.redis, p.topic, p.load_shards_num, resp_ttl_s=p.ttl, timeout=p.redis_timeout
+            )
         except PlaneUnavailable as e:
             raise ValueError(str(e)) from None
         self.writers = asyncio.Semaphore(p.writer_parallel)
+        router.registry.on_change.append(self._backend_changed)
         await self._registry_round()
         self._tasks = [asyncio.create_task(self._reader(lane)) for lane in range(p.reader_parallel)]
         self._tasks += [
@@ -408,6 +482,11 @@ class PlaneDispatcher(Dispatcher):
 
     def role_of(self, idx: int) -> str:
         return "mixed"
+
+    def _backend_changed(self, idx: int, up: bool) -> None:
+        w = self.workers.get(idx)
+        if not up and w is not None:
+            w.abort_all(self.router.backends[idx].down_reason or "out of rotation")
 
     def routes(self) -> list[tuple[str, object]]:
         return [("/scheduler", self._view_handler)]
@@ -446,17 +525,20 @@ class PlaneDispatcher(Dispatcher):
                 self.replica,
                 lane_of(rid, p.reader_parallel),
                 p.ttl,
+                attempt0=pend.attempt0,
+                origin_keepalive_s=p.keepalive,
             )
         except ERRORS as e:
             self.warn_enqueue.fail(e)
             raise self._plane_error(e) from None
         self.warn_enqueue.ok()
+        pend.enqueues += 1
         pend.enqueued_at = time.monotonic()
         if n == 0:
             raise APIError(500, f"request id {rid} is already known to the plane", code="duplicate")
 
     async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
-        rid = f"{self.replica}-{next(self._ids)}"
+        rid = f"{self.replica}-{self._boot}-{next(self._ids)}"
         payload = Payload.of(call)
         node = self.target(call, payload)
         pend = _Pending(call, payload.to_json(), node)
@@ -472,42 +554,99 @@ class PlaneDispatcher(Dispatcher):
     async def _cancel(self, rid: str) -> None:
         try:
             await self.plane.queues.cancel(rid)
+            self._cancels.discard(rid)
         except ERRORS:
-            pass  # its TTL expires it anyway
+            self._cancels.add(rid)  # retried by the resync loop (its TTL also expires it)
 
     async def _answer(self, call: ProxyCall, rid: str, pend: _Pending) -> web.StreamResponse:
         ans = ClientAnswer(call)
-        deadline = call.t0 + self.params.ttl
+        pend.answer = ans
+        p = self.params
+        deadline = call.t0 + p.ttl
+        last = time.monotonic()  # the last sign of progress
         try:
             while True:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     self.counters["expired"] += 1
                     return await ans.fail(
                         APIError(
                             504,
-                            f"request expired: not completed within scheduler_ttl="
-                            f"{self.params.ttl:g} s",
+                            f"request expired: not completed within scheduler_ttl={p.ttl:g} s",
                             code="expired",
                         )
                     )
+                wait = min(left, max(0.01, last + p.progress_timeout - now))
                 try:
-                    ch: Chunk = await asyncio.wait_for(pend.queue.get(), left)
+                    ch: Chunk | APIError = await asyncio.wait_for(pend.queue.get(), wait)
                 except TimeoutError:
+                    if time.monotonic() - last >= p.progress_timeout:
+                        err = await self._stalled(rid, pend)
+                        if err is not None:
+                            self.counters["no_progress"] += 1
+                            return await ans.fail(err)
+                        last = time.monotonic()
                     continue
-                r = await ans.events(ch.seq, ch.events, ch.status, ch.content_type, ch.fin)
+                if isinstance(ch, APIError):  # the resync loop found it lost
+                    self.counters["generation_lost"] += 1
+                    return await ans.fail(ch)
+                last = time.monotonic()
+                pend.attempts_seen = max(pend.attempts_seen, ch.attempt)
+                try:
+                    r = await ans.events(
+                        ch.seq, ch.events, ch.status, ch.content_type, ch.fin, ch.attempt
+                    )
+                except GenerationLost as e:
+                    self.counters["generation_lost"] += 1
+                    return await ans.fail(
+                        APIError(
+                            502,
+                            f"{e}; the answer ends here rather than continue with another "
+                            f"run's tokens",
+                            code="generation_lost",
+                        )
+                    )
                 if r is not None:
                     pend.finished = True
                     return r
         finally:
             self.counters["duplicates_dropped"] += ans.duplicates
+            self.counters["stale_events"] += ans.stale
+
+    async def _stalled(self, rid: str, pend: _Pending) -> APIError | None:
+        """No event for progress_timeout: None to keep waiting (queued, or queued again), else
+        the error that ends the request."""
+        p = self.params
+        try:
+            st = await self.plane.queues.state(rid)
+        except ERRORS as e:
+            return self._plane_error(e)
+        if st == "queued":
+            return None  # waiting for a node; scheduler_ttl bounds that
+        started = pend.answer is not None and pend.answer.started
+        if st in (None, "orphaned") and not started:
+            # Redis lost it, or dropped it as orphaned while we looked dead: queue it again
+            try:
+                pend.node = self.target(pend.call, Payload.from_json(pend.payload))
+                await self._enqueue(rid, pend)
+            except APIError as e:
+                return e
+            self.counters["requeued_after_loss"] += 1
+            return None
+        return APIError(
+            504,
+            f"no progress on this request for {p.progress_timeout:g} s "
+            f"(--scheduler-progress-timeout; it is {st or 'unknown'} in the scheduler plane)",
+            code="no_progress",
+        )
 
     async def _reader(self, lane: int) -> None:
         p = self.params
         while True:
             try:
                 chunks = await self.plane.responses.read(
-                    self.replica, lane, p.reader_batch_size, 1.0
+                    self.replica, lane, p.reader_batch_size, min(1.0, p.redis_timeout / 2)
                 )
                 self.warn_read.ok()
             except asyncio.CancelledError:
@@ -524,9 +663,13 @@ class PlaneDispatcher(Dispatcher):
                     pend.queue.put_nowait(ch)
 
     async def _resync_loop(self) -> None:
-        """Re-queue requests of this replica that Redis no longer knows (it restarted empty)."""
+        """Re-queue requests of this replica that Redis no longer knows (it restarted empty) or
+        dropped as orphaned (we looked dead to it), as long as nothing of them went out yet;
+        retry cancels that did not reach Redis."""
         while True:
             await asyncio.sleep(RESYNC_S)
+            for rid in list(self._cancels):
+                await self._cancel(rid)
             now = time.monotonic()
             rids = [
                 r
@@ -539,14 +682,27 @@ class PlaneDispatcher(Dispatcher):
                 states = await self.plane.queues.states(rids)
                 for rid, st in zip(rids, states, strict=True):
                     pend = self.inbox.get(rid)
-                    if st is None and pend is not None and not pend.finished:
-                        try:
-                            pend.node = self.target(pend.call, Payload.from_json(pend.payload))
-                        except APIError:
-                            continue
-                        await self._enqueue(rid, pend)
-                        self.counters["requeued_after_loss"] += 1
-                        log.warning("request %s was lost by the plane: queued again", rid)
+                    if st not in (None, "orphaned") or pend is None or pend.finished:
+                        continue
+                    if pend.answer is not None and pend.answer.started:
+                        # its run is gone after it streamed: a new run would be another generation
+                        pend.queue.put_nowait(
+                            APIError(
+                                502,
+                                f"the scheduler plane lost this request after "
+                                f"{pend.answer.delivered} events; the answer ends here rather "
+                                f"than continue with another run's tokens",
+                                code="generation_lost",
+                            )
+                        )
+                        continue
+                    try:
+                        pend.node = self.target(pend.call, Payload.from_json(pend.payload))
+                    except APIError:
+                        continue
+                    await self._enqueue(rid, pend)
+                    self.counters["requeued_after_loss"] += 1
+                    log.warning("request %s was lost by the plane: queued again", rid)
             except (APIError, *ERRORS) as e:
                 self.warn_loop.fail(e)
 
@@ -556,31 +712,58 @@ class PlaneDispatcher(Dispatcher):
         await self.run_on_engine(w, c, p, p.call())
 
     async def run_on_engine(self, w: NodeWorker, c: Claimed, p: Payload, call: ProxyCall) -> None:
-        """Send the request to the node's engine and stream its answer to the origin."""
-        router = self.router
+        """Send the request to the node's engine and stream its answer to the origin.
+
+        A run that fails (the engine breaks, goes silent past --idle-timeout, or leaves rotation)
+        is given back for another try only while its origin has seen none of its events; after
+        that it ends with an error event, never continued by another run."""
         b = w.backend
         b.begin(call.info)
-        writer = ChunkWriter(self, c, w.worker, w.name)
-        up = None
+        writer = ChunkWriter(self, c, w.worker, w.name, p.t0)
         try:
             try:
-                up = await router.open_upstream(call, w.idx)
-            except BackendFailed as e:
-                router.backend_failed(e)
-                await w.give_back(c, e.reason)
-                return
-            except APIError as e:
-                writer.status = e.status
-                writer.content_type = "application/json"
-                writer.buf = [json.dumps(e.body())]
-                await writer.close()
-                return
-            w.state.confirm(c.rid)
-            resp = up.resp
+                await self._run_upstream(w, c, p, call, writer)
+            except asyncio.CancelledError:
+                why = w.aborted.pop(c.rid, None)
+                if why is None:
+                    raise  # lease lost or shutting down
+                await self._run_failed(w, c, writer, f"backend {b.name} left rotation: {why}")
+        finally:
+            b.end(call.info)
+
+    async def _run_failed(self, w: NodeWorker, c: Claimed, writer: ChunkWriter, why: str) -> None:
+        if writer._task is not None and not writer._task.done() and writer.sent == 0:
+            writer._task.cancel()  # nothing reached the plane yet
+        if writer.sent == 0:
+            await w.give_back(c, why)
+        else:
+            self.counters["cut_streams"] += 1
+            await writer.fail(
+                APIError(502, f"{why} after the stream started", code="backend_failed")
+            )
+
+    async def _run_upstream(
+        self, w: NodeWorker, c: Claimed, p: Payload, call: ProxyCall, writer: ChunkWriter
+    ) -> None:
+        router = self.router
+        try:
+            up = await router.open_upstream(call, w.idx)
+        except BackendFailed as e:
+            router.backend_failed(e)
+            await w.give_back(c, e.reason)
+            return
+        except APIError as e:
+            await writer.fail(e)
+            return
+        w.state.confirm(c.rid)
+        resp = up.resp
+        released = False
+        try:
             writer.status = resp.status
             writer.content_type = resp.headers.get("Content-Type", "")
             if not (p.stream and resp.status == 200):
                 resp.release()
+                released = True
                 writer.buf = [up.first.decode("utf-8", errors="replace")]
                 await writer.close()
                 return
@@ -603,30 +786,32 @@ class PlaneDispatcher(Dispatcher):
                 writer.add(split.feed(data))
             if broke is not None:
                 resp.close()
-                router.backend_failed(BackendFailed(w.idx, f"{type(broke).__name__}: {broke}"))
+                why = f"{type(broke).__name__}: {broke}"
+                if isinstance(broke, TimeoutError):
+                    why = f"no data for {router.settings.idle_timeout:g} s (--idle-timeout)"
+                router.backend_failed(BackendFailed(w.idx, why))
                 await writer.drain()
                 if not writer.fenced:
-                    await w.give_back(c, f"stream broke: {type(broke).__name__}")
+                    await self._run_failed(w, c, writer, f"backend {w.backend.name}: {why}")
                 return
             tail = split.rest()
             if tail:
                 writer.add([tail])
             if writer.fenced:
-                resp.close()  # lease lost: abort on the engine
-                return
+                return  # lease lost: the finally aborts it on the engine
             resp.release()
+            released = True
             await writer.close()
         finally:
-            b.end(call.info)
-            if up is not None and not up.resp.closed and writer.fenced:
-                up.resp.close()
+            if not released:
+                resp.close()  # fenced, failed or cancelled: drop the connection (engine aborts)
 
     # ---- registry: ownership of nodes, liveness ---------------------------------------------------
     async def _registry_round(self) -> None:
         p = self.params
         reg = self.plane.registry
         backends = self.router.backends
-        await reg.heartbeat_replica(self.replica, p.keepalive)
+        await reg.heartbeat_replica(self.replica, p.keepalive, p.reader_parallel)
         live = await reg.live_replicas()
         n = len(backends)
         share = math.ceil(n / max(1, len(live)))
@@ -720,6 +905,8 @@ class PlaneDispatcher(Dispatcher):
         for info in await plane.registry.nodes():
             if not info.alive and now - info.ts > p.expire_period:
                 await plane.registry.forget(info.name)
+        for gone in await plane.registry.sweep_replicas(2 * p.keepalive):
+            log.warning("replica %s is gone: deleted its response lists", gone)
 
     # ---- the cluster view -------------------------------------------------------------------
     async def cluster_view(self) -> dict:

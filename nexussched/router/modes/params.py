@@ -45,6 +45,8 @@ class SchedulerParams:
     block_size: int = 16
     front_weights: str = ""  # local: weights of the front round robin over nodes
     replica_id: str = ""  # default: host:port of the router plus a random suffix
+    redis_timeout: float = 5.0  # every Redis command (connect, send, answer) gives up after this
+    progress_timeout: float = 30.0  # origin: no event this long -> check, re-queue or fail
 
     def validate(self) -> SchedulerParams:
         def bad(flag: str, msg: str) -> ValueError:
@@ -61,6 +63,8 @@ class SchedulerParams:
             "release_load_expire_period",
             "keepalive",
             "lease",
+            "redis_timeout",
+            "progress_timeout",
         ):
             v = getattr(self, f)
             if not (isinstance(v, int | float) and v > 0 and math.isfinite(v)):
@@ -124,6 +128,9 @@ _HELP = {
     "block_size": "KV block size (tokens) for the resource check",
     "front_weights": "local/global: weights of the front round robin over nodes, e.g. 4,2,1,1",
     "replica_id": "this replica's id in the plane (default: host:port + random suffix)",
+    "redis_timeout": "seconds after which any Redis command (connect, write, answer) fails",
+    "progress_timeout": "seconds without an event after which the origin checks a request: "
+    "queued ones keep waiting, lost ones are queued again, others fail with a clear error",
 }
 
 
