@@ -215,7 +215,9 @@ class ChunkWriter:
             if self.fenced:
                 return False
         events, self.buf = self.buf, []
-        ok = await self._push(events, True)
+        # shielded: once the fin's fence passed (the task is done) its events must reach the
+        # origin even if this run is cancelled meanwhile (a renewal that saw it done, a client)
+        ok = await asyncio.shield(self._push(events, True))
         self.fenced = not ok
         return ok
 
@@ -228,7 +230,7 @@ class ChunkWriter:
         self.buf = []
         self.status = err.status
         self.content_type = "application/json"
-        ok = await self._push([json.dumps(err.body())], True)
+        ok = await asyncio.shield(self._push([json.dumps(err.body())], True))
         self.fenced = not ok
         return ok
 
