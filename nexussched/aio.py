@@ -33,12 +33,21 @@ def serve_app(
     banner: str,
     shutdown_timeout: float = 5.0,
     reuse_port: bool = False,
+    keepalive_timeout: float | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
+    """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError.
+
+    keepalive_timeout also bounds how long a new connection may take to send its first request's
+    headers (aiohttp closes a connection still waiting for them then): the slowloris guard."""
+    kw = {} if keepalive_timeout is None else {"keepalive_timeout": keepalive_timeout}
 
     async def main() -> None:
         runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=shutdown_timeout,
+            **kw,
         )
         await runner.setup()
         site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None)
@@ -68,13 +77,16 @@ def serve_workers(
     banner: str,
     workers: int,
     shutdown_timeout: float = 5.0,
+    keepalive_timeout: float | None = None,
 ) -> int:
     """Serve `workers` processes on one port (SO_REUSEPORT: the kernel spreads connections over
     them). Each process builds its own app after the fork; SIGINT/SIGTERM to the first stops all.
     The port is checked free (without SO_REUSEPORT) first, so a taken port is a one-line error,
     not a silent share with a stranger."""
     if workers <= 1:
-        return serve_app(make_app(), host, port, banner, shutdown_timeout)
+        return serve_app(
+            make_app(), host, port, banner, shutdown_timeout, keepalive_timeout=keepalive_timeout
+        )
     if port == 0:
         raise ValueError("--workers needs a fixed --port (the workers share it)")
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -91,13 +103,27 @@ def serve_workers(
             code = 1
             try:
                 code = serve_app(
-                    make_app(), host, port, f"{banner} (worker {k})", shutdown_timeout, True
+                    make_app(),
+                    host,
+                    port,
+                    f"{banner} (worker {k})",
+                    shutdown_timeout,
+                    True,
+                    keepalive_timeout,
                 )
             finally:
                 os._exit(code)
         children.append(pid)
     try:
-        return serve_app(make_app(), host, port, f"{banner} (worker 0)", shutdown_timeout, True)
+        return serve_app(
+            make_app(),
+            host,
+            port,
+            f"{banner} (worker 0)",
+            shutdown_timeout,
+            True,
+            keepalive_timeout,
+        )
     finally:
         for pid in children:
             try:

@@ -60,16 +60,19 @@ def wait_healthy(url: str, n: int, timeout: float = 10.0) -> list[dict]:
         time.sleep(0.05)
 
 
-def get_json(url: str) -> dict:
-    # /backends is an admin view: behind the API key like the API itself
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return json.loads(r.read())
+def _get(url: str, key: str | None = KEY) -> bytes:
+    """GET with the router's API key (admin views and /metrics need it; engines ignore it)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+        return r.read()
 
 
-def get_text(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return r.read().decode()
+def get_json(url: str, key: str | None = KEY) -> dict:
+    return json.loads(_get(url, key))
+
+
+def get_text(url: str, key: str | None = KEY) -> str:
+    return _get(url, key).decode()
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -77,7 +77,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("NEXUSSCHED_API_KEY"),
         help="require 'Authorization: Bearer KEY' from clients (default: $NEXUSSCHED_API_KEY)",
     )
+    p.add_argument(
+        "--metrics-api-key",
+        default=os.environ.get("NEXUSSCHED_METRICS_API_KEY"),
+        help="key for /metrics alone (a Prometheus scraper's); default: the --api-key",
+    )
     p.add_argument("--max-body-mb", type=float, default=16.0, help="request size limit (MiB)")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a connection may take to send a request's headers (also the keep-alive "
+        "idle limit)",
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=30.0, help="seconds to receive a request body"
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds requests in flight may still finish; streams still open then "
+        "end with an SSE error event",
+    )
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument(
         "--idle-timeout",
@@ -214,6 +236,10 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         mode=mode,
         mode_args=mode_args,
         api_key=args.api_key or None,
+        metrics_api_key=args.metrics_api_key or None,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        drain_timeout=args.drain_timeout,
         max_body_bytes=int(args.max_body_mb * 2**20),
         request_timeout=args.request_timeout,
         idle_timeout=args.idle_timeout,

@@ -80,19 +80,33 @@ def create_app(settings: RouterSettings, dispatcher: Dispatcher | None = None) -
 
 
 def run_app(
-    app: web.Application, host: str, port: int, what: str, shutdown_timeout: float = 5.0
+    app: web.Application,
+    host: str,
+    port: int,
+    what: str,
+    shutdown_timeout: float = 5.0,
+    keepalive_timeout: float | None = None,
 ) -> int:
-    """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError."""
-    return serve_app(app, host, port, what, shutdown_timeout)
+    """Serve until SIGINT/SIGTERM (the router drains in its on_shutdown hook first). A port in
+    use (or any bind error) is a one-line ValueError."""
+    return serve_app(app, host, port, what, shutdown_timeout, keepalive_timeout=keepalive_timeout)
 
 
 def run_router(settings: RouterSettings, what: str = "nexussched router") -> int:
     """Serve the router with `settings.workers` processes sharing the port (SO_REUSEPORT). Each
     worker is a replica of its own: placement state that must be shared goes through the Redis
-    plane (PRISM's `redis`, FastDeploy's global mode), as between replicas on several hosts."""
+    plane (PRISM's `redis`, FastDeploy's global mode), as between replicas on several hosts.
+    --header-timeout is the connections' keep-alive limit (see aio.serve_app)."""
     app = create_app(settings)  # a bad policy or mode: ValueError before anything binds
     if settings.workers <= 1:
-        return run_app(app, settings.host, settings.port, what)
+        return run_app(
+            app, settings.host, settings.port, what, keepalive_timeout=settings.header_timeout
+        )
     return serve_workers(
-        lambda: create_app(settings), settings.host, settings.port, what, settings.workers
+        lambda: create_app(settings),
+        settings.host,
+        settings.port,
+        what,
+        settings.workers,
+        keepalive_timeout=settings.header_timeout,
     )

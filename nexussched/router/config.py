@@ -161,6 +161,10 @@ class RouterSettings:
     mode: str = "policy"  # how requests are placed: see compose.MODES
     mode_args: dict = field(default_factory=dict)
     api_key: str | None = None  # clients must send `Authorization: Bearer <key>`
+    metrics_api_key: str | None = None  # /metrics' own key (default: the API key)
+    header_timeout: float = 10.0  # a connection must send a request's headers within this
+    body_timeout: float = 30.0  # and its body within this (seconds)
+    drain_timeout: float = 30.0  # on SIGTERM: how long requests in flight may still finish
     max_body_bytes: int = 16 * 2**20
     request_timeout: float = 600.0  # whole request, seconds
     idle_timeout: float = 60.0  # a stream with no upstream byte this long has failed
@@ -200,6 +204,8 @@ class RouterSettings:
         for name in (
             "request_timeout",
             "idle_timeout",
+            "header_timeout",
+            "body_timeout",
             "connect_timeout",
             "health_interval",
             "scrape_interval",
@@ -213,6 +219,8 @@ class RouterSettings:
         for name in ("max_body_bytes", "default_max_tokens", "scrape_failures"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if not (isinstance(self.drain_timeout, int | float) and 0 <= self.drain_timeout < math.inf):
+            raise ValueError(f"drain-timeout must be >= 0 seconds, got {self.drain_timeout!r}")
         if self.retries < 0 or self.max_connections < 0:
             raise ValueError("retries and max-connections must be >= 0")
         if not isinstance(self.workers, int) or self.workers < 1:

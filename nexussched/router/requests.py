@@ -83,7 +83,7 @@ def with_slo_xargs(body: dict, ttft: float, tpot: float, prio: int) -> bytes:
     vLLM ignores unknown top-level fields but hands `vllm_xargs` to the scheduler (as
     SamplingParams.extra_args), which is where the LENS plug-in reads per-request SLOs.
     """
-    xargs = dict(body.get("vllm_xargs") or {})
+    xargs = dict(body.get("vllm_xargs") or {})  # an object: validate_body checked it
     xargs.setdefault("slo_ttft", ttft)
     xargs.setdefault("slo_tpot", tpot)
     xargs.setdefault("priority", prio)
@@ -120,6 +120,13 @@ def validate_body(path: str, body: object) -> tuple[str, bool, int | None]:
         )
     if not isinstance(model, str) or not model:
         raise bad_request("model must be a non-empty string", code="invalid_value", param="model")
+    xargs = body.get("vllm_xargs")
+    if xargs is not None and not isinstance(xargs, dict):
+        raise bad_request(
+            f"vllm_xargs must be an object, got {type(xargs).__name__}",
+            code="invalid_value",
+            param="vllm_xargs",
+        )
     stream = body.get("stream")
     if stream is None:
         stream = False

@@ -15,9 +15,7 @@ the request on the engine.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import itertools
-import json
 import logging
 import os
 import time
@@ -30,10 +28,12 @@ from ..tokens import DEFAULT_BLOCK_SIZE, block_hashes, prompt_pieces
 from .access_log import access_line, token_events, usage_tokens
 from .access_log import log as access_log
 from .admission import context_refusal
+from .auth import AccessPolicy
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, Upstream
 from .errors import APIError, bad_request
+from .hygiene import Guard
 from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
@@ -47,6 +47,7 @@ from .requests import (
     validate_body,
     with_slo_xargs,
 )
+from .validation import forward_headers, parse_json, read_body
 
 log = logging.getLogger("nexussched.router")
 
@@ -95,13 +96,16 @@ class Router:
             connect=settings.connect_timeout,
             sock_read=settings.idle_timeout,
         )
-        self._bearer = f"Bearer {settings.api_key}".encode() if settings.api_key else None
+        self.access = AccessPolicy(settings.api_key, settings.metrics_api_key)
+        self.guard = Guard(self.access, lambda: self.metrics.count("none", 499))
         self._views: dict[str, tuple[int, Sequence]] = {}
         self._known: tuple[int, set[str]] = (-1, set())
         self._failures: dict[int, str] = {}
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes)
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes, middlewares=[self.guard.middleware]
+        )
         app.router.add_route("*", COMPLETIONS, self._completions)
         app.router.add_route("*", CHAT, self._chat)
         app.router.add_get("/v1/models", self._models)
@@ -113,8 +117,19 @@ class Router:
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         app.on_response_prepare.append(self._tag_response)
         app.on_startup.append(self._startup)
+        app.on_response_prepare.append(Guard.remember_stream)
+        app.on_shutdown.append(self._drain)
         app.on_cleanup.append(self._cleanup)
         return app
+
+    async def _drain(self, app: web.Application) -> None:
+        stopped = await self.guard.drain(self.settings.drain_timeout)
+        if stopped:
+            log.warning(
+                "drain: %d requests still running after %g s were stopped",
+                stopped,
+                self.settings.drain_timeout,
+            )
 
     async def _startup(self, app: web.Application) -> None:
         s = self.settings
@@ -152,10 +167,13 @@ class Router:
             return hit[1]
         bs = self.backends
         serves = [not b.models or model in b.models for b in bs]
-        views: Sequence = (
-            bs if all(serves) else [MaskedView(b, ok) for b, ok in zip(bs, serves, strict=True)]
-        )
-        self._views[model] = (version, views)
+        if all(serves):
+            return bs  # nothing to mask: no cache entry (so a client's string keys nothing)
+        views = [MaskedView(b, ok) for b, ok in zip(bs, serves, strict=True)]
+        if any(serves) and model in self._known_models():  # bounded by the backends' lists
+            if len(self._views) > 4 * len(self._known_models()) + 16:
+                self._views.clear()  # stale versions of renamed models
+            self._views[model] = (version, views)
         return views
 
     def no_backend(self, model: str) -> APIError:
@@ -330,10 +348,9 @@ class Router:
 
     # ---- handlers ----------------------------------------------------------------------------
     def _auth(self, request: web.Request) -> None:
-        if self._bearer is None:
-            return
-        got = request.headers.get("Authorization", "").encode()
-        if not hmac.compare_digest(got, self._bearer):
+        """The API key check (the middleware applies it to every path; the membership admin
+        also calls it for its own routes)."""
+        if not self.access.authorized(request):
             raise APIError(
                 401,
                 "invalid or missing API key (send Authorization: Bearer <key>)",
@@ -354,25 +371,9 @@ class Router:
                 f"{request.method} is not allowed on {path}; use POST",
                 code="method_not_allowed",
             )
-        self._auth(request)
-        limit = self.settings.max_body_bytes
-        cl = request.content_length
-        if cl is not None and cl > limit:
-            raise APIError(
-                413,
-                f"request body of {cl} bytes exceeds the limit of {limit} bytes",
-                code="request_too_large",
-            )
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise APIError(
-                413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
-            ) from None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
+        s = self.settings
+        raw = await read_body(request, s.max_body_bytes, s.body_timeout)
+        body = await parse_json(raw)
         model, stream, max_tokens = validate_body(path, body)
         known = self._known_models()
         if known and model not in known:
@@ -382,7 +383,6 @@ class Router:
                 code="model_not_found",
                 param="model",
             )
-        s = self.settings
         ttft, tpot, prio = parse_slo(request.headers, body, s.default_slo_ttft, s.default_slo_tpot)
         policy = getattr(self.dispatcher, "policy", None)
         prefix: tuple[int, ...] = ()
@@ -404,7 +404,7 @@ class Router:
         if why is not None:
             raise bad_request(why, code="context_length_exceeded", param="messages")
         h = request.headers
-        fwd = {k: h[k] for k in FORWARD_HEADERS if k in h}
+        fwd = forward_headers(h, FORWARD_HEADERS)
         if fwd.keys() - {"x-request-id"} or "slo_ttft" in body or "slo_tpot" in body:
             raw = with_slo_xargs(body, ttft, tpot, prio)
         return ProxyCall(request, path, raw, body, info, stream, model, t0, fwd)
@@ -487,6 +487,9 @@ class Router:
         return web.json_response({"object": "list", "data": self.registry.model_cards()})
 
     async def _health(self, request: web.Request) -> web.Response:
+        """Liveness (open); the backend counts only with the API key when one is set."""
+        if self.access.api_key and not self.access.authorized(request):
+            return web.json_response({"status": "ok"})
         up = self.registry.healthy_count()
         return web.json_response(
             {
