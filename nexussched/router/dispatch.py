@@ -18,6 +18,7 @@ from aiohttp import web
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .errors import APIError
+from .inflight import BackendRuns
 from .policies import RequestInfo
 from .prom import RouterMetrics
 
@@ -70,6 +71,7 @@ class RouterCore(Protocol):
     backends: list[Backend]
     metrics: RouterMetrics
     session: aiohttp.ClientSession | None
+    runs: BackendRuns  # requests running on each backend; stopped when it leaves rotation
 
     def views_for(self, model: str) -> Sequence: ...
 

@@ -34,6 +34,7 @@ from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, Upstream
 from .errors import APIError, bad_request
 from .hygiene import Guard
+from .inflight import BackendRuns
 from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
@@ -96,6 +97,8 @@ class Router:
             connect=settings.connect_timeout,
             sock_read=settings.idle_timeout,
         )
+        self.runs = BackendRuns()  # requests running on each backend (stopped when it leaves)
+        self.registry.on_change.append(self._backend_changed)
         self.access = AccessPolicy(settings.api_key, settings.metrics_api_key)
         self.guard = Guard(self.access, lambda: self.metrics.count("none", 499))
         self._views: dict[str, tuple[int, Sequence]] = {}
@@ -156,6 +159,15 @@ class Router:
         await self.registry.stop()
         if self.session is not None:
             await self.session.close()
+
+    def _backend_changed(self, idx: int, up: bool) -> None:
+        if not up:
+            why = self.backends[idx].down_reason or "out of rotation"
+            n = self.runs.stop(idx, why)
+            if n:
+                log.warning(
+                    "backend %s left rotation: stopping its %d requests", self.backends[idx].name, n
+                )
 
     # ---- primitives for dispatchers ----------------------------------------------------------
     def views_for(self, model: str) -> Sequence:
@@ -222,7 +234,18 @@ class Router:
 
     async def open_upstream(self, call: ProxyCall, idx: int, body: bytes | None = None) -> Upstream:
         """Send the call to backend `idx`; return once the first body bytes (streaming) or the
-        whole body arrived. Raises BackendFailed if the backend failed before that."""
+        whole body arrived. Raises BackendFailed if the backend failed before that (including
+        when it left rotation meanwhile: nothing was sent to the client, so it may go elsewhere)."""
+        with self.runs.running(idx):
+            try:
+                return await self._open_upstream(call, idx, body)
+            except asyncio.CancelledError:
+                why = self.runs.stopped()
+                if why is None:
+                    raise
+                raise BackendFailed(idx, f"left rotation: {why}") from None
+
+    async def _open_upstream(self, call: ProxyCall, idx: int, body: bytes | None) -> Upstream:
         b = self.backends[idx]
         self.registry.sending(idx)
         headers = b.headers if not call.forward_headers else {**b.headers, **call.forward_headers}
@@ -298,28 +321,49 @@ class Router:
             broke: BaseException | None = None
             events = token_events(up.first)
             prev = last = up.first
-            while True:
+            left: str | None = None
+            with self.runs.running(up.idx):
                 try:
-                    chunk = await content.readany()
-                except (
-                    TimeoutError,
-                    aiohttp.ClientConnectionError,
-                    aiohttp.ClientPayloadError,
-                    OSError,
-                ) as e:
-                    broke = e
-                    break
-                if not chunk:
-                    break
-                events += token_events(chunk)
-                prev, last = last, chunk
-                await out.write(chunk)
+                    while True:
+                        try:
+                            chunk = await content.readany()
+                        except (
+                            TimeoutError,
+                            aiohttp.ClientConnectionError,
+                            aiohttp.ClientPayloadError,
+                            OSError,
+                        ) as e:
+                            broke = e
+                            break
+                        if not chunk:
+                            break
+                        events += token_events(chunk)
+                        prev, last = last, chunk
+                        await out.write(chunk)
+                except asyncio.CancelledError:
+                    left = self.runs.stopped()
+                    if left is None:
+                        raise
             used = usage_tokens(last)
             if used is None:
                 used = usage_tokens(prev)
             call.tokens = used if used is not None else events
-            if broke is not None:
-                if isinstance(broke, TimeoutError):  # slow, not dead: no health consequence
+            if left is not None:  # the backend left rotation mid-stream
+                err = APIError(
+                    502, f"backend {name} left rotation mid-stream: {left}", code="backend_failed"
+                )
+                await out.write(err.sse_event())
+                m.count(name, err.status)
+            elif broke is not None:
+                if isinstance(broke, aiohttp.ServerTimeoutError):  # idle past --idle-timeout
+                    self.backend_failed(BackendFailed(up.idx, self._idle_reason()))
+                    err = APIError(
+                        502,
+                        f"backend {name} sent nothing for {self.settings.idle_timeout:g} s "
+                        f"mid-stream (--idle-timeout)",
+                        code="backend_failed",
+                    )
+                elif isinstance(broke, TimeoutError):  # the request's total time limit
                     err = self._timed_out(self.backends[up.idx])
                 else:
                     self.backend_failed(BackendFailed(up.idx, f"{type(broke).__name__}: {broke}"))

@@ -260,7 +260,6 @@ class NodeWorker:
         self.candidates: list[str] = []
         self.load: dict[str, tuple[int, float]] = {}  # splitwise: rid -> (load, since)
         self.warn = _Warn(f"node {self.name}")
-        self.aborted: dict[str, str] = {}  # rid -> why its run was stopped by us
         self._run = asyncio.create_task(self.run())
         self._renew = asyncio.create_task(self.renew_loop())
 
@@ -271,13 +270,6 @@ class NodeWorker:
     def stop(self) -> None:
         """Stop pulling; work in hand finishes (its leases keep being renewed meanwhile)."""
         self._run.cancel()
-
-    def abort_all(self, why: str) -> None:
-        """The engine left rotation: stop every run on it. Each goes back to a queue if its
-        origin has seen none of its events, else ends with an error (see run_on_engine)."""
-        for rid, (_, t) in list(self.held.items()):
-            self.aborted[rid] = why
-            t.cancel()
 
     def halt(self) -> list[Claimed]:
         """Shut down: stop pulling and executing; returns what was held (to give back)."""
@@ -388,7 +380,6 @@ class NodeWorker:
             log.exception("node %s: executing %s failed", self.name, c.rid)
         finally:
             self.held.pop(c.rid, None)
-            self.aborted.pop(c.rid, None)
             self.state.confirm(c.rid)
 
     async def give_back(self, c: Claimed, why: str) -> None:
@@ -453,7 +444,6 @@ class PlaneDispatcher(Dispatcher):
         except PlaneUnavailable as e:
             raise ValueError(str(e)) from None
         self.writers = asyncio.Semaphore(p.writer_parallel)
-        router.registry.on_change.append(self._backend_changed)
         await self._registry_round()
         self._tasks = [asyncio.create_task(self._reader(lane)) for lane in range(p.reader_parallel)]
         self._tasks += [
@@ -484,11 +474,6 @@ class PlaneDispatcher(Dispatcher):
 
     def role_of(self, idx: int) -> str:
         return "mixed"
-
-    def _backend_changed(self, idx: int, up: bool) -> None:
-        w = self.workers.get(idx)
-        if not up and w is not None:
-            w.abort_all(self.router.backends[idx].down_reason or "out of rotation")
 
     def routes(self) -> list[tuple[str, object]]:
         return [("/scheduler", self._view_handler)]
@@ -724,9 +709,10 @@ class PlaneDispatcher(Dispatcher):
         writer = ChunkWriter(self, c, w.worker, w.name, p.t0)
         try:
             try:
-                await self._run_upstream(w, c, p, call, writer)
+                with self.router.runs.running(w.idx):  # the engine leaving rotation stops it
+                    await self._run_upstream(w, c, p, call, writer)
             except asyncio.CancelledError:
-                why = w.aborted.pop(c.rid, None)
+                why = self.router.runs.stopped()
                 if why is None:
                     raise  # lease lost or shutting down
                 await self._run_failed(w, c, writer, f"backend {b.name} left rotation: {why}")

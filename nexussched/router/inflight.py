@@ -1,0 +1,59 @@
+"""Which tasks are running requests on which backend, so that a backend leaving rotation stops
+them at once instead of leaving its clients to wait for a timeout.
+
+A task registers around its upstream work (`running(idx)`); `stop(idx, why)` cancels every task
+registered on that backend and remembers why. The task, catching the CancelledError, asks
+`stopped(task)`: a reason means "your backend left rotation" (retry elsewhere if nothing was sent
+yet, else end with an error), None means a real cancellation (client gone, shutdown) to re-raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class BackendRuns:
+    def __init__(self) -> None:
+        self._on: dict[int, dict[asyncio.Task, int]] = {}  # idx -> task -> nesting depth
+        self._why: dict[asyncio.Task, str] = {}
+
+    @contextmanager
+    def running(self, idx: int) -> Iterator[None]:
+        task = asyncio.current_task()
+        if task is None:
+            yield
+            return
+        on = self._on.setdefault(idx, {})
+        on[task] = on.get(task, 0) + 1  # a task may register again inside (nested calls)
+        try:
+            yield
+        finally:
+            if on[task] <= 1:
+                del on[task]
+            else:
+                on[task] -= 1
+
+    def stop(self, idx: int, why: str) -> int:
+        """Cancel every task running on backend idx; returns how many."""
+        tasks = list(self._on.get(idx, ()))
+        for t in tasks:
+            if not t.done() and t not in self._why:
+                self._why[t] = why
+                t.cancel()
+        return len(tasks)
+
+    def stopped(self, task: asyncio.Task | None = None) -> str | None:
+        """Why `task` (default: the current one) was stopped by stop(); None if it was not. A
+        stopped task is uncancelled here, so it may go on to answer its client."""
+        task = task or asyncio.current_task()
+        if task is None:
+            return None
+        why = self._why.pop(task, None)
+        if why is not None:
+            task.uncancel()
+        return why
+
+    def count(self, idx: int) -> int:
+        return len(self._on.get(idx, ()))
