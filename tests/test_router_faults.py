@@ -77,3 +77,105 @@ async def test_engine_stalled_its_requests_are_stopped_not_left_hanging(
     for x in res:
         if x.error:
             assert "left rotation" in x.error or "failed" in x.error, x.error
+
+
+async def test_sigterm_drains_then_ends_streams_with_an_error_event(spawn, session):
+    """SIGTERM: short streams finish within --drain-timeout; longer ones then get an SSE error
+    event (the openai client raises on it) instead of a cut connection."""
+    e = await asyncio.to_thread(spawn, "engine-sim", "--time-scale", "1")
+    r = await asyncio.to_thread(
+        spawn,
+        "router",
+        "--backend",
+        e.url,
+        "--drain-timeout",
+        "2",
+        "--scrape-interval",
+        "0.05",
+        "--health-interval",
+        "0.1",
+    )
+
+    async def healthy() -> bool:
+        async with session.get(r.url + "/health") as resp:
+            return resp.status == 200
+
+    assert await wait_until(healthy, timeout=20)
+    long = [asyncio.create_task(complete(session, r.url, 3000, timeout=60)) for _ in range(8)]
+    short = [asyncio.create_task(complete(session, r.url, 20, timeout=60)) for _ in range(4)]
+    await asyncio.sleep(0.5)  # all streaming
+    r.proc.send_signal(signal.SIGTERM)
+    res_long = await asyncio.gather(*long)
+    res_short = await asyncio.gather(*short)
+    await asyncio.to_thread(r.proc.wait, 30)
+    t = Tally.of(res_long + res_short, 20)
+    cut = sum(1 for x in res_long if x.error is None)
+    told = sum(1 for x in res_long if x.error and "shut down" in x.error)
+    print(
+        f"REPRO sigterm-8-long-4-short: long_cut={cut} long_told={told} short_served="
+        f"{sum(1 for x in res_short if x.done and len(x.tokens) == 20)} hung={t.hung}"
+    )
+    assert cut == 0 and told == 8, res_long
+    assert all(x.done and len(x.tokens) == 20 for x in res_short), res_short
+    assert r.proc.returncode == 0
+
+
+async def test_restart_with_a_fixed_replica_id(redis_proc, session):
+    """A replica restarted under the same --scheduler-replica-id must not collide with the
+    request ids its previous life left in the plane (was: 500 duplicate)."""
+    from fastdeploy_harness import engine
+
+    e = await engine(max_num_seqs=8, time_scale=0.0)
+    p = SchedulerParams(
+        name="global", port=redis_proc.port, topic="t", keepalive=1.5, lease=1.0,
+        replica_id="fixed-1",
+    ).validate()  # fmt: skip
+    statuses = []
+    try:
+        for _life in range(2):
+            r = await router([e.url], dataclasses.replace(p))
+            try:
+                assert await wait_until(lambda r=r: dispatcher(r).workers)
+                res = await asyncio.gather(*(complete(session, r.url, 5) for _ in range(8)))
+                statuses.append([x.status for x in res])
+            finally:
+                await r.stop()
+    finally:
+        await e.stop()
+    bad = sum(s != 200 for s in statuses[1])
+    print(f"REPRO fixed-replica-restart-8: second_life_not_200={bad}")
+    assert statuses[0] == [200] * 8 and bad == 0, statuses
+
+
+async def test_every_client_disconnect_is_counted_as_499(spawn, session):
+    from fastdeploy_harness import engine
+
+    e = await engine(time_scale=1.0)
+    r = await router([e.url], None)
+    try:
+        rr = r.app["router"]
+        assert await wait_until(lambda: rr.registry.healthy_count() == 1)
+
+        async def leave_early() -> None:
+            body = {"model": "sim-llama-3-8b", "prompt": "x", "max_tokens": 500, "stream": True}
+            async with session.post(r.url + "/v1/completions", json=body) as resp:
+                await resp.content.readany()  # the stream started; now go away
+                resp.close()
+
+        await asyncio.gather(*(leave_early() for _ in range(30)))
+
+        def counted() -> float:
+            text = rr.metrics.render().decode()
+            return sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("nexussched_router_requests_total") and 'status="499"' in line
+            )
+
+        await wait_until(lambda: counted() >= 30, timeout=10)
+        n = counted()
+    finally:
+        await r.stop()
+        await e.stop()
+    print(f"REPRO disconnect-499-30: counted={n:g}")
+    assert n == 30

@@ -68,6 +68,9 @@ GATE_POLL_S = 0.02  # a node whose engine is busy re-checks it this often (no Re
 BELL_WAIT_S = 0.5  # an idle node blocks this long on the bells before looking again
 RESYNC_S = 2.0  # how often the origin checks that Redis still knows its requests
 MAX_ATTEMPTS = 4  # engine failures before a request is answered with an error
+# A replica counts as a dead origin (its queued work dropped) after this many keep-alive periods
+# without renewal: dropping a live origin's work is costly, so it gets more slack than a node.
+ORIGIN_KEEPALIVES = 3
 ATTEMPT_STRIDE = 1 << 20  # attempt ids of successive enqueues of one request never overlap
 
 
@@ -513,7 +516,7 @@ class PlaneDispatcher(Dispatcher):
                 lane_of(rid, p.reader_parallel),
                 p.ttl,
                 attempt0=pend.attempt0,
-                origin_keepalive_s=p.keepalive,
+                origin_keepalive_s=ORIGIN_KEEPALIVES * p.keepalive,
             )
         except ERRORS as e:
             self.warn_enqueue.fail(e)
@@ -799,7 +802,9 @@ class PlaneDispatcher(Dispatcher):
         p = self.params
         reg = self.plane.registry
         backends = self.router.backends
-        await reg.heartbeat_replica(self.replica, p.keepalive, p.reader_parallel)
+        await reg.heartbeat_replica(
+            self.replica, ORIGIN_KEEPALIVES * p.keepalive, p.reader_parallel
+        )
         live = await reg.live_replicas()
         n = len(backends)
         share = math.ceil(n / max(1, len(live)))
@@ -893,7 +898,7 @@ class PlaneDispatcher(Dispatcher):
         for info in await plane.registry.nodes():
             if not info.alive and now - info.ts > p.expire_period:
                 await plane.registry.forget(info.name)
-        for gone in await plane.registry.sweep_replicas(2 * p.keepalive):
+        for gone in await plane.registry.sweep_replicas((ORIGIN_KEEPALIVES + 1) * p.keepalive):
             log.warning("replica %s is gone: deleted its response lists", gone)
 
     # ---- the cluster view -------------------------------------------------------------------

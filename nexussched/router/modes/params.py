@@ -75,6 +75,10 @@ class SchedulerParams:
             raise bad("port", f"{self.port} is out of range")
         if self.db < 0:
             raise bad("db", f"must be >= 0, got {self.db}")
+        try:
+            self.redis  # noqa: B018 - parses a cluster spec
+        except ValueError as e:
+            raise bad("host", str(e)) from None
         if not self.topic or any(c in self.topic for c in "{}: \t\n"):
             raise bad(
                 "topic", f"must be non-empty without braces, colons or spaces: {self.topic!r}"
@@ -97,7 +101,7 @@ class SchedulerParams:
 
     @property
     def redis(self) -> RedisAddress:
-        return RedisAddress(self.host, self.port, self.db, self.password)
+        return RedisAddress.parse(self.host, self.port, self.db, self.password)
 
 
 _HELP = {
@@ -105,7 +109,8 @@ _HELP = {
     "(prefill/decode); unset: route with --policy",
     "max_size": "local: max queued + unfinished requests per node, -1 unbounded (HTTP 429 beyond)",
     "ttl": "seconds a request may live before it is expired (the client gets an error)",
-    "host": "Redis host (global, splitwise)",
+    "host": "Redis host (global, splitwise); a Redis Cluster as seed nodes h1:p1,h2:p2 or "
+    "redis+cluster://h1:p1,h2:p2",
     "port": "Redis port",
     "db": "Redis database",
     "password": "Redis password",
