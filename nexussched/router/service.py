@@ -161,13 +161,19 @@ class Router:
             await self.session.close()
 
     def _backend_changed(self, idx: int, up: bool) -> None:
-        if not up:
-            why = self.backends[idx].down_reason or "out of rotation"
-            n = self.runs.stop(idx, why)
-            if n:
-                log.warning(
-                    "backend %s left rotation: stopping its %d requests", self.backends[idx].name, n
-                )
+        """A backend found dead (health or scrapes failing) stops the requests running on it. One
+        removed by an operator drains instead, and a circuit breaker's decisions (open after
+        failed answers, half-open for a trial request) leave requests in flight alone."""
+        if up:
+            return
+        why = self.backends[idx].down_reason or "out of rotation"
+        if why == "removed" or why.startswith("circuit"):
+            return
+        n = self.runs.stop(idx, why)
+        if n:
+            log.warning(
+                "backend %s left rotation: stopping its %d requests", self.backends[idx].name, n
+            )
 
     # ---- primitives for dispatchers ----------------------------------------------------------
     def views_for(self, model: str) -> Sequence:
