@@ -489,9 +489,17 @@ class Prism(RoutingPolicy):
                     f"predicted TTFT {t:.2f}s exceeds the {req.slo_ttft:.2f}s SLO on every engine",
                     max(cfg.retry_after, t - req.slo_ttft),
                 )
-        if best >= 0:
+        if best >= 0 and not (
+            hits is not None
+            and self.holds
+            and wait_best >= 0
+            and wait_t < best_t
+            and hits[wait_best] - hits[best] >= 0.25 * P
+        ):
             self._bind(r, best, now)
             return best
+        # (an engine without room now that holds much more of its prefix would still serve it
+        # sooner: it waits at the router for that engine, which _waits_for_home keeps it for)
         if not self.holds:
             self._bind(r, wait_best, now)
             return wait_best
@@ -574,7 +582,11 @@ class Prism(RoutingPolicy):
                     self._hopeless.append((r.key, r.prompt, r))
                     continue
                 seen += 1
-                if self._room(e, r, now) and now + self._ttft(e, r, now) * margin <= r.deadline:
+                if (
+                    self._room(e, r, now)
+                    and now + self._ttft(e, r, now) * margin <= r.deadline
+                    and not self._waits_for_home(r, idx, now)
+                ):
                     pick = j
                     break
                 j += 1
@@ -602,6 +614,19 @@ class Prism(RoutingPolicy):
             self._bind(r, idx, now)
             out.append(r.info)
         return out
+
+    def _waits_for_home(self, r: _Req, idx: int, now: float) -> bool:
+        """Whether held r should rather wait for the engine holding much more of its prefix:
+        sent here it would recompute that prefix (work every other request then waits behind),
+        and its home is predicted to still serve it within its TTFT SLO, with `slack` to spare."""
+        h = r.hits
+        if h is None or not self.cfg.prefix_aware:
+            return False
+        home = max(range(len(h)), key=h.__getitem__)
+        if home == idx or h[home] - (h[idx] if idx < len(h) else 0) < 0.25 * r.prompt:
+            return False
+        eh = self._eng[home]
+        return now + self._ttft(eh, r, now) * self.cfg.ttft_margin + self.cfg.slack <= r.deadline
 
     def _pick_hopeless(self, e: _Engine) -> int:
         """The smallest late request this engine can hold (among the oldest few)."""

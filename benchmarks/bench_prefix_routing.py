@@ -1,0 +1,190 @@
+"""Prefix-heavy routing: goodput and prefix-cache hit rate per router, on LENS and vLLM-default
+engines (issue 12's bars).
+
+For each scenario and engine policy, every router's goodput (the highest rate scale x the
+trace's rate at which >= 90% of requests meet both SLOs in a stable run, by the eval's goodput
+sweep) under the live view, and its prefix-cache hit rate (cached / queried prompt tokens, vLLM's
+counters) at the common rate scale `--at`. prefix_oracle (real cache contents, oracle view) and
+the trace's reuse bound (an infinite cache shared by all engines) are the hit-rate references.
+The bars: prism's goodput over the best other real router's (prefix_oracle excluded), per engine
+policy. Prints one table per scenario and the bars.
+
+    python benchmarks/bench_prefix_routing.py                  # sessions, mooncake, heterogeneous
+    python benchmarks/bench_prefix_routing.py --scenario sessions --iters 3 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nexussched.eval.information import Information  # noqa: E402
+from nexussched.eval.replay import SimSetup, simulate  # noqa: E402
+from nexussched.eval.sweep import goodput_sweep  # noqa: E402
+from nexussched.sim import parse_cluster  # noqa: E402
+from nexussched.sim.prefix_cache import block_chain  # noqa: E402
+from nexussched.traces import Trace, head, load_trace  # noqa: E402
+
+ROUTERS = ("round_robin", "least_load", "llmd_weighted", "sglang_cache_aware", "prism")
+ORACLE = "prefix_oracle"
+ENGINES = ("lens", "vllm_default")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    trace: str
+    n: int
+    cluster: str
+    slo_ttft: float
+    slo_tpot: float
+    at: float  # rate scale for the hit-rate column (and the sweep's start)
+
+
+CASES = {
+    "sessions": Case("sessions", "synthetic:sessions,n=1200,seed=2", 1200, "a100:4", 2.0, 0.1, 2.0),
+    "mooncake": Case("mooncake", "mooncake-conv", 1000, "a100:4", 10.0, 0.1, 1.0),
+    # the report's heterogeneous scenario (azure-conv on fast, medium and slow engines), shorter
+    "heterogeneous": Case(
+        "heterogeneous", "azure-conv", 1500, "h100:2,a100:4,l4:2", 2.0, 0.1, 11.0
+    ),
+    # prefix-heavy work on a heterogeneous cluster
+    "sessions-hetero": Case(
+        "sessions-hetero",
+        "synthetic:sessions,n=1200,seed=2",
+        1200,
+        "h100:1,a100:2,l4:1",
+        2.0,
+        0.1,
+        2.0,
+    ),
+}
+
+
+def reuse_bound(trace: Trace, block: int = 16) -> float:
+    """Share of prompt tokens an infinite cache shared by every engine could serve."""
+    seen: set[int] = set()
+    hit = tot = 0
+    for r in trace.requests:
+        ch = block_chain(r.prefix_hashes, r.prefix_block, r.prompt_tokens + r.output_tokens, block)
+        pr = ch[: max(0, r.prompt_tokens - 1) // block]
+        k = 0
+        while k < len(pr) and pr[k] in seen:
+            k += 1
+        hit += k * block
+        tot += r.prompt_tokens
+        seen.update(ch)
+    return hit / tot if tot else 0.0
+
+
+def _trace(case: Case) -> Trace:
+    return head(load_trace(case.trace), case.n)
+
+
+def _setup(case: Case, view: str) -> SimSetup:
+    return SimSetup(
+        parse_cluster(case.cluster), case.slo_ttft, case.slo_tpot, 0, info=Information(view=view)
+    )
+
+
+def run_pair(case: Case, policy: str, engine: str, iters: int) -> dict:
+    trace = _trace(case)
+    view = "oracle" if policy == ORACLE else "live"
+    setup = _setup(case, view)
+
+    def run(scale: float) -> dict:
+        return simulate(trace, setup, policy, engine, scale).summary
+
+    t0 = time.perf_counter()
+    at = run(case.at)
+    sw = goodput_sweep(run, start=case.at, iters=iters)
+    good = sw.goodput_scale * trace.rate if sw.goodput_scale is not None else 0.0
+    return {
+        "case": case.name,
+        "policy": policy,
+        "engine": engine,
+        "view": view,
+        "goodput_rps": good,
+        "goodput_scale": sw.goodput_scale,
+        "hit_rate": at.get("prefix_hit_rate"),
+        "attainment_at": at["slo_attainment"],
+        "stable_at": at.get("stable"),
+        "rate_at": at["rate_rps"],
+        "points": len(sw.points),
+        "wall_s": time.perf_counter() - t0,
+    }
+
+
+def _job(args: tuple) -> dict:
+    return run_pair(*args)
+
+
+def bars(rows: list[dict]) -> dict:
+    out = {}
+    for eng in ENGINES:
+        mine = next((r for r in rows if r["policy"] == "prism" and r["engine"] == eng), None)
+        others = [r for r in rows if r["engine"] == eng and r["policy"] not in ("prism", ORACLE)]
+        if mine is None or not others:
+            continue
+        best = max(others, key=lambda r: r["goodput_rps"])
+        ratio = mine["goodput_rps"] / best["goodput_rps"] if best["goodput_rps"] else None
+        out[eng] = {"prism": mine["goodput_rps"], "best_other": best["policy"],
+                    "best_other_rps": best["goodput_rps"], "ratio": ratio}  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--scenario", default="all", help=f"{', '.join(CASES)} or all (comma list ok)")
+    ap.add_argument("--iters", type=int, default=3, help="bisection steps of each goodput sweep")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--no-oracle", action="store_true", help="skip prefix_oracle")
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--json", default=None, help="also write the rows here")
+    args = ap.parse_args(argv)
+    names = list(CASES) if args.scenario == "all" else args.scenario.split(",")
+    bad = [n for n in names if n not in CASES]
+    if bad:
+        ap.error(f"unknown scenario(s) {', '.join(bad)}; known: {', '.join(CASES)}")
+    engines = [e for e in args.engines.split(",") if e]
+    policies = list(ROUTERS) + ([] if args.no_oracle else [ORACLE])
+    jobs = [(CASES[n], p, e, args.iters) for n in names for e in engines for p in policies]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        rows = list(pool.map(_job, jobs))
+    result = {}
+    for n in names:
+        case = CASES[n]
+        tr = _trace(case)
+        bound = reuse_bound(tr)
+        print(f"\n== {n}: {case.trace} (first {case.n}), {case.cluster}, TTFT {case.slo_ttft}s "
+              f"TPOT {case.slo_tpot}s; trace rate {tr.rate:.2f}/s; hit rate at {case.at}x; "
+              f"reuse bound {bound:.1%}")  # fmt: skip
+        print(f"{'router':20s} {'engine':13s} {'goodput/s':>10s} {'hit@at':>8s} {'SLO@at':>8s}")
+        mine = [r for r in rows if r["case"] == n]
+        for r in mine:
+            hit = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}"
+            name = r["policy"] + (" (oracle)" if r["view"] == "oracle" else "")
+            print(f"{name:20s} {r['engine']:13s} {r['goodput_rps']:10.2f} {hit:>8s} "
+                  f"{r['attainment_at']:8.1%}")  # fmt: skip
+        b = bars(mine)
+        for eng, v in b.items():
+            ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
+            print(f"bar ({eng}): prism {v['prism']:.2f}/s vs best other {v['best_other']} "
+                  f"{v['best_other_rps']:.2f}/s = {ratio} (target 1.30x)")  # fmt: skip
+        result[n] = {"reuse_bound": bound, "rows": mine, "bars": b}
+    print(f"\n{len(jobs)} sweeps in {time.perf_counter() - t0:.0f} s wall")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
