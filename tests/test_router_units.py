@@ -197,7 +197,7 @@ def test_stated_slos_are_forwarded_in_vllm_xargs_for_the_engine_plugin():
     import json
 
     from nexussched.router.requests import with_slo_xargs
-    from nexussched.sim.server import _slo
+    from nexussched.sim.server_requests import slo_hints as _slo
 
     body = {"model": "m", "prompt": "x", "vllm_xargs": {"other": 1, "slo_tpot": 0.02}}
     fwd = json.loads(with_slo_xargs(body, 0.5, 0.05, 2))

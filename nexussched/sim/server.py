@@ -27,13 +27,10 @@ import time
 import uuid
 import warnings
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import generate_latest
 
 from ..aio import serve_app
 from ..engine_sched import make_engine_policy
@@ -41,144 +38,17 @@ from ..engine_sched.publish import Publisher
 from ..engine_sched.telemetry import PLUGIN_DRIFT_RATIO, PLUGIN_DRIFT_WINDOW, StepSink
 from ..perfmodel.model import PerfModel, PerfModelConfig
 from ..perfmodel.telemetry import StepRecord
-from ..tokens import block_hashes, message_tokens, prompt_pieces, text_tokens
+from ..tokens import block_hashes, prompt_pieces
 from .engine import EngineConfig, EngineSim
 from .hardware import get_profile
 from .request import OUTPUT_TOKENS_XARG, SimRequest
+from .server_config import ServerConfig
+from .server_metrics import EngineCollector, ServerMetrics
+from .server_requests import BadRequest, count_prompt_tokens, slo_hints
+from .server_responses import TOKEN_JSON, completion_json, stream_frames
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAST_SLICE_S = 0.005  # fast mode: longest stretch of simulation between event-loop turns
-
-# Synthetic output vocabulary (pre-encoded as JSON strings for the streaming hot path).
-_WORDS = (
-    "the of and to in is that for it as with was on be at by this had not are but from or have "
-    "an they which one you were all we her she there would their will when who him been has more "
-    "if no out so said what up its about than into them can only other new some could time these"
-).split()
-_TOK = [json.dumps(" " + w).encode() for w in _WORDS]
-_TOK_TEXT = [" " + w for w in _WORDS]
-
-
-@dataclass
-class ServerConfig:
-    profile: str = "a100"
-    models: tuple[str, ...] = ("sim-llama-3-8b",)
-    name: str = ""  # engine name in telemetry/metrics (default: profile-port)
-    time_scale: float = 1.0  # wall seconds per simulated second; 0 = fast mode
-    seed: int = 0
-    engine_policy: str = "vllm_default"
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    num_blocks: int | None = None
-    max_model_len: int = 131072
-    enable_prefix_caching: bool = True  # vLLM V1's automatic prefix caching (prompt blocks)
-    default_max_tokens: int = 16  # OpenAI's completions default
-    eos_mean: float = 0.0  # mean natural output length without ignore_eos; 0: never stop early
-    slo_ttft: float = 2.0  # defaults for requests stating none (seconds)
-    slo_tpot: float = 0.1
-    telemetry_out: str | None = None
-    telemetry_keep: int = 100_000  # records kept for GET /telemetry
-    # disaggregated prefill (vLLM's kv_transfer_params): a decode request's prompt KV arrives
-    # from the prefill engine over a link of this many GB/s before it can run
-    kv_link_gbs: float = 25.0
-    max_body_bytes: int = 16 * 2**20
-    # the telemetry plane: publish step records, load snapshots and a fitted model to Redis, as
-    # the vLLM plug-in does (engine_sched/publish.py); `addr` is host:port, set by run_server
-    redis_url: str | None = None
-    topic: str = "default"
-    addr: str | None = None
-
-    def validate(self) -> ServerConfig:
-        get_profile(self.profile)
-        if not (self.time_scale >= 0 and math.isfinite(self.time_scale)):
-            raise ValueError(f"--time-scale must be >= 0, got {self.time_scale}")
-        if not self.models or not all(self.models):
-            raise ValueError("at least one non-empty --model name is needed")
-        if self.default_max_tokens <= 0 or self.max_model_len <= 0 or self.telemetry_keep <= 0:
-            raise ValueError(
-                "--default-max-tokens, --max-model-len and the telemetry buffer must be positive"
-            )
-        if self.eos_mean < 0:
-            raise ValueError("--eos-mean must be >= 0")
-        return self
-
-
-class _BadRequest(Exception):
-    def __init__(
-        self, status: int, message: str, code: str | None = None, param: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-
-    def response(self) -> web.Response:
-        typ = {404: "NotFoundError", 413: "RequestTooLarge"}.get(self.status, "BadRequestError")
-        body = {
-            "error": {
-                "message": self.message,
-                "type": typ,
-                "param": self.param,
-                "code": self.code or self.status,
-            }
-        }
-        return web.Response(
-            status=self.status, body=json.dumps(body).encode(), content_type="application/json"
-        )
-
-
-def count_prompt_tokens(body: dict, chat: bool) -> int:
-    """The engine's deterministic tokenizer: ~4 characters per token; token ids count as given."""
-    if chat:
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise _BadRequest(400, "messages must be a non-empty list", param="messages")
-        n = 0
-        for m in msgs:
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise _BadRequest(400, "each message needs a role", param="messages")
-            n += message_tokens(m)
-        return max(1, n)
-    p = body.get("prompt")
-    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
-        p = p[0]  # a batch of one
-    if isinstance(p, str):
-        return max(1, text_tokens(p))
-    if isinstance(p, list) and p and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
-        return len(p)
-    if isinstance(p, list) and len(p) > 1 and all(isinstance(x, str | list) for x in p):
-        raise _BadRequest(400, "engine-sim serves one prompt per request", param="prompt")
-    raise _BadRequest(400, "prompt must be a string or a list of token ids", param="prompt")
-
-
-def _slo(headers, body: dict, dttft: float, dtpot: float) -> tuple[float, float, int]:
-    """Lenient: an engine ignores SLO hints it cannot read."""
-
-    def num(v) -> float | None:
-        try:
-            x = float(v)
-        except (TypeError, ValueError):
-            return None
-        return x if x > 0 and math.isfinite(x) else None
-
-    xargs = body.get("vllm_xargs")
-    if isinstance(xargs, dict):  # what a router forwards for vLLM's scheduler plug-in
-        body = {**xargs, **body}
-    ttft = num(body.get("slo_ttft"))
-    if ttft is None:
-        h = num(headers.get("x-slo-ttft-ms"))
-        ttft = h / 1000.0 if h is not None else dttft
-    tpot = num(body.get("slo_tpot"))
-    if tpot is None:
-        h = num(headers.get("x-slo-tpot-ms"))
-        tpot = h / 1000.0 if h is not None else dtpot
-    prio = body.get("priority", headers.get("x-priority", 0))
-    try:
-        prio = int(prio)
-    except (TypeError, ValueError):
-        prio = 0
-    return ttft, tpot, prio
 
 
 class _Gen:
@@ -200,71 +70,6 @@ class _Gen:
         f = self.fut
         if f is not None and not f.done():
             f.set_result(None)
-
-
-class _EngineCollector(Collector):
-    def __init__(self, server: EngineServer) -> None:
-        self.s = server
-
-    def collect(self):
-        s = self.s
-        e = s.engine
-        labels = ["model_name", "engine"]
-        lv = [s.cfg.models[0], "0"]
-        for name, doc, v in (
-            (
-                "vllm:num_requests_running",
-                "Number of requests in model execution batches.",
-                e.num_running,
-            ),
-            (
-                "vllm:num_requests_waiting",
-                "Number of requests waiting to be processed.",
-                e.num_waiting,
-            ),
-            ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", e.kv_usage),
-        ):
-            g = GaugeMetricFamily(name, doc, labels=labels)
-            g.add_metric(lv, v)
-            yield g
-        # vLLM exports its cache configuration as an info gauge (value 1, values in labels)
-        cfg = {
-            "block_size": str(e.block_size),
-            "cache_dtype": "auto",
-            "enable_prefix_caching": "False",
-            "gpu_memory_utilization": str(e.profile.gpu_mem_util),
-            "num_cpu_blocks": "None",
-            "num_gpu_blocks": str(e.total_blocks),
-        }
-        g = GaugeMetricFamily(
-            "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", labels=list(cfg)
-        )
-        g.add_metric(list(cfg.values()), 1.0)
-        yield g
-        c = CounterMetricFamily(
-            "vllm:num_preemptions", "Cumulative number of preemptions.", labels=labels
-        )
-        c.add_metric(lv, e.preemptions)
-        yield c
-        # vLLM V1's prefix-cache counters (tokens queried / served from cache at admission)
-        for name, doc, v in (
-            (
-                "vllm:prefix_cache_queries",
-                "Prefix cache queries, in terms of number of queried tokens.",
-                e.prefix_cache_queries,
-            ),
-            (
-                "vllm:prefix_cache_hits",
-                "Prefix cache hits, in terms of number of cached tokens.",
-                e.prefix_cache_hits,
-            ),
-        ):
-            c = CounterMetricFamily(name, doc, labels=labels)
-            c.add_metric(lv, v)
-            yield c
-        c = CounterMetricFamily("nexussched_sim_steps", "Engine steps simulated.", labels=labels)
-        c.add_metric(lv, e.steps)
-        yield c
 
 
 class EngineServer:
@@ -312,55 +117,10 @@ class EngineServer:
             pub = Publisher(cfg.redis_url, cfg.topic, self.name, cfg.addr)
             self.sink = StepSink(model.observe, lambda: model, self._load, None, pub)
         self._created = int(time.time())
-        reg = CollectorRegistry(auto_describe=False)
-        self.registry = reg
-        lab = ["model_name"]
-        m = cfg.models[0]
-        self._m_prompt = Counter(
-            "vllm:prompt_tokens", "Prefill tokens processed.", lab, registry=reg
-        ).labels(m)
-        self._m_gen = Counter(
-            "vllm:generation_tokens", "Generation tokens processed.", lab, registry=reg
-        ).labels(m)
-        self._m_success = Counter(
-            "vllm:request_success",
-            "Finished requests.",
-            ["model_name", "finished_reason"],
-            registry=reg,
-        )
-        self._m_success_by = {r: self._m_success.labels(m, r) for r in ("length", "stop", "abort")}
-        b = (
-            0.001,
-            0.005,
-            0.01,
-            0.02,
-            0.04,
-            0.06,
-            0.08,
-            0.1,
-            0.25,
-            0.5,
-            0.75,
-            1.0,
-            2.5,
-            5.0,
-            7.5,
-            10.0,
-            20.0,
-            40.0,
-            80.0,
-        )
-        self._m_ttft = Histogram(
-            "vllm:time_to_first_token_seconds", "TTFT (wall seconds).", lab, buckets=b, registry=reg
-        ).labels(m)
-        self._m_e2e = Histogram(
-            "vllm:e2e_request_latency_seconds",
-            "E2E latency (wall seconds).",
-            lab,
-            buckets=b,
-            registry=reg,
-        ).labels(m)
-        reg.register(_EngineCollector(self))
+        met = ServerMetrics(cfg.models[0], EngineCollector(self))
+        self.registry = met.registry
+        self._m_prompt, self._m_gen, self._m_success_by = met.prompt, met.gen, met.success_by
+        self._m_ttft, self._m_e2e = met.ttft, met.e2e
 
     # ---- clock and engine loop ---------------------------------------------------------------
     def now(self) -> float:
@@ -500,44 +260,42 @@ class EngineServer:
     async def _read(self, request: web.Request) -> dict:
         limit = self.cfg.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
-            raise _BadRequest(413, f"request body exceeds {limit} bytes")
+            raise BadRequest(413, f"request body exceeds {limit} bytes")
         try:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise _BadRequest(413, f"request body exceeds {limit} bytes") from None
+            raise BadRequest(413, f"request body exceeds {limit} bytes") from None
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
-            raise _BadRequest(400, f"invalid JSON: {e}") from None
+            raise BadRequest(400, f"invalid JSON: {e}") from None
         if not isinstance(body, dict):
-            raise _BadRequest(400, "request body must be a JSON object")
+            raise BadRequest(400, "request body must be a JSON object")
         return body
 
     def _admit(self, request: web.Request, body: dict, chat: bool) -> tuple[_Gen, str, str]:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise _BadRequest(400, "you must provide a model parameter", param="model")
+            raise BadRequest(400, "you must provide a model parameter", param="model")
         if model not in self.models:
-            raise _BadRequest(404, f"The model `{model}` does not exist.", param="model")
+            raise BadRequest(404, f"The model `{model}` does not exist.", param="model")
         n = body.get("n", 1)
         if n != 1:
-            raise _BadRequest(400, "engine-sim supports n=1 only", param="n")
+            raise BadRequest(400, "engine-sim supports n=1 only", param="n")
         stream = body.get("stream") or False
         if not isinstance(stream, bool):
-            raise _BadRequest(400, "stream must be a boolean", param="stream")
+            raise BadRequest(400, "stream must be a boolean", param="stream")
         mt = body.get("max_tokens")
         if mt is None and chat:
             mt = body.get("max_completion_tokens")
         if mt is None:
             mt = self.cfg.default_max_tokens
         if isinstance(mt, bool) or not isinstance(mt, int) or mt <= 0:
-            raise _BadRequest(
-                400, f"max_tokens must be at least 1, got {mt!r}.", param="max_tokens"
-            )
+            raise BadRequest(400, f"max_tokens must be at least 1, got {mt!r}.", param="max_tokens")
         prompt = count_prompt_tokens(body, chat)
         limit = self.engine.max_model_len
         if prompt + mt > limit:
-            raise _BadRequest(
+            raise BadRequest(
                 400,
                 f"This model's maximum context length is {limit} tokens. "
                 f"However, you requested {prompt + mt} tokens ({prompt} in the "
@@ -560,7 +318,7 @@ class EngineServer:
         forced = xa.get(OUTPUT_TOKENS_XARG) if isinstance(xa, dict) else None
         if forced is not None:
             if isinstance(forced, bool) or not isinstance(forced, int) or forced < 1:
-                raise _BadRequest(
+                raise BadRequest(
                     400,
                     f"vllm_xargs.{OUTPUT_TOKENS_XARG} must be a positive integer, got {forced!r}",
                     param="vllm_xargs",
@@ -568,10 +326,10 @@ class EngineServer:
             out = min(forced, mt)
             reason = "length" if out == mt else "stop"
         if not self.engine.fits(prompt, mt):
-            raise _BadRequest(
+            raise BadRequest(
                 400, f"prompt of {prompt} tokens does not fit in the KV cache", param="prompt"
             )
-        ttft, tpot, prio = _slo(request.headers, body, self.cfg.slo_ttft, self.cfg.slo_tpot)
+        ttft, tpot, prio = slo_hints(request.headers, body, self.cfg.slo_ttft, self.cfg.slo_tpot)
         r = SimRequest(next(self._ids), self.now(), prompt, out, ttft, tpot, prio, max_tokens=mt)
         if self.engine.cache is not None:
             # the prompt's full blocks, named as the router's prefix index names them
@@ -610,7 +368,7 @@ class EngineServer:
         try:
             body = await self._read(request)
             g, model, reason = self._admit(request, body, chat)
-        except _BadRequest as e:
+        except BadRequest as e:
             return e.response()
         r = g.req
         try:
@@ -622,42 +380,9 @@ class EngineServer:
             self._abort(g)
             raise
         self._finished(g, reason, t0, t0)
-        text = "".join(_TOK_TEXT[(r.id * 13 + j * 7) % len(_TOK_TEXT)] for j in range(r.output))
-        usage = {
-            "prompt_tokens": r.prompt,
-            "total_tokens": r.prompt + r.output,
-            "completion_tokens": r.output,
-            "prompt_tokens_details": {"cached_tokens": r.cached}
-            if self.engine.cache is not None
-            else None,
-        }
-        if chat:
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text, "tool_calls": []},
-                "logprobs": None,
-                "finish_reason": reason,
-                "stop_reason": None,
-            }
-            obj, rid = "chat.completion", f"chatcmpl-{g.uid}"
-        else:
-            choice = {
-                "index": 0,
-                "text": text,
-                "logprobs": None,
-                "finish_reason": reason,
-                "stop_reason": None,
-                "prompt_logprobs": None,
-            }
-            obj, rid = "text_completion", f"cmpl-{g.uid}"
-        out = {
-            "id": rid,
-            "object": obj,
-            "created": g.created,
-            "model": model,
-            "choices": [choice],
-            "usage": usage,
-        }
+        out = completion_json(
+            r, g.uid, g.created, model, reason, chat, self.engine.cache is not None
+        )
         kvp = body.get("kv_transfer_params")
         if isinstance(kvp, dict) and kvp.get("do_remote_decode"):
             # as vLLM's disaggregated-prefill connectors: where the decode engine finds the KV
@@ -695,22 +420,7 @@ class EngineServer:
     ) -> web.StreamResponse:
         opts = body.get("stream_options")
         usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
-        rid = f"chatcmpl-{g.uid}" if chat else f"cmpl-{g.uid}"
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        head = (
-            f'{{"id":"{rid}","object":"{obj}","created":{g.created},'
-            f'"model":{json.dumps(model)},"choices":['
-        )
-        if chat:
-            pre = ("data: " + head + '{"index":0,"delta":{"content":').encode()
-            mid = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-            last = ('},"logprobs":null,"finish_reason":"' + reason + '"}]}\n\n').encode()
-        else:
-            pre = ("data: " + head + '{"index":0,"text":').encode()
-            mid = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
-            last = (
-                ',"logprobs":null,"finish_reason":"' + reason + '","stop_reason":null}]}\n\n'
-            ).encode()
+        head, pre, mid, last = stream_frames(g.uid, g.created, model, reason, chat)
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -747,7 +457,7 @@ class EngineServer:
             )
         n_out = r.output
         base = r.id * 13
-        nv = len(_TOK)
+        nv = len(TOKEN_JSON)
         t_first = 0.0
         while True:
             gen = r.generated
@@ -757,7 +467,7 @@ class EngineServer:
                 parts = []
                 for j in range(g.seen, gen):
                     parts.append(pre)
-                    parts.append(_TOK[(base + j * 7) % nv])
+                    parts.append(TOKEN_JSON[(base + j * 7) % nv])
                     parts.append(last if j == n_out - 1 else mid)
                 g.seen = gen
                 await resp.write(b"".join(parts))
@@ -814,7 +524,7 @@ class EngineServer:
             since = int(request.query.get("since", "0"))
             limit = int(request.query.get("limit", "10000"))
         except ValueError:
-            return _BadRequest(400, "since and limit must be integers").response()
+            return BadRequest(400, "since and limit must be integers").response()
         total = self.telemetry_total
         base = total - len(self._tele)
         start = min(max(since, base, 0), total)
@@ -838,10 +548,10 @@ class EngineServer:
             f = float(body.get("factor"))
             if not (f > 0 and math.isfinite(f)):
                 raise ValueError
-        except _BadRequest as e:
+        except BadRequest as e:
             return e.response()
         except (TypeError, ValueError):
-            return _BadRequest(400, "factor must be a positive number").response()
+            return BadRequest(400, "factor must be a positive number").response()
         self.engine.set_speed(f)
         return web.json_response({"speed": self.engine.profile.speed})
 
