@@ -1,10 +1,14 @@
 """Router overhead: TTFT through the router vs straight to the same engine-sim, 64 streams.
 
-One engine-sim (a100 profile, real time) and one router in front of it. A separate client process
-keeps C streaming requests in flight (closed loop) and measures TTFT at the first content chunk.
-Phases alternate (direct, router, direct, router, ...) so drift in machine load hits both sides.
+One engine-sim (a100 profile, real time) and one router per policy in front of it. A separate
+client process keeps C streaming requests in flight (closed loop) and measures TTFT at the first
+content chunk. Phases cycle (direct, router with each policy, direct, ...) so drift in machine load
+hits every side. With `--engines N` (N > 1) there is no "direct": the routers front N equal
+engine-sims and are compared with round robin (the tail on equal engines). PRISM runs as deployed
+(`--mode prism`, learning from the engines' step telemetry).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_overhead.py [--streams 64] [--phases 4]
+        [--policies round_robin,least_load,prism] [--engines 1]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from _procs import free_port, start, stop, wait_http  # noqa: E402
 async def _stream_loop(
     session,
     url: str,
-    bodies: list[bytes],
+    bodies: list[tuple[int, int]],
     seed: int,
     stop_at: float,
     t_warm: float,
@@ -38,7 +42,19 @@ async def _stream_loop(
     rng = random.Random(seed)
     await asyncio.sleep(rng.uniform(0, 1.0))  # stagger the streams so they do not move in waves
     while time.monotonic() < stop_at:
-        body = bodies[rng.randrange(len(bodies))]
+        n, mt = bodies[rng.randrange(len(bodies))]
+        # a distinct first token: no two prompts share a prefix (an engine with prefix caching
+        # would otherwise serve repeats from cache)
+        prompt = [rng.randrange(1000, 30000)] + [7] * (n - 1)
+        body = json.dumps(
+            {
+                "model": "sim-llama-3-8b",
+                "prompt": prompt,
+                "max_tokens": mt,
+                "ignore_eos": True,
+                "stream": True,
+            }  # fmt: skip
+        ).encode()
         t0 = time.monotonic()
         try:
             async with session.post(
@@ -69,15 +85,10 @@ async def _client(
     # prompt and output lengths vary (x0.5 .. x1.5) so the closed loop does not synchronise
     rng = random.Random(1)
     bodies = [
-        json.dumps(
-            {
-                "model": "sim-llama-3-8b",
-                "prompt": [7] * max(1, int(prompt * rng.uniform(0.5, 1.5))),
-                "max_tokens": max(1, int(tokens * rng.uniform(0.5, 1.5))),
-                "ignore_eos": True,
-                "stream": True,
-            }
-        ).encode()
+        (
+            max(1, int(prompt * rng.uniform(0.5, 1.5))),
+            max(1, int(tokens * rng.uniform(0.5, 1.5))),
+        )
         for _ in range(32)
     ]
     url = f"http://127.0.0.1:{port}/v1/completions"
@@ -141,45 +152,78 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=64, help="mean output tokens")
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--profile", default="a100")
+    p.add_argument("--policies", default="round_robin", help="comma-separated router policies")
+    p.add_argument("--engines", type=int, default=1, help="equal engine-sims behind each router")
     a = p.parse_args()
-    ep, rp = free_port(), free_port()
-    procs = [start(["engine-sim", "--profile", a.profile, "--time-scale", str(a.time_scale)], ep)]
-    res: dict[str, list[float]] = {"direct": [], "router": []}
-    errs = {"direct": 0, "router": 0}
-    phase_p50: list[float] = []
+    policies = [x for x in a.policies.split(",") if x]
+    if a.engines < 1 or not policies:
+        raise SystemExit("--engines must be >= 1 and --policies non-empty")
+    eps = [free_port() for _ in range(a.engines)]
+    procs = [
+        start(
+            [
+                "engine-sim",
+                "--profile",
+                a.profile,
+                "--time-scale",
+                str(a.time_scale),
+                "--seed",
+                str(k),
+            ],
+            ep,
+        )  # fmt: skip
+        for k, ep in enumerate(eps)
+    ]
+    sides: list[tuple[str, int]] = [("direct", eps[0])] if a.engines == 1 else []
     try:
-        wait_http(f"http://127.0.0.1:{ep}/health")
-        procs.append(start(["router", "--backend", f"http://127.0.0.1:{ep}"], rp))
-        wait_http(f"http://127.0.0.1:{rp}/health")
-        for i in range(a.phases):
-            side, port = ("direct", ep) if i % 2 == 0 else ("router", rp)
+        for ep in eps:
+            wait_http(f"http://127.0.0.1:{ep}/health")
+        for pol in policies:
+            rp = free_port()
+            mode = ["--mode", "prism"] if pol == "prism" else []
+            backends = [x for ep in eps for x in ("--backend", f"http://127.0.0.1:{ep}")]
+            procs.append(start(["router", *backends, *mode, "--policy", pol], rp))
+            wait_http(f"http://127.0.0.1:{rp}/health")
+            sides.append((pol, rp))
+        res: dict[str, list[float]] = {name: [] for name, _ in sides}
+        errs = {name: 0 for name, _ in sides}
+        phase_p50: dict[str, list[float]] = {name: [] for name, _ in sides}
+        for i in range(a.phases * len(sides)):
+            name, port = sides[i % len(sides)]
             r = run_client(port, a)
-            res[side] += r["ttft"]
-            errs[side] += r["errors"]
-            phase_p50.append(float(np.percentile(r["ttft"], 50)) * 1000 if r["ttft"] else np.nan)
+            res[name] += r["ttft"]
+            errs[name] += r["errors"]
+            phase_p50[name].append(
+                float(np.percentile(r["ttft"], 50)) * 1000 if r["ttft"] else np.nan
+            )
     finally:
         stop(procs)
-    d = np.array(res["direct"]) * 1000
-    r = np.array(res["router"]) * 1000
+    ref = sides[0][0]
     print(
-        f"TTFT at {a.streams} concurrent streams, engine-sim {a.profile} time-scale "
+        f"TTFT at {a.streams} concurrent streams, {a.engines} engine-sim {a.profile} time-scale "
         f"{a.time_scale:g}, prompt ~{a.prompt} tokens, ~{a.tokens} output tokens, "
-        f"{a.phases} alternating phases of {a.seconds:g} s"
+        f"{a.phases} rounds of {a.seconds:g} s phases; ratios against {ref}"
     )
-    print(f"{'path':<10}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}")
-    for name, x in (("direct", d), ("router", r)):
-        print(
-            f"{name:<10}{len(x):>10}{errs[name]:>8}{np.percentile(x, 50):>10.2f}"
-            f"{np.percentile(x, 90):>10.2f}{np.percentile(x, 99):>10.2f}"
-        )
-    p50d, p50r = np.percentile(d, 50), np.percentile(r, 50)
-    p99d, p99r = np.percentile(d, 99), np.percentile(r, 99)
     print(
-        f"ratio router/direct: p50 {p50r / p50d:.3f}, p99 {p99r / p99d:.3f}; "
-        f"added p50 {p50r - p50d:+.2f} ms, added p99 {p99r - p99d:+.2f} ms"
+        f"{'path':<14}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"
+        f"{'p50 ratio':>11}{'p99 ratio':>11}"
     )
-    pairs = [phase_p50[i + 1] - phase_p50[i] for i in range(0, len(phase_p50) - 1, 2)]
-    print("added p50 per phase pair (ms): " + ", ".join(f"{x:+.2f}" for x in pairs))
+    base = np.array(res[ref]) * 1000
+    for name, _ in sides:
+        x = np.array(res[name]) * 1000
+        if len(x) == 0:
+            print(f"{name:<14}{0:>10}{errs[name]:>8}   (no requests)")
+            continue
+        print(
+            f"{name:<14}{len(x):>10}{errs[name]:>8}{np.percentile(x, 50):>10.2f}"
+            f"{np.percentile(x, 90):>10.2f}{np.percentile(x, 99):>10.2f}"
+            f"{np.percentile(x, 50) / np.percentile(base, 50):>11.3f}"
+            f"{np.percentile(x, 99) / np.percentile(base, 99):>11.3f}"
+        )
+    print(
+        "p50 per round (ms): "
+        + "; ".join(f"{n} " + ", ".join(f"{v:.1f}" for v in phase_p50[n]) for n, _ in sides)
+    )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """The router's data-plane cost, side by side: ours with 1 and N workers, and (when asked)
 sglang-router, in front of the same fast engine-sims, driven by the same client, in one run.
 
-For each router: non-streaming requests per second (closed loop over C keep-alive connections),
+For each router (ours once per policy in --policy: round_robin, least_load and prism by default,
+prism as deployed with --mode prism): non-streaming requests per second (closed loop over C keep-alive connections),
 the router's CPU seconds per 1,000 of them (its whole process tree, from /proc), and TTFT p50/p99
 at S concurrent streams, next to the same streams sent straight to an engine (the added TTFT).
 The load comes from a separate process (a lean HTTP/1.1 client on raw asyncio streams), so a
 router's process measures only the router. engine-sim runs with --time-scale 0 (answers at once).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_throughput.py [--workers 1,2]
-        [--with-sglang] [--conns 64] [--streams 64] [--seconds 8]
+        [--policy round_robin,least_load,prism] [--with-sglang] [--conns 64] [--streams 64]
+        [--seconds 8]
 
 --with-sglang installs sglang-router (SGLang Model Gateway's router, Rust) into its own venv
 (.venv-sglang, made once) and runs it with the same policy; without the flag, or when the install
@@ -232,12 +234,18 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--stream-tokens", type=int, default=16)
-    p.add_argument("--policy", default="round_robin", help="ours and sglang-router's")
+    p.add_argument(
+        "--policy",
+        default="round_robin,least_load,prism",
+        help="comma-separated: ours runs each (prism as deployed: --mode prism, learning from "
+        "the engines' telemetry); sglang-router runs the first",
+    )
     p.add_argument("--workers", default="1,2", help="our router's worker counts to run")
     p.add_argument("--with-sglang", action="store_true")
     p.add_argument("--sglang-venv", default=str(ROOT / ".venv-sglang"))
     p.add_argument("--router-arg", action="append", default=[], help="extra flag for ours")
     a = p.parse_args()
+    policies = [x for x in a.policy.split(",") if x]
     engines = [free_port() for _ in range(a.engines)]
     procs = [start(["engine-sim", "--time-scale", "0"], ep) for ep in engines]
     rows: list[tuple[str, dict | None, str]] = []
@@ -246,24 +254,26 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{ep}/health")
         direct = run_client(engines[0], a, stream=True)
         rows.append(("straight to one engine (streams)", None, ""))
-        for w in [int(x) for x in a.workers.split(",") if x]:
-            rp = free_port()
-            backends = [x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")]
-            r = start(["router", *backends, "--policy", a.policy, "--workers", str(w),
-                       *a.router_arg], rp)  # fmt: skip
-            try:
-                wait_ready(rp)
-                res = run_client(rp, a, stream=False, cpu_of=r.pid)
-                res["stream"] = run_client(rp, a, stream=True)
-                rows.append((f"nexussched, {w} worker{'s' if w > 1 else ''}", res, ""))
-            finally:
-                stop([r])
+        for pol in policies:
+            mode = ["--mode", "prism"] if pol == "prism" else []
+            for w in [int(x) for x in a.workers.split(",") if x]:
+                rp = free_port()
+                backends = [x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")]
+                r = start(["router", *backends, *mode, "--policy", pol, "--workers", str(w),
+                           *a.router_arg], rp)  # fmt: skip
+                try:
+                    wait_ready(rp)
+                    res = run_client(rp, a, stream=False, cpu_of=r.pid)
+                    res["stream"] = run_client(rp, a, stream=True)
+                    rows.append((f"nexussched {pol}, {w} worker{'s' if w > 1 else ''}", res, ""))
+                finally:
+                    stop([r])
         py, why = sglang_python(a)
         if py is None:
             rows.append(("sglang-router", None, why))
         else:
             sp = free_port()
-            s = start_sglang(py, engines, sp, a.policy)
+            s = start_sglang(py, engines, sp, policies[0])
             try:
                 wait_ready(sp)
                 res = run_client(sp, a, stream=False, cpu_of=s.pid)
@@ -275,28 +285,28 @@ def main() -> None:
         stop(procs)
     load = os.getloadavg()[0]
     print(
-        f"{a.engines} engine-sims (--time-scale 0), policy {a.policy}; non-streaming: "
+        f"{a.engines} engine-sims (--time-scale 0), policies {a.policy}; non-streaming: "
         f"max_tokens={a.max_tokens}, {a.conns} keep-alive connections; streams: "
         f"{a.stream_tokens} tokens, {a.streams} concurrent; {a.seconds:g} s after "
         f"{a.warmup:g} s warm-up each; {os.cpu_count()} CPUs, load average {load:.1f}"
     )
     d50 = direct["ttft_p50"]
     print(
-        f"{'router':<34}{'req/s':>8}{'errors':>8}{'CPU s/1k req':>14}{'TTFT p50 ms':>13}"
+        f"{'router':<38}{'req/s':>8}{'errors':>8}{'CPU s/1k req':>14}{'TTFT p50 ms':>13}"
         f"{'TTFT p99 ms':>13}{'added p50 ms':>14}"
     )
     print(
-        f"{'straight to one engine (streams)':<34}{'-':>8}{direct['errors']:>8}{'-':>14}"
+        f"{'straight to one engine (streams)':<38}{'-':>8}{direct['errors']:>8}{'-':>14}"
         f"{fmt(d50 * 1e3, '.2f'):>13}{fmt(direct['ttft_p99'] * 1e3, '.2f'):>13}{'-':>14}"
     )
     for name, res, why in rows[1:]:
         if res is None:
-            print(f"{name:<34}  skipped: {why}")
+            print(f"{name:<38}  skipped: {why}")
             continue
         st = res["stream"]
         added = None if st["ttft_p50"] is None else (st["ttft_p50"] - d50) * 1e3
         print(
-            f"{name:<34}{res['rps']:>8.0f}{res['errors'] + st['errors']:>8}"
+            f"{name:<38}{res['rps']:>8.0f}{res['errors'] + st['errors']:>8}"
             f"{fmt(res.get('cpu_per_1k'), '.3f'):>14}{fmt(st['ttft_p50'] * 1e3, '.2f'):>13}"
             f"{fmt(st['ttft_p99'] * 1e3, '.2f'):>13}{fmt(added, '.2f'):>14}"
         )

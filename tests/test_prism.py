@@ -164,7 +164,7 @@ def test_swapped_cluster_order_mirrors_the_placement():
 
 
 def test_late_binding_holds_until_an_engine_has_room_then_pull_releases():
-    p = Prism(slack=0.2, queue_limit=0.3)
+    p = Prism(slack=0.2, queue_limit=0.3, hold_for_pace=True)
     views = [View("a")]
     teach(p, 0, 1.0)
     got = [p.route(info(k, prompt=3000, t=0.0), views, 0.0) for k in range(6)]
@@ -181,7 +181,7 @@ def test_late_binding_holds_until_an_engine_has_room_then_pull_releases():
 
 
 def test_held_requests_go_by_priority_first():
-    p = Prism(slack=0.0, queue_limit=0.0)
+    p = Prism(slack=0.0, queue_limit=0.0, hold_for_pace=True)
     views = [View("a")]
     teach(p, 0, 1.0)
     assert p.route(info(0, prompt=3000), views, 0.0) == 0

@@ -12,7 +12,7 @@ SPEEDS = (1.0, 2.0, 4.0)  # engine 0 fast, engine 2 slow
 
 
 def replica(seed: int, taught: bool = True) -> Prism:
-    p = Prism(jitter=0.02, seed=seed)
+    p = Prism(jitter=0.02, seed=seed, hold_for_pace=True)  # the shared pacing clocks
     if taught:
         for i, s in enumerate(SPEEDS):
             teach(p, i, s, seed=10 + i)

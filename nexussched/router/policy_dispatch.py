@@ -175,15 +175,16 @@ class PolicyDispatcher(Dispatcher):
             try:
                 try:
                     if rebinds:
-                        flight = _Flight(idx)
+                        # A move cancels this very task while it waits for the first byte (no
+                        # extra task per request): the tick loop sets move_to, then cancel().
+                        flight = _Flight(idx, asyncio.current_task())
                         self._flights[rid] = flight
-                        flight.task = asyncio.ensure_future(router.open_upstream(call, idx))
                         try:
-                            up = await flight.task
+                            up = await router.open_upstream(call, idx)
                         except asyncio.CancelledError:
-                            cur = asyncio.current_task()
-                            if flight.move_to is None or (cur is not None and cur.cancelling()):
-                                raise
+                            cur = flight.task
+                            if flight.move_to is None or cur is None or cur.uncancel() > 0:
+                                raise  # not (only) our move: the client went away
                             forced = flight.move_to
                             finished = False
                             router.metrics.moves.inc()

@@ -73,6 +73,12 @@ class PrismConfig:
     # which runs its whole token budget of prefill next to them) is paced by PRISM.
     self_paced_itl: float = 1.0
     late_binding: bool = True  # hold requests at the router until an engine has room
+    # Room is KV room (an engine would start the request now). With hold_for_pace, an engine
+    # whose prefills PRISM paces, whose predicted backlog is past the queue limit, or whose decodes
+    # are at the TPOT cap also has no room: requests wait at the router for pace. Off by default:
+    # holding a request an engine could run costs TTFT where there is nothing to choose (one
+    # engine, or all equally loaded); on, it protects TPOT on vLLM-default engines in overload.
+    hold_for_pace: bool = False
     order: str = "edf"  # held-queue order within a priority: edf | lifo | cost
     ttft_margin: float = 1.0  # scale on predicted TTFT in feasibility tests (>1: cautious)
     kv_cap: float = 0.95  # do not send work that would push predicted KV use past this
@@ -364,6 +370,8 @@ class Prism(RoutingPolicy):
             return True  # an idle engine always takes work it can hold
         if e.kv_load() + r.ctx > self.cfg.kv_cap * e.kv_tokens:
             return False
+        if not self.cfg.hold_for_pace:
+            return True
         if self._router_paced(e):
             if e.V > now + self.cfg.slack or e.U > now + self.cfg.queue_limit:
                 return False
@@ -434,6 +442,7 @@ class Prism(RoutingPolicy):
         best_t = best_room = wait_t = INF
         eng = self._eng
         jitter = cfg.jitter
+        hold_pace = cfg.hold_for_pace
         rnd = self._rng.random
         # The hot loop: a handful of float operations per engine (>= 5,000 decisions/s at 64).
         for i in range(n):
@@ -457,11 +466,11 @@ class Prism(RoutingPolicy):
                 t += rnd() * jitter
             qlim = qlim_p if paced else qlim_s
             if e.n + e.rn == 0 or (
-                (not paced or V <= slack_t)
-                and U <= qlim
-                and base <= cap
-                and (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + rctx
+                (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + rctx
                 <= kvcap * e.kv_tokens
+                and (
+                    not hold_pace or ((not paced or V <= slack_t) and U <= qlim and base <= cap)
+                )
             ):
                 # headroom: how far below its limits the engine stays (larger is better)
                 room = (slack_t - V) if paced else (now - U)
@@ -710,6 +719,9 @@ class Prism(RoutingPolicy):
         return u
 
     def tick(self, engines: Sequence[EngineView], now: float) -> list[Move]:
+        # KV sizes too: an engine whose telemetry came before its first request (so route() never
+        # saw it new) or whose cache_config_info came with a later scrape
+        self._sync(engines)
         self._sync_clocks(engines, now)
         if not self.cfg.rebind or self.cfg.max_moves == 0:
             return []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from .base import EngineView, NoEngineAvailable, RequestInfo, RoutingPolicy
@@ -26,34 +27,62 @@ class RoundRobin(RoutingPolicy):
 
 
 class LeastLoad(RoutingPolicy):
-    """Fewest queued + running requests (the larger of the engine's count and the router's).
+    """Fewest queued + running requests, counted as of now rather than as of the last scrape.
 
-    Ties rotate so that a cluster of idle engines is filled evenly rather than from index 0.
+    An engine's load is its scraped running + waiting plus the requests this router sent it since
+    that scrape, less those that finished since (a scrape is up to SCRAPE_PERIOD old: without the
+    correction an engine whose requests just finished looks busy until the next scrape, and every
+    request herds onto the other one), and never below the router's own count in flight. Ties go
+    to a random engine among the least loaded (seeded), so equal engines fill evenly without the
+    lockstep of a rotating offset.
     """
 
     name = "least_load"
 
-    def __init__(self) -> None:
-        self._offset = 0
+    def __init__(self, seed: int = 0) -> None:
+        self._rng = random.Random(seed)
+        self._scrape: list[float | None] = []  # last_scrape each correction counts from
+        self._delta: list[int] = []  # sends - finishes since that scrape
+
+    def _grow(self, n: int) -> None:
+        while len(self._delta) < n:
+            self._scrape.append(None)
+            self._delta.append(0)
 
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int:
         n = len(engines)
+        if len(self._delta) < n:
+            self._grow(n)
+        scrape = self._scrape
+        delta = self._delta
         best = -1
         best_load = 1 << 62
-        off = self._offset
-        for k in range(n):
-            i = (off + k) % n
+        ties = 0
+        for i in range(n):
             e = engines[i]
             if not e.healthy:
                 continue
-            load = e.num_running + e.num_waiting
+            ls = getattr(e, "last_scrape", None)
+            if ls != scrape[i]:
+                scrape[i] = ls
+                delta[i] = 0
+            load = e.num_running + e.num_waiting + delta[i]
             inf = e.inflight
             if inf > load:
                 load = inf
             if load < best_load:
                 best_load = load
                 best = i
+                ties = 1
+            elif load == best_load:
+                ties += 1
+                if self._rng.random() * ties < 1.0:  # uniform among the ties (reservoir)
+                    best = i
         if best < 0:
             raise NoEngineAvailable("no healthy engine")
-        self._offset = (off + 1) % n
+        delta[best] += 1
         return best
+
+    def on_finish(self, req_id: object, idx: int, now: float) -> None:
+        if idx < len(self._delta):
+            self._delta[idx] -= 1
