@@ -63,10 +63,22 @@ class BackendFailed(Exception):
         self.refused = refused  # connection refused/unreachable: definitely down
 
 
+class StreamWatch(Protocol):
+    """Sees every streamed request the router relays: sent to engine `idx`, each chunk as it
+    arrives, done (finished, failed or moved). Called on the request path: constant time each."""
+
+    def sent(self, idx: int, rid: object, prompt: int, t: float) -> None: ...
+
+    def chunk(self, idx: int, rid: object, t: float, data: bytes) -> None: ...
+
+    def done(self, idx: int, rid: object, t: float) -> None: ...
+
+
 class RouterCore(Protocol):
     """What a dispatcher may use of the router replica that runs it (router/service.py's Router)."""
 
     settings: RouterSettings
+    watch: StreamWatch | None
     registry: BackendRegistry
     backends: list[Backend]
     metrics: RouterMetrics

@@ -59,6 +59,7 @@ class PrismDispatcher(PolicyDispatcher):
         self.learn = learn
         self.feed: TelemetryFeed | None = None
         self.streams: StreamFeed | None = None
+        self.observed = None  # ObservedFeed (router/observed_feed.py)
         self.share: PrismShare | None = None
         self._redis = None
 
@@ -101,7 +102,12 @@ class PrismDispatcher(PolicyDispatcher):
             )
             self._tasks.append(asyncio.create_task(self.feed.run()))
             if streams is not None:  # records the HTTP feed taught are not read again
-                streams.taught = self.feed.serves
+                streams.taught = self.feed.last_step.get
+        if learns and hasattr(p, "observe_segment") and self.learn in ("auto", "observed"):
+            from .observed_feed import ObservedFeed
+
+            self.observed = ObservedFeed(p, len(router.backends), only=self._untaught)
+            router.watch = self.observed
         if self.redis_url and hasattr(p, "take_deltas"):
             self.share = PrismShare(
                 p,
@@ -120,6 +126,16 @@ class PrismDispatcher(PolicyDispatcher):
             (s.engine_name(i) if s is not None else None) or b.name
             for i, b in enumerate(self.router.backends)
         ]
+
+    def _untaught(self, idx: int) -> bool:
+        """Whether engine `idx` gets no engine telemetry (observed learning is for those only)."""
+        if self.learn == "observed":
+            return True
+        if self.streams is not None and self.streams.covers(idx):
+            return False
+        # only once the engine is known to serve no telemetry (its 404), so no step is learned
+        # twice while the sources are being found
+        return self.feed is None or self.feed.lacks(idx)
 
     async def close(self) -> None:
         await super().close()

@@ -31,7 +31,7 @@ from .admission import context_refusal
 from .auth import AccessPolicy
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
-from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, Upstream
+from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, StreamWatch, Upstream
 from .errors import APIError, bad_request
 from .hygiene import Guard
 from .inflight import BackendRuns
@@ -85,6 +85,7 @@ class Router:
         self._watch_task: asyncio.Task | None = None
         self.dispatcher = dispatcher
         self.session: aiohttp.ClientSession | None = None
+        self.watch: StreamWatch | None = None  # sees relayed streams (PRISM's observed learning)
         self._ids = itertools.count(1)
         self._rids = RequestIds()
         self._timeout = aiohttp.ClientTimeout(
@@ -242,6 +243,21 @@ class Router:
         """Send the call to backend `idx`; return once the first body bytes (streaming) or the
         whole body arrived. Raises BackendFailed if the backend failed before that (including
         when it left rotation meanwhile: nothing was sent to the client, so it may go elsewhere)."""
+        w = self.watch if call.stream else None
+        if w is None:
+            return await self._open_in_rotation(call, idx, body)
+        rid = call.info.id
+        w.sent(idx, rid, call.info.prompt_tokens, time.monotonic())
+        try:
+            up = await self._open_in_rotation(call, idx, body)
+        except BaseException:
+            w.done(idx, rid, time.monotonic())
+            raise
+        if up.resp.status == 200:
+            w.chunk(idx, rid, time.monotonic(), up.first)
+        return up
+
+    async def _open_in_rotation(self, call: ProxyCall, idx: int, body: bytes | None) -> Upstream:
         with self.runs.running(idx):
             try:
                 return await self._open_upstream(call, idx, body)
@@ -301,7 +317,10 @@ class Router:
         name = self.backends[up.idx].name
         call.backend = name
         m = self.metrics
+        w = self.watch if call.stream else None
         if not (call.stream and resp.status == 200):
+            if w is not None:
+                w.done(up.idx, call.info.id, time.monotonic())
             ct = resp.headers.get("Content-Type", "application/json")
             resp.release()
             m.count(name, resp.status)
@@ -345,6 +364,8 @@ class Router:
                             break
                         events += token_events(chunk)
                         prev, last = last, chunk
+                        if w is not None:
+                            w.chunk(up.idx, call.info.id, time.monotonic(), chunk)
                         await out.write(chunk)
                 except asyncio.CancelledError:
                     left = self.runs.stopped()
@@ -390,6 +411,8 @@ class Router:
             clean = False
             m.count(name, 499)
         finally:
+            if w is not None:
+                w.done(up.idx, call.info.id, time.monotonic())
             if clean:
                 resp.release()
             else:

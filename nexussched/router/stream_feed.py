@@ -64,9 +64,11 @@ class StreamFeed:
         self.records = 0
         self.by_engine: dict[int, int] = {}  # records observed per backend index
         self.loads: dict[int, dict] = {}  # latest load snapshot per backend index
-        # taught(idx): another source already taught this backend; its stream is then read from
-        # the records that come after it is found, not from the oldest one kept
-        self.taught: Callable[[int], bool] | None = None
+        # taught(idx): the highest step number another source (the HTTP feed) already taught
+        # this backend, or None; the stream's records up to it are skipped, so no step is learned
+        # twice while the sources are being found
+        self.taught: Callable[[int], int | None] | None = None
+        self._skip: dict[int, int] = {}
 
     def covers(self, idx: int) -> bool:
         """Whether engine `idx` publishes on the plane (then no other source should teach it)."""
@@ -96,11 +98,10 @@ class StreamFeed:
                 continue
             key = self.keys.steps(name)
             if key not in self._idx:
-                start = "0"
-                if self.taught is not None and self.taught(idx):
-                    last = await self.redis.xrevrange(key, count=1)
-                    start = _text(last[0][0]) if last else "0"
-                self._cursor[key] = start
+                self._cursor[key] = "0"
+                seen = self.taught(idx) if self.taught is not None else None
+                if seen is not None:
+                    self._skip[idx] = seen
                 log.info("telemetry plane: learning backend %s from stream %s", idx, key)
             self._idx[key] = idx
             self._engine[idx] = name
@@ -127,6 +128,8 @@ class StreamFeed:
                     continue
                 kind, val = dec
                 if kind == STEP:
+                    if val.step <= self._skip.get(idx, -1):  # type: ignore[union-attr]
+                        continue
                     self.observe(idx, val)  # type: ignore[arg-type]
                     n += 1
                     self.by_engine[idx] = self.by_engine.get(idx, 0) + 1

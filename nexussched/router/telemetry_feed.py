@@ -44,11 +44,17 @@ class TelemetryFeed:
         self._since: dict[str, int] = {}  # by backend URL (indices may be re-used)
         self._skip_until: dict[str, float] = {}
         self._served: set[int] = set()  # backends that answered GET /telemetry
+        self._absent: set[int] = set()  # backends that answered 404
+        self.last_step: dict[int, int] = {}  # highest step number observed per backend
         self.skip = skip
         self.records = 0
 
     def serves(self, idx: int) -> bool:
         return idx in self._served
+
+    def lacks(self, idx: int) -> bool:
+        """Whether backend idx answered 404 to GET /telemetry (serves none)."""
+        return idx in self._absent
 
     async def poll_once(self) -> int:
         """Fetch new records from every healthy backend; returns how many were observed."""
@@ -72,6 +78,7 @@ class TelemetryFeed:
         async with self.session.get(url + "/telemetry", params=q) as resp:
             if resp.status == 404:
                 self._skip_until[url] = now + self.retry_s
+                self._absent.add(idx)
                 return 0
             if resp.status != 200:
                 return 0
@@ -81,6 +88,8 @@ class TelemetryFeed:
             return 0  # its stream was found while this poll was in flight: the stream teaches it
         self._served.add(idx)
         self._since[url] = int(nxt) if nxt is not None else since
+        if self.skip is not None and self.skip(idx):
+            return 0  # taught another way since this poll began (its stream holds these too)
         lines = text.splitlines()
         n = 0
         for line in lines:
@@ -91,6 +100,8 @@ class TelemetryFeed:
             except (ValueError, KeyError, TypeError):
                 continue  # one bad record must not stop learning
             self.observe(idx, rec)
+            if rec.step > self.last_step.get(idx, -1):
+                self.last_step[idx] = rec.step
             n += 1
         self.records += n
         return n

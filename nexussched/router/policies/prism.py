@@ -151,7 +151,7 @@ class _Engine:
     __slots__ = ("model", "coef", "c0", "c1", "c2", "c3", "c4", "n", "ctx", "base", "pw", "pd",
                  "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
                  "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_new", "paced",
-                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx")  # fmt: skip
+                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf")  # fmt: skip
 
     def __init__(self, model: PerfModel, idx: int = 0) -> None:
         self.idx = idx
@@ -163,6 +163,7 @@ class _Engine:
         self.pw = 0.0
         self.pd = 0.0
         self.pi = 1.0
+        self.pf = 0.0  # prefill time per step with decodes (EWMA): what mixes into decode steps
         # token-weighted mean step time of its decodes while prefills queue (EWMA of sums)
         self.bl_w = 0.0
         self.bl_n = 0.0
@@ -323,6 +324,8 @@ class Prism(RoutingPolicy):
         e.seen_step(rec)
         tok = rec.prefill_tokens if rec.prefill_chunks else 0
         nd = rec.num_decodes
+        if nd:  # prefill time per step with decodes, over every such step (decode-only: none)
+            e.pf += ((e.c0 * tok + e.c1 * rec.prefill_attn if tok else 0.0) - e.pf) * 0.02
         if nd and tok:
             a = 0.02 if e.mixed > 50 else 1.0 / (e.mixed + 1)
             work = e.c0 * tok + e.c1 * rec.prefill_attn
@@ -341,6 +344,16 @@ class Prism(RoutingPolicy):
                 e.backlogged < MIXED_MIN
                 or e.bl_w > e.bl_n * self._tpot_ref * self.cfg.self_paced_itl
             )
+
+    def observe_segment(self, idx: int, x: tuple[float, ...], duration: float) -> None:
+        """Several consecutive steps of engine `idx` seen only together (their summed batch
+        features and total time; router/observed_feed.py): the model is linear in the features,
+        so it learns from the sum as from one step."""
+        e = self._engine(idx)
+        e.steps += 1
+        e.model.observe_features(x, duration)
+        if e.model.coef is not e.coef:
+            e.refresh()
 
     def set_model(self, idx: int, model: PerfModel) -> None:
         """Use a model fitted elsewhere (another replica, the plane, a file) for engine `idx`."""
@@ -393,10 +406,10 @@ class Prism(RoutingPolicy):
         if self.cfg.prefix_aware and req.prefix_hashes:
             r.hits = self._hits(req, len(self._eng))
         base = e.base + e.c2 + e.c3 * r.ctx
-        if e.n + e.rn == 0 or not self._router_paced(e):
-            return self._ttft(e, r, now), base / e.pi if e.n + e.rn and e.pi < 1 else base
-        share = self._share(e, base, req.slo_tpot * self.cfg.tpot_margin)
-        return self._ttft(e, r, now), base / share
+        # Its decode steps: the batch it joins, plus the prefill work an average step with decodes
+        # carried lately (later arrivals' prefills mix into its steps; those queued ahead of it
+        # are done before it starts, under vLLM's first-come-first-served admission).
+        return self._ttft(e, r, now), base + e.pf
 
     # ---- routing ----------------------------------------------------------------------------
     def _expected_output(self, info: RequestInfo) -> float:
@@ -417,6 +430,13 @@ class Prism(RoutingPolicy):
     def on_output(self, req_id: object, output_tokens: int) -> None:
         r = self._reqs.get(req_id)
         self.lengths.observe(output_tokens, r.info.max_tokens if r is not None else None)
+
+    def place(self, req: RequestInfo, idx: int, now: float) -> None:
+        """Account for `req` sent to engine `idx` by someone else (shadow mode: PRISM predicts
+        and learns next to another router's choices, as bench_learning_error does)."""
+        self._engine(idx)
+        out = self._expected_output(req)
+        self._bind(_Req(req, self._key(req, out), out), idx, now)
 
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
         n = len(engines)
@@ -468,9 +488,7 @@ class Prism(RoutingPolicy):
             if e.n + e.rn == 0 or (
                 (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + rctx
                 <= kvcap * e.kv_tokens
-                and (
-                    not hold_pace or ((not paced or V <= slack_t) and U <= qlim and base <= cap)
-                )
+                and (not hold_pace or ((not paced or V <= slack_t) and U <= qlim and base <= cap))
             ):
                 # headroom: how far below its limits the engine stays (larger is better)
                 room = (slack_t - V) if paced else (now - U)

@@ -1,0 +1,256 @@
+"""Learning a stock engine's step time from what the router sees of the streams it relays.
+
+For engines that publish no step telemetry (stock vLLM, SGLang, any OpenAI-compatible server), the
+router still sees, for each engine, every request it sends there (with its prompt length) and the
+arrival time of every streamed chunk it relays back. From those alone this module rebuilds the
+engine's steps and feeds them to the policy's perf model, as the engine's own telemetry would.
+
+The method ("emission clusters"):
+1. A continuous-batching engine emits one token per running sequence per step, all at the end of
+   the step, so the chunks of one step reach the router together. Chunks from one engine that
+   arrive within `eps` of the first chunk of a cluster (and from requests not yet in it) form one
+   *cluster*; a new cluster starts after a gap, or when a request already in the cluster emits
+   again. eps adapts: a fifth of the recent inter-cluster gap, clamped to [0.5 ms, 20 ms].
+2. The time between two consecutive clusters is the duration of the step that ended at the later
+   one, if the engine was busy throughout (some request emitted in both, i.e. kept decoding).
+3. That step's batch is read off the cluster: a request that emitted before is a *decode* with
+   context prompt + tokens so far; a request emitting its first token finished its *prefill* there.
+4. Prefills span steps the router cannot see into (queueing, chunked prefill). So while any sent
+   request has not emitted yet, clusters are accumulated into a *segment* rather than emitted as
+   steps: from the first cluster after the earliest such request was sent (a step already running
+   then cannot contain it; from its send time if the engine was idle) until the cluster in which
+   the last of them emits its first token. The segment's features are the sums of its steps'
+   (k steps: k intercepts, every step's decodes and contexts, and each finished prompt as one
+   prefill chunk at context 0), its duration is the wall time it spans, and since the step-time
+   model is linear in its features, a segment is as good an observation as a step for the fit.
+   A segment that grows past `max_segment` clusters (a queue that never empties) is dropped.
+5. Steps with no prefill are decode-only records (StepRecord), which also update PRISM's view of
+   the engine's decode batch; segments go to the model directly (`observe_segment`).
+Limits: only streamed requests teach (a non-streamed response gives no step times); tokens the
+engine serves from a prefix cache are counted as prefill work; the arrival times include the
+network and the engine's detokenising, a roughly constant offset the intercept absorbs; an engine
+that coalesces several tokens into one chunk (vLLM's stream interval > 1) is seen as longer steps.
+vLLM's /metrics histograms are not used.
+
+`learn=auto` (prism_live) uses this only for engines that publish no telemetry; `learn=observed`
+uses it for every engine (the three-way comparison in benchmarks/bench_learning_error.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..perfmodel.telemetry import StepRecord
+
+N_FEATURES = 5  # prefill tokens, prefill attention work, decodes, decode context sum, 1
+
+
+def count_tokens(data: bytes) -> int:
+    """Token events in a chunk of an OpenAI-compatible SSE stream (not the chat role opener, the
+    usage summary or [DONE])."""
+    n = data.count(b"data:")
+    if n == 0:
+        return 0
+    return max(0, n - data.count(b"[DONE]") - data.count(b'"role"') - data.count(b'"choices":[]'))
+
+
+@dataclass(slots=True)
+class _Flight:
+    prompt: int
+    sent: float
+    emitted: int = 0  # tokens seen so far
+    last_cluster: int = -1  # index of the cluster it last emitted in
+
+
+@dataclass(slots=True)
+class _Cluster:
+    t: float
+    index: int
+    decodes: int = 0
+    ctx: int = 0
+    firsts: list[int] = field(default_factory=list)  # prompts finishing their prefill here
+    members: set = field(default_factory=set)
+    chained: bool = False  # a member also emitted in the previous cluster (engine busy)
+
+
+class EngineWatch:
+    """One engine's flights and clusters; calls `step(rec)` and `segment(x, duration)`."""
+
+    def __init__(
+        self,
+        step: Callable[[StepRecord], None],
+        segment: Callable[[tuple[float, ...], float], None],
+        max_segment: int = 256,
+    ) -> None:
+        self.step = step
+        self.segment = segment
+        self.max_segment = max_segment
+        self.flights: dict[object, _Flight] = {}
+        self.pending = 0  # flights that have not emitted yet
+        self.decoding = 0  # flights that have
+        self.wait_since = 0.0  # send time the segment waits to open after
+        self.cur: _Cluster | None = None
+        self.last_t: float | None = None  # time of the last closed cluster
+        self.n_clusters = 0
+        self.gap = 0.02  # EWMA of the inter-cluster gap (s)
+        # the open segment: start time (None: none open), summed features, clusters in it
+        self.seg_start: float | None = None
+        self.seg_x = [0.0] * N_FEATURES
+        self.seg_k = 0
+        self.seg_dirty = False  # dropped (too long): skip until no request is pending
+        self.seg_wait = False  # a request was sent while busy: the segment opens at next cluster
+        self.steps = 0
+        self.segments = 0
+
+    # ---- events ----------------------------------------------------------------------------
+    def sent(self, rid: object, prompt: int, t: float) -> None:
+        self.flights[rid] = _Flight(max(1, int(prompt)), t)
+        self.pending += 1
+        if self.seg_start is None and not self.seg_wait:
+            if self.decoding:
+                self.seg_wait = True  # the step running now cannot hold it
+                self.wait_since = t
+            else:
+                self._open(t)
+
+    def chunk(self, rid: object, t: float, tokens: int) -> None:
+        f = self.flights.get(rid)
+        if f is None or tokens <= 0:
+            return
+        c = self.cur
+        eps = min(0.02, max(0.0005, 0.2 * self.gap))
+        if c is None or t - c.t > eps or rid in c.members:
+            self._close()
+            c = self.cur = _Cluster(t, self.n_clusters)
+            self.n_clusters += 1
+        c.members.add(rid)
+        if f.emitted == 0:
+            c.firsts.append(f.prompt)
+            self.pending -= 1
+            self.decoding += 1
+        else:
+            c.decodes += 1
+            c.ctx += f.prompt + f.emitted
+            if f.last_cluster == c.index - 1:
+                c.chained = True
+        f.emitted += tokens
+        f.last_cluster = c.index
+
+    def done(self, rid: object, t: float) -> None:
+        f = self.flights.pop(rid, None)
+        if f is not None and f.emitted:
+            self.decoding -= 1
+        elif f is not None:
+            self.pending -= 1
+            if self.pending == 0 and self.seg_start is not None:
+                self._drop_segment()  # it failed or left unserved: the segment cannot be read
+
+    # ---- clusters -> steps and segments ------------------------------------------------------
+    def _open(self, t: float) -> None:
+        self.seg_start = t
+        self.seg_x = [0.0] * N_FEATURES
+        self.seg_k = 0
+        self.seg_wait = False
+
+    def _drop_segment(self) -> None:
+        self.seg_start = None
+        self.seg_wait = False
+        self.seg_dirty = self.pending > 0
+
+    def _close(self) -> None:
+        c = self.cur
+        if c is None:
+            return
+        self.cur = None
+        prev = self.last_t
+        self.last_t = c.t
+        if prev is not None and c.chained:
+            self.gap += (min(c.t - prev, 1.0) - self.gap) * 0.1
+        if self.seg_dirty:
+            if self.pending == 0 and not c.firsts:
+                self.seg_dirty = False
+            elif self.pending == 0:
+                self.seg_dirty = False
+                return
+            else:
+                return
+        if self.seg_start is not None:
+            x = self.seg_x
+            x[2] += c.decodes
+            x[3] += c.ctx
+            x[4] += 1.0
+            for p in c.firsts:
+                x[0] += p
+                x[1] += p * p / 2.0
+            self.seg_k += 1
+            if self.pending == 0:
+                duration = c.t - self.seg_start
+                if self.seg_k == 1:
+                    # one step: a full record (it also tells PRISM the engine's decode batch)
+                    chunks = tuple((p, 0) for p in c.firsts)
+                    self.step(StepRecord(duration, chunks, c.decodes, c.ctx))
+                    self.steps += 1
+                elif duration > 0:
+                    self.segment(tuple(x), duration)
+                    self.segments += 1
+                self.seg_start = None
+            elif self.seg_k >= self.max_segment:
+                self._drop_segment()
+            return
+        if self.seg_wait and c.t >= self.wait_since:
+            if c.firsts:  # a prefill we expected to start later finished already: unreadable
+                self.seg_wait = False
+                self.seg_dirty = self.pending > 0
+                return
+            self._open(c.t)
+            if prev is not None and c.chained and c.decodes:
+                self.step(StepRecord(c.t - prev, (), c.decodes, c.ctx))
+                self.steps += 1
+            return
+        if prev is not None and c.chained and c.decodes and not c.firsts:
+            self.step(StepRecord(c.t - prev, (), c.decodes, c.ctx))
+            self.steps += 1
+
+
+class ObservedFeed:
+    """The router's stream watch (Router.watch): relayed streams -> the policy's perf models.
+
+    `only(idx)`: whether to learn engine idx this way (learn=auto: engines without telemetry)."""
+
+    def __init__(self, policy, n: int, only: Callable[[int], bool] | None = None) -> None:
+        self.policy = policy
+        self.only = only
+        self.engines = [self._watch(i) for i in range(n)]
+
+    def _watch(self, idx: int) -> EngineWatch:
+        p = self.policy
+
+        def step(rec: StepRecord) -> None:
+            if self.only is None or self.only(idx):
+                p.observe(idx, rec)
+
+        def segment(x: tuple[float, ...], duration: float) -> None:
+            if self.only is None or self.only(idx):
+                p.observe_segment(idx, x, duration)
+
+        return EngineWatch(step, segment)
+
+    def _at(self, idx: int) -> EngineWatch:
+        while len(self.engines) <= idx:  # a backend added while the router runs
+            self.engines.append(self._watch(len(self.engines)))
+        return self.engines[idx]
+
+    # Router.watch hooks (called on the request path: constant time each)
+    def sent(self, idx: int, rid: object, prompt: int, t: float) -> None:
+        self._at(idx).sent(rid, prompt, t)
+
+    def chunk(self, idx: int, rid: object, t: float, data: bytes) -> None:
+        self._at(idx).chunk(rid, t, count_tokens(data))
+
+    def done(self, idx: int, rid: object, t: float) -> None:
+        self._at(idx).done(rid, t)
+
+    @property
+    def observations(self) -> int:
+        return sum(w.steps + w.segments for w in self.engines)
