@@ -66,7 +66,7 @@ def test_prism_late_list_is_drained_by_an_idle_engine():
 
 
 def test_prism_pull_on_an_idle_engine_takes_a_late_request():
-    p = Prism()
+    p = Prism(hold_for_pace=True)  # holding for pace is what makes the small one wait
 
     class V:  # the information contract's attributes (router/policies/view.py)
         name, healthy, num_running, num_waiting, kv_usage, inflight = "e", True, 0, 0, 0.0, 0

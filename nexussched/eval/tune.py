@@ -26,7 +26,13 @@ PRISM_SPACE: dict[str, tuple[float, float, bool]] = {
     "rebind_gain": (0.05, 2.0, True),
     "ttft_margin": (0.8, 1.3, False),
 }
-PRISM_CHOICES: dict[str, tuple] = {"order": ("edf", "lifo", "cost"), "max_moves": (0, 1, 2)}
+PRISM_CHOICES: dict[str, tuple] = {
+    "order": ("edf", "lifo", "cost"),
+    "max_moves": (0, 1, 2),
+    # holding requests at the router for pace: off by default (no harm where there is nothing to
+    # choose), it pays on vLLM-default engines in overload, so the tuner may turn it on
+    "hold_for_pace": (False, True),
+}
 LENS_SPACE: dict[str, tuple[float, float, bool]] = {
     "tpot_margin": (0.0, 0.35, False),
     "bank_spend": (0.0, 1.0, False),
