@@ -89,6 +89,18 @@ def _in_system(arrival: np.ndarray, end: np.ndarray, grid: np.ndarray) -> np.nda
     return a - d
 
 
+def _leaves(o, client_timeout: float | None) -> float:
+    """When a request left the system: its last token; a client that gave up, at its timeout;
+    one refused at the door, at once; one stranded, never."""
+    if o.completed:
+        return o.arrival + o.e2e
+    if o.failure == "timeout" and client_timeout:
+        return o.arrival + client_timeout
+    if o.failure in ("rejected", "shed", "error"):
+        return o.arrival
+    return math.inf
+
+
 def plot_timeline(runs: Sequence[tuple[dict, list]], path: str | Path, title: str = "") -> Path:
     """One column per run (its summary, its per-request outcomes): requests in the system per
     engine over time (top) and each request's TTFT against its arrival time (bottom)."""
@@ -96,10 +108,10 @@ def plot_timeline(runs: Sequence[tuple[dict, list]], path: str | Path, title: st
     fig, axes = plt.subplots(2, n, figsize=(6.2 * n, 6.4), dpi=110, squeeze=False,
                              sharex="col")  # fmt: skip
     horizon = 0.0
-    for _, outs in runs:
+    for summary, outs in runs:
         for o in outs:
-            end = o.arrival + o.e2e if o.completed else o.arrival
-            horizon = max(horizon, end)
+            end = _leaves(o, summary.get("client_timeout"))
+            horizon = max(horizon, end if end < math.inf else o.arrival)
     ymax = 0
     ttfts = [o.ttft for _, outs in runs for o in outs if o.completed]
     tlo = max(1e-3, min(ttfts) * 0.7) if ttfts else 1e-3
@@ -112,7 +124,7 @@ def plot_timeline(runs: Sequence[tuple[dict, list]], path: str | Path, title: st
         for k, eng in enumerate(engines):
             mine = [o for o in outs if (o.engine or "(none)") == eng]
             arr = np.array([o.arrival for o in mine])
-            end = np.array([o.arrival + o.e2e if o.completed else math.inf for o in mine])
+            end = np.array([_leaves(o, summary.get("client_timeout")) for o in mine])
             y = _in_system(arr, end, grid)
             ymax = max(ymax, int(y.max()) if len(y) else 0)
             ax.plot(grid, y, lw=1.2, color=cmap(k % 10), label=eng)
@@ -135,7 +147,12 @@ def plot_timeline(runs: Sequence[tuple[dict, list]], path: str | Path, title: st
                     transform=bx.get_yaxis_transform())  # fmt: skip
         failed = len(outs) - len(ok)
         if failed:
-            bx.text(0.99, 0.02, f"{failed} did not finish", transform=bx.transAxes, ha="right",
+            kinds: dict[str, int] = defaultdict(int)
+            for o in outs:
+                if not o.completed:
+                    kinds[o.failure or "failed"] += 1
+            why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            bx.text(0.99, 0.02, f"no first token: {why}", transform=bx.transAxes, ha="right",
                     va="bottom",
                     fontsize=8, color="tab:red")  # fmt: skip
         bx.set_yscale("log")
