@@ -41,7 +41,7 @@ def plot_attainment(
     single = all(len(v) == 1 for v in series.values())
     if single:
         order = sorted(series, key=lambda k: series[k][0][1])  # best at the top
-        fig, ax = plt.subplots(figsize=(8, 1.2 + 0.32 * len(order)), dpi=110)
+        fig, ax = plt.subplots(figsize=(9.5, 1.4 + 0.32 * len(order)), dpi=110)
         vals = [series[k][0][1] for k in order]
         bars = ax.barh([f"{p} + {e}" for p, e in order], vals,
                        color=[router_color(p) for p, _ in order], edgecolor="black", lw=0.5)  # fmt: skip
@@ -56,8 +56,9 @@ def plot_attainment(
         draw_target(ax, target, vertical=True)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(alpha=0.3, axis="x")
-        ax.legend(handles=legend_handles(routers, engines), fontsize=7, loc="lower right",
-                  framealpha=0.9)  # fmt: skip
+        # outside the axes, so that no bar hides behind it
+        ax.legend(handles=legend_handles(routers, engines), fontsize=7, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)  # fmt: skip
     else:
         fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
         # best curve first in the legend; earlier curves drawn wider so equal curves stay visible
@@ -73,11 +74,11 @@ def plot_attainment(
         ax.set_ylim(0, 1.05)
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title(title or "SLO attainment", fontsize=10, pad=16)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # keeps the legend outside the axes in the image
     plt.close(fig)
     return path
 
