@@ -310,7 +310,10 @@ def _finish(
         what = f"{len(tags)} runs, tagged {', '.join(tags)}" if len(tags) > 1 else "one run"
         print(f"telemetry: step records of {what} -> {args.telemetry_out}", file=sys.stderr)
     table_rows = [r for r in runs if not r.get("sweep_point")]
-    table_rows.sort(key=lambda r: (r["rate_rps"], -r["slo_attainment"]))  # best first per rate
+    if any(r.get("goodput_rps") is not None for r in table_rows):  # swept: best goodput first
+        table_rows.sort(key=lambda r: -(r.get("goodput_rps") or 0.0))
+    else:  # best attainment first at each rate
+        table_rows.sort(key=lambda r: (r["rate_rps"], -r["slo_attainment"]))
     cluster = runs[0]["cluster"] if runs else ""
     print(f"{args.trace} on {cluster}, SLO: TTFT <= {args.slo_ttft} s and TPOT <= "
           f"{args.slo_tpot * 1000:g} ms per output token")  # fmt: skip
