@@ -14,6 +14,8 @@ Each step the planner answers three questions with the perf model's per-step cos
    that would miss their TTFT even so behind the rest, largest work first (with one SLO for all,
    slack order is nearly deadline order, for which the rule maximises the number of requests
    served within their TTFT), instead of letting a hopeless request delay everyone behind it.
+   Deferral is bounded: a prefill that has waited `age_limit` x its TTFT SLO is served in arrival
+   order ahead of the rest, so no request waits without bound for the others' attainment.
 3. How many prompt tokens each? Chunks fill the step's remaining predicted time in that order,
    capped by the token budget, free KV blocks and `max_num_seqs`.
 
@@ -32,6 +34,7 @@ from ..perfmodel.lengths import LengthEstimator
 from .plan import SeqState, StepPlan, StepState
 
 INF = math.inf
+AGE_LIMIT = 3.0  # x TTFT SLO (bench_liveness.py --part fairness)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,10 @@ class LensConfig:
     horizon: int = 512  # waiting prefills the TTFT ordering considers; the rest keep FCFS order
     chunk_align: int = 1  # round chunks that do not finish a prompt down to a multiple of this
     max_stretch: float = 4.0  # cap on wall time per unit of prefill compute in the TTFT test
+    # Bounded unfairness: a prefill waiting longer than this x its TTFT SLO is no longer moved
+    # behind the others (Moore-Hodgson) but served in arrival order, ahead of those that are not
+    # that old (inf: defer without bound).
+    age_limit: float = AGE_LIMIT
 
 
 @dataclass(slots=True)
@@ -148,6 +155,8 @@ def order_prefills(
     a = c0 * stretch * cfg.ttft_optimism
     b = c1 * stretch * cfg.ttft_optimism
     horizon = cfg.horizon
+    age = cfg.age_limit
+    aged = 0
     for i, p in enumerate(prefills):
         if p.first_token_time is not None:
             resumed.append(p)
@@ -157,9 +166,16 @@ def order_prefills(
             need = p.prompt_tokens + p.generated - p.computed
             work = need * (a + b * (p.computed + need * 0.5))  # chunk_cost, inlined: hot loop
             deadline = p.arrival + p.slo_ttft
+            slack = deadline - work
+            if now - p.arrival > age * p.slo_ttft:
+                # aged: ahead of the younger ones, in arrival order, and never deferred
+                # (a deadline of -inf marks it for the pass below)
+                slack = p.arrival - 1e12  # before any real slack, in arrival order
+                deadline = -INF
+                aged += 1
             # (class, priority, slack, index) order; the index is unique, so plain tuple sorting
             # never compares further.
-            keyed.append((0 if p.running else 1, p.priority, deadline - work, i, work, deadline))
+            keyed.append((0 if p.running else 1, p.priority, slack, i, work, deadline))
     keyed.sort()
     if not cfg.deprioritize:
         return resumed + [prefills[k[3]] for k in keyed] + rest, 0
@@ -172,6 +188,8 @@ def order_prefills(
     for j, k in enumerate(keyed):
         work = k[4]
         t += work
+        if aged and k[5] == -INF:
+            continue  # aged: served in arrival order whatever it costs the others
         push(heap, (-work, j))
         if t > k[5]:
             w, jj = heapq.heappop(heap)
@@ -220,9 +238,20 @@ def plan_step(
     stretch = min((per_step + t_dec) / per_step, cfg.max_stretch)
     ordered, late_pre = order_prefills(prefills, state.now, c0, c1, stretch, cfg)
     info.late_prefills = late_pre
+    # Aged prefills (waiting past age_limit x their TTFT SLO) come first and take chunks as vLLM
+    # would, from the whole token budget: draining them must not wait for decodes' TPOT room,
+    # else a backlog of them drains slower than under vLLM's own schedule.
+    now = state.now
+    age = cfg.age_limit
+    oldest = ordered[0] if ordered else None
+    aged_first = (
+        oldest is not None
+        and oldest.first_token_time is None
+        and now - oldest.arrival > age * oldest.slo_ttft
+    )
     if room < INF:
         floor = cfg.min_prefill_tokens
-        if room <= 0.0 and floor <= 0:
+        if room <= 0.0 and floor <= 0 and not aged_first:
             return StepPlan(token_budget=max(nd, 1), order=[], chunk_cap={}), info
     else:
         floor = 0
@@ -240,7 +269,10 @@ def plan_step(
             if seats <= 0:
                 continue
         need = p.prompt_tokens + p.generated - p.computed
-        n = min(need, tokens_left, chunk_for_time(c0, c1, room - spent, p.computed))
+        if aged_first and p.first_token_time is None and now - p.arrival > age * p.slo_ttft:
+            n = min(need, tokens_left)
+        else:
+            n = min(need, tokens_left, chunk_for_time(c0, c1, room - spent, p.computed))
         if n < need and total == 0 and n < floor:
             n = min(need, tokens_left, floor)  # progress floor for the first prefill
         if n < need and align > 1:

@@ -260,7 +260,12 @@ class _LensMixin:
             t0 = time.perf_counter()
             state = self._lens_state(time.time())
             plan = self.lens.plan(state)
-            held = self._lens_apply(plan, state)
+            if plan.order or state.decodes:
+                held = self._lens_apply(plan, state)
+            else:
+                # the plan leaves nothing runnable (e.g. partial prefills hold every KV block and
+                # none can take a chunk): vLLM's own schedule, which preempts, as the simulator
+                plan = None
             plan_us = (time.perf_counter() - t0) * 1e6
         try:
             out = super().schedule(*args, **kwargs)

@@ -93,6 +93,9 @@ class PrismConfig:
     # replicas deciding at once on the same shared state spread instead of herding (0: off).
     jitter: float = 0.0
     seed: int = 0
+    # Bounded unfairness: a late request held longer than this x its TTFT SLO is no longer served
+    # only from spare room but first, in arrival order, by the next engine with room (inf: never)
+    age_limit: float = 8.0
     decode_sample: int = 16  # learn from 1 in this many decode-only steps (all others are kept)
     # Predict each engine's prefix-cache hit for a request from a router-side index of the prompt
     # blocks sent there (sized by the engine's num_gpu_blocks) and fold it into the predicted
@@ -114,6 +117,8 @@ class PrismConfig:
             raise ValueError("prism: slack, queue_limit and self_paced_queue must be >= 0")
         if not 0 <= self.min_share < 1:
             raise ValueError(f"prism: min_share must be in [0, 1), got {self.min_share!r}")
+        if not self.age_limit > 0:
+            raise ValueError(f"prism: age_limit must be positive, got {self.age_limit!r}")
         if self.max_moves < 0 or self.scan < 1:
             raise ValueError("prism: max_moves must be >= 0 and scan >= 1")
 
@@ -595,6 +600,17 @@ class Prism(RoutingPolicy):
         out: list[RequestInfo] = []
         held = self._held
         margin = self.cfg.ttft_margin
+        if self._hopeless:
+            k = self._oldest_aged(e, now)
+            if k >= 0:
+                r = self._hopeless[k][2]
+                if (e.n + e.rn == 0 or self._room(e, r, now)) and self._ttft(
+                    e, r, now
+                ) <= self._best_other(r, idx, engines, now)[1] + 1e-3:
+                    # the engine with room that serves it soonest takes it (not the first asked)
+                    del self._hopeless[k]
+                    self._bind(r, idx, now)
+                    return [r.info]
         while held:
             pick = -1
             j = seen = 0
@@ -654,6 +670,16 @@ class Prism(RoutingPolicy):
             return False
         eh = self._eng[home]
         return now + self._ttft(eh, r, now) * self.cfg.ttft_margin + self.cfg.slack <= r.deadline
+
+    def _oldest_aged(self, e: _Engine, now: float) -> int:
+        """The oldest late request past its age limit that this engine can hold, or -1."""
+        lim = self.cfg.age_limit
+        best, best_t = -1, INF
+        for k, (_, p, r) in enumerate(self._hopeless[:64]):
+            a = r.info.arrival
+            if a < best_t and now - a > lim * r.info.slo_ttft and p < e.kv_tokens:
+                best, best_t = k, a
+        return best
 
     def _pick_hopeless(self, e: _Engine) -> int:
         """The smallest late request this engine can hold (among the oldest few)."""
