@@ -31,7 +31,7 @@ def test_a_deferred_prefill_is_served_first_once_it_has_aged():
     young = waiting(1, 20_000, arrival=NOW - 0.2)
     order, late = order_prefills([young, *small], NOW, COEF[0], COEF[1], 1.0, LensConfig())
     assert late == 1 and order[-1].id == 1  # deferred behind the others
-    # the same request after 3.5 s (past 3x its 1 s SLO): first, and no longer counted late
+    # the same request after 3.5 s (past 2x its 1 s SLO): first, and no longer counted late
     old = waiting(1, 20_000, arrival=NOW - 3.5)
     order, late = order_prefills([*small, old], NOW, COEF[0], COEF[1], 1.0, LensConfig())
     assert order[0].id == 1

@@ -51,11 +51,13 @@ def test_no_request_is_ever_stranded(routing, engine, cluster, items, timeout):
     profiles = parse_cluster(cluster)
     if routing == "splitwise" and len(profiles) < 2:
         return
+    policy = make_policy(routing)
     sim = ClusterSim(
         profiles,
-        make_policy(routing),
+        policy,
         lambda i, n: make_engine_policy(engine, engine_name=n, slo_ttft=2.0, slo_tpot=0.1, seed=i),
         client_timeout=timeout,
+        view="oracle" if getattr(policy, "oracle", False) else "live",  # oracle ablations
     )
     res = sim.run(_trace(items), 2.0, 0.1)
     stranded = [r.id for r in res.requests if not r.ended]

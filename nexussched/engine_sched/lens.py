@@ -34,7 +34,7 @@ from ..perfmodel.lengths import LengthEstimator
 from .plan import SeqState, StepPlan, StepState
 
 INF = math.inf
-AGE_LIMIT = 3.0  # x TTFT SLO (bench_liveness.py --part fairness)
+AGE_LIMIT = 2.0  # x TTFT SLO; meets issue 9's starved bar (bench_liveness.py --part fairness)
 
 
 @dataclass(frozen=True, slots=True)

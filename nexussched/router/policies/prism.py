@@ -94,7 +94,8 @@ class PrismConfig:
     jitter: float = 0.0
     seed: int = 0
     # Bounded unfairness: a late request held longer than this x its TTFT SLO is no longer served
-    # only from spare room but first, in arrival order, by the next engine with room (inf: never)
+    # only from spare room but sent on in arrival order, each to the engine that would serve it
+    # soonest, room or not (inf: never)
     age_limit: float = 8.0
     decode_sample: int = 16  # learn from 1 in this many decode-only steps (all others are kept)
     # Predict each engine's prefix-cache hit for a request from a router-side index of the prompt
@@ -600,17 +601,21 @@ class Prism(RoutingPolicy):
         out: list[RequestInfo] = []
         held = self._held
         margin = self.cfg.ttft_margin
-        if self._hopeless:
+        while self._hopeless:
+            # Late requests past their age limit leave in arrival order, each to the engine that
+            # would serve it soonest, pacing or not (as the router would without PRISM): pacing
+            # them would drain a backlog of them slower than vLLM's own batching does.
             k = self._oldest_aged(e, now)
-            if k >= 0:
-                r = self._hopeless[k][2]
-                if (e.n + e.rn == 0 or self._room(e, r, now)) and self._ttft(
-                    e, r, now
-                ) <= self._best_other(r, idx, engines, now)[1] + 1e-3:
-                    # the engine with room that serves it soonest takes it (not the first asked)
-                    del self._hopeless[k]
-                    self._bind(r, idx, now)
-                    return [r.info]
+            if k < 0:
+                break
+            r = self._hopeless[k][2]
+            if self._ttft(e, r, now) > self._best_any(r, engines, now) + 1e-3:
+                break  # another engine serves the oldest sooner: it takes it when asked
+            del self._hopeless[k]
+            self._bind(r, idx, now)
+            out.append(r.info)
+        if out:
+            return out
         while held:
             pick = -1
             j = seen = 0
@@ -670,6 +675,16 @@ class Prism(RoutingPolicy):
             return False
         eh = self._eng[home]
         return now + self._ttft(eh, r, now) * self.cfg.ttft_margin + self.cfg.slack <= r.deadline
+
+    def _best_any(self, r: _Req, engines: Sequence[EngineView], now: float) -> float:
+        """Lowest predicted TTFT of r on any healthy engine that can hold it, room or not."""
+        best = INF
+        for i, e in enumerate(self._eng[: len(engines)]):
+            if engines[i].healthy and r.prompt < e.kv_tokens:
+                t = self._ttft(e, r, now)
+                if t < best:
+                    best = t
+        return best
 
     def _oldest_aged(self, e: _Engine, now: float) -> int:
         """The oldest late request past its age limit that this engine can hold, or -1."""
