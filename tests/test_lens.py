@@ -282,14 +282,25 @@ def test_sarathi_calibrates_once_from_profiling_telemetry_then_freezes(tmp_path)
 
 
 def run_sim(
-    trace, engine_policy, n=1, slo_ttft=2.0, slo_tpot=0.1, at=None, factor=2.0, telemetry=None
+    trace,
+    engine_policy,
+    n=1,
+    slo_ttft=2.0,
+    slo_tpot=0.1,
+    at=None,
+    factor=2.0,
+    telemetry=None,
+    config=None,
 ):
     pols = []
 
     def factory(i, name):
-        p = make_engine_policy(
-            engine_policy, engine_name=name, slo_ttft=slo_ttft, slo_tpot=slo_tpot
-        )
+        if config is not None:
+            p = LensPolicy(engine_name=name, config=config)
+        else:
+            p = make_engine_policy(
+                engine_policy, engine_name=name, slo_ttft=slo_ttft, slo_tpot=slo_tpot
+            )
         pols.append(p)
         return p
 
@@ -305,13 +316,27 @@ def run_sim(
 def test_lens_beats_fcfs_under_overload_in_the_simulator():
     # Rate 9.5: the measured hardware (issue 11) is ~1.2x faster than the old roofline, where rate
     # 8 gave the same overload (FCFS at 45% of SLOs).
+    # Without an aging bound (deferring late requests for as long as it pays).
     tr = synthetic_trace(arrival="gamma", rate=9.5, cv=2.0, n=600, seed=4)
     base, _, _ = run_sim(tr, "vllm_default")
-    lens, pols, res = run_sim(tr, "lens")
+    lens, pols, res = run_sim(tr, "lens", config=LensConfig(age_limit=math.inf))
     assert lens["completed"] == base["completed"] == 600  # deprioritised, never dropped
     assert lens["slo_attainment"] > base["slo_attainment"] * 1.5
     assert lens["tpot_p99"] <= 0.1
     assert pols[0].steps_planned > 100 and pols[0].model.fitted
+
+
+def test_lens_aging_bound_trades_attainment_for_a_bounded_wait():
+    # The same overload with the default bound (issue 9): deferred requests are served in arrival
+    # order after 2x their TTFT SLO, so none waits as long as the unbounded deferral lets it.
+    tr = synthetic_trace(arrival="gamma", rate=9.5, cv=2.0, n=600, seed=4)
+    base, _, _ = run_sim(tr, "vllm_default")
+    free, _, _ = run_sim(tr, "lens", config=LensConfig(age_limit=math.inf))
+    bound, _, _ = run_sim(tr, "lens")
+    assert bound["completed"] == 600
+    assert bound["ttft_p99"] < free["ttft_p99"]
+    assert bound["starved_share"] <= base["starved_share"] + 0.005
+    assert bound["slo_attainment"] >= base["slo_attainment"]
 
 
 def test_lens_changes_nothing_at_light_load():
