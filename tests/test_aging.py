@@ -68,7 +68,7 @@ class _View:
 
 
 def test_prism_serves_an_aged_late_request_before_on_time_ones():
-    p = Prism(PrismConfig(age_limit=4.0, rebind=False))
+    p = Prism(PrismConfig(age_limit=4.0, rebind=False, hold_for_pace=True))
     views = [_View("a")]
     assert p.route(RequestInfo(0, 100_000, 10, 0.0, 2.0, 0.1), views, 0.0) == 0  # busy for long
     late = RequestInfo(1, 200, 10, 0.1, 2.0, 0.1)
