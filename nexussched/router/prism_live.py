@@ -43,14 +43,18 @@ class PrismDispatcher(PolicyDispatcher):
         share_interval: float = 0.05,
         telemetry_interval: float = TELEMETRY_POLL,
         learn: str = "auto",
+        redis_timeout: float = 5.0,
     ) -> None:
         super().__init__(policy)
         if learn not in LEARN:
             raise ValueError(f"--mode-arg learn must be one of {', '.join(LEARN)}, got {learn!r}")
         if redis is not None and not hasattr(policy, "take_deltas"):
             raise ValueError("--mode prism with redis needs --policy prism (state sharing)")
-        if share_interval <= 0 or telemetry_interval <= 0:
-            raise ValueError("share_interval and telemetry_interval must be positive")
+        if share_interval <= 0 or telemetry_interval <= 0 or not redis_timeout > 0:
+            raise ValueError(
+                "share_interval, telemetry_interval and redis_timeout must be positive"
+            )
+        self.redis_timeout = float(redis_timeout)
         self.redis_url = redis
         self.replica = replica or f"{os.uname().nodename}-{os.getpid()}"
         self.topic = topic
@@ -80,7 +84,12 @@ class PrismDispatcher(PolicyDispatcher):
         if self.redis_url:
             import redis.asyncio as aioredis
 
-            self._redis = aioredis.from_url(self.redis_url)
+            # every Redis call gives up after redis_timeout: a stalled Redis never stalls routing
+            self._redis = aioredis.from_url(
+                self.redis_url,
+                socket_timeout=self.redis_timeout,
+                socket_connect_timeout=self.redis_timeout,
+            )
             if telemetry:
                 self.streams = StreamFeed(
                     p.observe, router.backends, self._redis, self.topic, self.telemetry_interval
