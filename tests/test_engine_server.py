@@ -297,3 +297,18 @@ def test_repeated_prompt_prefix_is_served_from_cache_and_counted(engine, client)
         first.usage.prompt_tokens + second.usage.prompt_tokens
     )
     assert metric(after, "vllm:prefix_cache_hits_total") - h0 == cached
+
+
+def test_kv_events_name_the_prompt_blocks_as_the_router_hashes_them(engine, client):
+    from nexussched.tokens import block_hashes, prompt_pieces
+
+    start = int(get(engine.url + "/kv_events?limit=0")[2]["X-KV-Total"])
+    prompt = [31000 + k for k in range(100)]  # 6 full 16-token blocks, new to this engine
+    client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=2, extra_body={"ignore_eos": True}
+    )
+    _, text, headers = get(engine.url + f"/kv_events?since={start}")
+    events = [json.loads(x) for x in text.splitlines()]
+    stored = [h for ev in events if ev["type"] == "BlockStored" for h in ev["block_hashes"]]
+    assert stored == list(block_hashes(prompt_pieces({"prompt": prompt}, False)))
+    assert int(headers["X-KV-Next"]) == start + len(events)

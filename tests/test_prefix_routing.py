@@ -184,3 +184,33 @@ def test_live_router_sends_a_conversation_back_to_its_cache(spawn, policy):
     assert cached[0] == 0 and all(c >= 16 * 16 for c in cached[1:])
     hits = [_metric(u, "vllm:prefix_cache_hits_total") for u in urls]
     assert sorted(hits)[:2] == [0.0, 0.0]  # one engine served the whole conversation
+
+
+def test_prism_follows_kv_events_so_evicted_prefixes_are_not_predicted_hits():
+    from nexussched.traces import Trace, TraceRequest
+
+    # one small engine (500 blocks): four 3,000-token prompts with distinct content, in turn;
+    # the first ones' blocks are evicted by the later ones
+    reqs = [TraceRequest(i, 5.0 * i, 3000, 4, prefix_hashes=tuple(100 * k + i for k in range(6)))
+            for i in range(4)]  # fmt: skip
+    for events in (True, False):
+        pol = make_policy("prism", kv_events=events)
+        sim = ClusterSim([get_profile("a100")], pol, engine_config=EngineConfig(num_blocks=500))
+        sim.run(Trace("t", reqs), 5.0, 0.2)
+        eng = sim.engines[0]
+        firsts = [info(9, h) for h in (sim_chain(reqs[0]), sim_chain(reqs[3]))]
+        real = [eng.cache.match(f.prefix_hashes, 1000)[0] for f in firsts]
+        seen = [pol._prefix.match(f.prefix_hashes, 1)[0] for f in firsts]
+        assert real[0] == 0 and real[1] > 0  # the first prompt is gone, the last is cached
+        if events:
+            assert seen == real and pol._kv_fed == {0}  # PRISM's index is the cache
+        else:
+            assert pol._kv_fed == set()  # its own LRU guess (sized from cache_config_info)
+
+
+def sim_chain(r) -> tuple[int, ...]:
+    from nexussched.sim.prefix_cache import block_chain
+
+    return block_chain(r.prefix_hashes, r.prefix_block, r.prompt_tokens, 16)[
+        : r.prompt_tokens // 16
+    ]

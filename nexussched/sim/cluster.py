@@ -108,6 +108,7 @@ class ClusterSim:
                     config=engine_config,
                     policy=pol,
                     telemetry=self._telemetry_hook(i, telemetry),
+                    kv_events=self._kv_hook(i),
                 )
             )
         if type(routing).on_first_token is not RoutingPolicy.on_first_token:
@@ -125,6 +126,18 @@ class ClusterSim:
         self.now = 0.0
         self.moves = 0
         self.rejected = 0
+
+    def _kv_hook(self, i: int) -> Callable[[str, list[int]], None] | None:
+        """KV events (vLLM's BlockStored / BlockRemoved, as the engine publishes them) for a
+        policy that consumes them (`kv_event(idx, kind, hashes)`)."""
+        consume = getattr(self.routing, "kv_event", None)
+        if consume is None:
+            return None
+
+        def hook(kind: str, hashes: list[int]) -> None:
+            consume(i, kind, hashes)
+
+        return hook
 
     def _telemetry_hook(self, i: int, sink: Callable[[StepRecord], None] | None):
         observe = getattr(self.routing, "observe", None)

@@ -92,6 +92,7 @@ class EngineServer:
             ),
             policy=make_engine_policy(cfg.engine_policy),
             telemetry=self._on_step,
+            kv_events=self._on_kv,
         )
         self.scale = cfg.time_scale
         self.models = set(cfg.models)
@@ -105,6 +106,9 @@ class EngineServer:
         self._driver: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
         self._tele: deque[StepRecord] = deque(maxlen=cfg.telemetry_keep)
+        # KV events (vLLM's BlockStored / BlockRemoved), served by GET /kv_events
+        self._kv: deque[tuple[str, list[int]]] = deque(maxlen=cfg.telemetry_keep)
+        self.kv_total = 0
         self.telemetry_total = 0
         self._tele_file = open(cfg.telemetry_out, "a") if cfg.telemetry_out else None  # noqa: SIM115
         self.sink: StepSink | None = None
@@ -128,6 +132,10 @@ class EngineServer:
         if self.scale > 0:
             return (time.monotonic() - self._t0) / self.scale
         return self._vt
+
+    def _on_kv(self, kind: str, hashes: list[int]) -> None:
+        self._kv.append((kind, hashes))
+        self.kv_total += 1
 
     def _on_step(self, rec: StepRecord) -> None:
         self._tele.append(rec)
@@ -248,6 +256,7 @@ class EngineServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/telemetry", self._telemetry)
+        app.router.add_get("/kv_events", self._kv_events)
         app.router.add_post("/admin/speed", self._speed)
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._shutdown)
@@ -538,6 +547,34 @@ class EngineServer:
                 "X-Telemetry-Next": str(stop),
                 "X-Telemetry-Total": str(total),
                 "X-Telemetry-Dropped": str(max(0, base - since)),
+            },
+        )
+
+    async def _kv_events(self, request: web.Request) -> web.Response:
+        """KV events with index >= since, as JSON lines {"type": "BlockStored" | "BlockRemoved",
+        "block_hashes": [...]} (vLLM's event names; hashes as the router's prefix index names
+        prompt blocks). Headers as /telemetry's: X-KV-Next, X-KV-Total, X-KV-Dropped."""
+        try:
+            since = int(request.query.get("since", "0"))
+            limit = int(request.query.get("limit", "10000"))
+        except ValueError:
+            return BadRequest(400, "since and limit must be integers").response()
+        total = self.kv_total
+        base = total - len(self._kv)
+        start = min(max(since, base, 0), total)
+        stop = min(total, start + max(0, limit))
+        names = {"stored": "BlockStored", "removed": "BlockRemoved"}
+        text = "".join(
+            json.dumps({"type": names[k], "block_hashes": h}, separators=(",", ":")) + "\n"
+            for k, h in itertools.islice(self._kv, start - base, stop - base)
+        )
+        return web.Response(
+            text=text,
+            content_type="application/x-ndjson",
+            headers={
+                "X-KV-Next": str(stop),
+                "X-KV-Total": str(total),
+                "X-KV-Dropped": str(max(0, base - since)),
             },
         )
 

@@ -102,6 +102,9 @@ class PrismConfig:
     # blocks sent there (sized by the engine's num_gpu_blocks) and fold it into the predicted
     # prefill time: only the uncached tail is computed, attending to the cached prefix.
     prefix_aware: bool = True
+    # Where engines publish KV events (vLLM's BlockStored / BlockRemoved; engine-sim and the
+    # simulator do), the index follows them: exact evictions instead of an LRU guess.
+    kv_events: bool = True
     perf: PerfModelConfig = field(
         default_factory=lambda: PerfModelConfig(
             window=2048, half_life=1024, drift_ratio=1.5, drift_window=200
@@ -298,6 +301,7 @@ class Prism(RoutingPolicy):
         self.shed = 0
         self._rng = random.Random(config.seed)
         self._prefix = PrefixIndex(None)  # prompt blocks sent to each engine (LRU)
+        self._kv_fed: set[int] = set()  # engines whose KV events PRISM follows
 
     # ---- learning (transport-independent: the simulator, engine telemetry, the plane) -----------
     def _engine(self, idx: int) -> _Engine:
@@ -360,6 +364,18 @@ class Prism(RoutingPolicy):
         e.model.observe_features(x, duration)
         if e.model.coef is not e.coef:
             e.refresh()
+
+    def kv_event(self, idx: int, kind: str, hashes: Sequence[int]) -> None:
+        """A KV event of engine `idx`: it cached ("stored") or evicted ("removed") these blocks."""
+        if not (self.cfg.prefix_aware and self.cfg.kv_events):
+            return
+        if idx not in self._kv_fed:
+            self._kv_fed.add(idx)
+            self._prefix.set_capacity(idx, None)  # its events say what leaves, not an LRU guess
+        if kind == "stored":
+            self._prefix.stored(idx, hashes)
+        elif kind == "removed":
+            self._prefix.removed(idx, hashes)
 
     def set_model(self, idx: int, model: PerfModel) -> None:
         """Use a model fitted elsewhere (another replica, the plane, a file) for engine `idx`."""
@@ -741,7 +757,8 @@ class Prism(RoutingPolicy):
                 if cap:
                     e.kv_tokens = float(cap)
                     # the engine caches at most its KV blocks' worth of prompt blocks
-                    self._prefix.set_capacity(i, cap // BLOCK_TOKENS)
+                    if i not in self._kv_fed:
+                        self._prefix.set_capacity(i, cap // BLOCK_TOKENS)
 
     @staticmethod
     def _queued(e: _Engine, v: EngineView) -> int:
