@@ -12,7 +12,11 @@ the plug-in's publications and the router in front of vLLM, then
 2. runs decodes with a tight per-request TPOT target (sent as `vllm_xargs`) next to a long prompt
    and checks that LENS split that prompt into small chunks where vLLM's default would not (the
    server runs LENS with `bank_spend=0, deprioritize=False`, so every step is held to 85% of that
-   target).
+   target);
+3. puts PRISM (a live router in this process, `--mode prism` with the Redis plane) in front of that
+   vLLM and an engine-sim of another speed (l4 profile, real time), both publishing their step
+   records to Redis Streams; it prints the vLLM engine's model error as the router learned it
+   (against the plug-in's own step records) and each engine's share of the requests.
 """
 
 from __future__ import annotations
@@ -56,10 +60,17 @@ def test_plugin_classes_extend_vllm_schedulers():
     from vllm.v1.core.sched.async_scheduler import AsyncScheduler
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from nexussched.engine_sched.vllm_plugin import LensAsyncScheduler, LensScheduler
+    from nexussched.engine_sched.vllm_plugin import (
+        LensAsyncScheduler,
+        LensScheduler,
+        TelemetryAsyncScheduler,
+        TelemetryScheduler,
+    )
 
     assert issubclass(LensScheduler, Scheduler)
     assert issubclass(LensAsyncScheduler, AsyncScheduler)
+    assert issubclass(TelemetryScheduler, Scheduler)
+    assert issubclass(TelemetryAsyncScheduler, AsyncScheduler)
 
 
 def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -79,6 +90,7 @@ class VllmServer:
             PYTHONPATH=str(REPO_ROOT),
             VLLM_CPU_KVCACHE_SPACE="1",
             NEXUS_ENGINE_NAME=ENGINE,
+            NEXUS_ENGINE_ADDR=f"127.0.0.1:{self.port}",  # how a router maps its stream
             NEXUS_TELEMETRY=str(telemetry),
             NEXUS_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
             NEXUS_TOPIC=TOPIC,
@@ -292,3 +304,76 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     assert len(mixed) >= 3
     assert max(sizes) <= 512
     assert predicted <= 0.85 * tpot * 1.1
+
+
+def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stack):
+    """PRISM in front of the real vLLM and a slower engine-sim: every step record reaches the
+    router over the telemetry plane (Redis Streams), the router's model of the real engine
+    matches the plug-in's own step records, and the real engine gets the share its speed earns."""
+    import aiohttp
+    from aiohttp.test_utils import TestServer
+
+    from nexussched.perfmodel import mape
+    from nexussched.router.compose import create_app
+    from nexussched.router.config import RouterSettings, backend_from_url
+    from nexussched.router.policies import Prism
+    from nexussched.router.prism_live import PrismDispatcher
+
+    rurl = f"redis://127.0.0.1:{stack['redis'].port}/0"
+    sim = ServerProc(["engine-sim", "--profile", "l4", "--model", MODEL, "--redis-url", rurl,
+                      "--topic", TOPIC])  # fmt: skip
+    sim.wait_ready(timeout=60)
+
+    async def run() -> tuple[list[int], Prism, PrismDispatcher]:
+        policy = Prism()
+        disp = PrismDispatcher(policy, redis=rurl, topic=TOPIC, learn="telemetry")
+        urls = [stack["server"].url, sim.url]
+        settings = RouterSettings(backends=[backend_from_url(u) for u in urls])
+        server = TestServer(create_app(settings, disp))
+        await server.start_server()
+        router = server.app["router"]
+        try:
+            for _ in range(600):
+                if sum(b.healthy for b in router.backends) == 2 and disp.streams.covers(0):
+                    break
+                await asyncio.sleep(0.1)
+            assert disp.streams.covers(0), "the vLLM engine's stream was not found"
+            url = str(server.make_url("/v1/completions"))
+            rng = np.random.default_rng(7)
+
+            async def one(k: int, s) -> None:
+                await asyncio.sleep(k * 0.15)
+                n = int(rng.integers(50, 600))
+                body = {"model": MODEL, "prompt": [3000 + k] + [7 + k % 50] * (n - 1),
+                        "max_tokens": int(rng.integers(8, 40)), "ignore_eos": True,
+                        "stream": True}  # fmt: skip
+                async with s.post(url, json=body) as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
+                await asyncio.gather(*(one(k, s) for k in range(80)))
+            await asyncio.sleep(1.5)  # the last records through the plane
+            return [b.sent for b in router.backends], policy, disp
+        finally:
+            await server.close()
+
+    try:
+        sent, policy, disp = asyncio.run(run())
+    finally:
+        sim.close()
+    rows = [StepRecord.from_dict(r) for r in read_telemetry(stack["telemetry"])]
+    learned = disp.streams.by_engine.get(0, 0)
+    err, p90 = mape(policy.model(0), rows[-400:])
+    share = sent[0] / max(1, sum(sent))
+    print(
+        f"PRISM learned the vLLM engine from {learned} stream records (its plug-in recorded "
+        f"{len(rows)} steps in all): model error on its last {min(400, len(rows))} steps MAPE "
+        f"{err:.3f} (p90 {p90:.3f}); requests sent vLLM {sent[0]}, engine-sim l4 {sent[1]} "
+        f"(vLLM's share {share:.0%})"
+    )
+    assert learned >= 100 and policy.model(0).fitted and policy.model(1).fitted
+    assert err < 0.5
+    # the tiny model on this CPU steps in a few ms; the simulated l4 takes tens: PRISM, knowing
+    # both from their telemetry, gives the real engine most of the work
+    assert share >= 0.6
