@@ -23,55 +23,41 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
-import math
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from ...plane import (
-    PLANE_ERRORS,
     Chunk,
     Claimed,
-    NodeInfo,
     Plane,
     PlaneUnavailable,
-    crc16,
     describe_error,
     lane_of,
     shard_of,
 )
 from ..dispatch import BackendFailed, Dispatcher, ProxyCall, RouterCore
 from ..errors import APIError
-from ..policies.fastdeploy import (
-    LOAD_COUNT,
-    admit_count,
-    choose_victim,
-    engine_resources,
-    lookup_shards,
-    mini_batches,
-    steal_candidates,
-)
-from .common import ClientAnswer, GenerationLost, NodeState, NodeView, Payload, SSESplitter
+from .common import ClientAnswer, GenerationLost, Payload, SSESplitter
 from .params import SchedulerParams
+from .plane_node import (
+    ATTEMPT_STRIDE,
+    ERRORS,
+    ORIGIN_KEEPALIVES,
+    RESYNC_S,
+    ChunkWriter,
+    NodeWorker,
+    Warn,
+)
+from .plane_registry import PlaneRegistry
 
 log = logging.getLogger("nexussched.router.plane")
 
-ERRORS = (*PLANE_ERRORS, RedisError)
-GATE_POLL_S = 0.02  # a node whose engine is busy re-checks it this often (no Redis calls)
-BELL_WAIT_S = 0.5  # an idle node blocks this long on the bells before looking again
-RESYNC_S = 2.0  # how often the origin checks that Redis still knows its requests
-MAX_ATTEMPTS = 4  # engine failures before a request is answered with an error
-# A replica counts as a dead origin (its queued work dropped) after this many keep-alive periods
-# without renewal: dropping a live origin's work is costly, so it gets more slack than a node.
-ORIGIN_KEEPALIVES = 3
-ATTEMPT_STRIDE = 1 << 20  # attempt ids of successive enqueues of one request never overlap
+__all__ = ["ERRORS", "ChunkWriter", "GlobalDispatcher", "NodeWorker", "PlaneDispatcher"]
 
 
 @dataclass
@@ -96,315 +82,11 @@ class _Pending:
         return max(self.attempts_seen, self.enqueues * ATTEMPT_STRIDE)
 
 
-class _Warn:
-    """Log a recurring failure once per outage, and its recovery."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.down = False
-
-    def fail(self, e: BaseException) -> None:
-        if not self.down:
-            log.error("%s: %s", self.what, str(e).splitlines()[0] if str(e) else repr(e))
-            self.down = True
-
-    def ok(self) -> None:
-        if self.down:
-            log.warning("%s: recovered", self.what)
-            self.down = False
-
-
-class ChunkWriter:
-    """Streams one claimed request's events to its origin: the first push goes at once, later
-    events accumulate while a push is in flight (natural batching, at most writer_batch_size per
-    call). A push refused by the plane (lease lost, origin gone) sets `fenced`: stop working on it.
-
-    A push that cannot reach Redis is retried until the client's deadline (receipt + ttl), and no
-    longer than progress_timeout after the first failure: by then the origin has given up too."""
-
-    def __init__(
-        self, d: PlaneDispatcher, c: Claimed, worker: str, node: str, t0: float | None = None
-    ) -> None:
-        self.d = d
-        self.c = c
-        self.worker = worker
-        self.node = node
-        self.buf: list[str] = []
-        self.seq = 0
-        self.status = 200
-        self.content_type = ""
-        self.fenced = False
-        if t0 is None:
-            try:
-                t0 = float(json.loads(c.payload).get("t0") or time.time())
-            except (ValueError, AttributeError, TypeError):
-                t0 = time.time()
-        self.deadline = t0 + d.params.ttl  # the client's, in wall time
-        self._task: asyncio.Task | None = None
-
-    @property
-    def sent(self) -> int:
-        """Events handed to the plane so far (0: the origin has seen nothing of this attempt)."""
-        return self.seq
-
-    def add(self, events: list[str]) -> None:
-        if not events:
-            return
-        self.buf.extend(events)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush())
-
-    async def _retry(self, what, first_fail: list[float]):
-        """Run `what()` until it answers; None once the deadline passed."""
-        p = self.d.params
-        while True:
-            try:
-                async with self.d.writers:
-                    return await what()
-            except ERRORS as e:
-                self.d.warn_push.fail(e)
-                now = time.monotonic()
-                if not first_fail:
-                    first_fail.append(now)
-                if time.time() > self.deadline or now - first_fail[0] > p.progress_timeout:
-                    return None
-                await asyncio.sleep(min(0.25, p.redis_timeout))
-
-    async def _push(self, events: list[str], fin: bool) -> bool:
-        ch = Chunk(
-            self.c.rid,
-            self.c.attempt,
-            self.seq,
-            events,
-            fin,
-            self.status,
-            self.content_type,
-            self.node,
-        )
-        self.seq += len(events)
-        resp = self.d.plane.responses
-        failed: list[float] = []
-        # the fence and the events separately: a retried fin must not be refused as "done"
-        ok = await self._retry(
-            lambda: resp.fence(self.c, self.worker, fin, self.d.params.lease), failed
-        )
-        if not ok:
-            return False
-        if await self._retry(lambda: resp.append(self.c, [ch]), failed) is None:
-            return False
-        self.d.warn_push.ok()
-        return True
-
-    async def _flush(self) -> None:
-        n = self.d.params.writer_batch_size
-        while self.buf and not self.fenced:
-            events = self.buf[:n]
-            del self.buf[:n]
-            if not await self._push(events, False):
-                self.fenced = True
-
-    async def drain(self) -> None:
-        if self._task is not None:
-            await self._task
-
-    async def close(self) -> bool:
-        """Send what is left with fin; False if the lease was lost."""
-        await self.drain()
-        if self.fenced:
-            return False
-        n = self.d.params.writer_batch_size
-        while len(self.buf) > n:
-            await self._flush_some(n)
-            if self.fenced:
-                return False
-        events, self.buf = self.buf, []
-        # shielded: once the fin's fence passed (the task is done) its events must reach the
-        # origin even if this run is cancelled meanwhile (a renewal that saw it done, a client)
-        ok = await asyncio.shield(self._push(events, True))
-        self.fenced = not ok
-        return ok
-
-    async def fail(self, err: APIError) -> bool:
-        """End this attempt's answer with an error after what was sent (an SSE error event at the
-        client once the stream started, the error body before that)."""
-        await self.drain()
-        if self.fenced:
-            return False
-        self.buf = []
-        self.status = err.status
-        self.content_type = "application/json"
-        ok = await asyncio.shield(self._push([json.dumps(err.body())], True))
-        self.fenced = not ok
-        return ok
-
-    async def _flush_some(self, n: int) -> None:
-        events = self.buf[:n]
-        del self.buf[:n]
-        if not await self._push(events, False):
-            self.fenced = True
-
-
-class NodeWorker:
-    """The puller and executor of one backend this replica drives."""
-
-    def __init__(self, d: PlaneDispatcher, idx: int) -> None:
-        self.d = d
-        self.idx = idx
-        b = d.router.backends[idx]
-        self.backend = b
-        self.name = b.name
-        self.shard = shard_of(self.name, d.params.load_shards_num)
-        self.worker = f"{d.replica}/{self.name}"
-        self.state = NodeState(d.params.kv_blocks, d.params.block_size)
-        self.view = NodeView(b, self.state)
-        self.held: dict[str, tuple[Claimed, asyncio.Task]] = {}
-        self.rng = random.Random(crc16(self.worker))
-        self.slot = crc16(self.worker) % max(1, d.params.load_shards_num)
-        self.candidates: list[str] = []
-        self.load: dict[str, tuple[int, float]] = {}  # splitwise: rid -> (load, since)
-        self.warn = _Warn(f"node {self.name}")
-        self._run = asyncio.create_task(self.run())
-        self._renew = asyncio.create_task(self.renew_loop())
-
-    @property
-    def role(self) -> str:
-        return self.d.role_of(self.idx)
-
-    def stop(self) -> None:
-        """Stop pulling; work in hand finishes (its leases keep being renewed meanwhile)."""
-        self._run.cancel()
-
-    def halt(self) -> list[Claimed]:
-        """Shut down: stop pulling and executing; returns what was held (to give back)."""
-        self._run.cancel()
-        self._renew.cancel()
-        held = [c for c, _ in self.held.values()]
-        for _, t in self.held.values():
-            t.cancel()
-        return held
-
-    # ---- pulling -----------------------------------------------------------------------------
-    async def run(self) -> None:
-        d = self.d
-        q = d.plane.queues
-        p = d.params
-        while True:
-            try:
-                res = engine_resources(self.view, p.max_prefill_batch)
-                if res is None:
-                    await asyncio.sleep(GATE_POLL_S)
-                    continue
-                got = await q.claim(self.name, self.shard, res.batch, self.worker, p.lease)
-                if not got and d.steals:
-                    victim = await self._victim()
-                    if victim is not None:
-                        got = await q.claim(
-                            self.name,
-                            self.shard,
-                            res.batch,
-                            self.worker,
-                            p.lease,
-                            victim=victim,
-                            victim_shard=shard_of(victim, p.load_shards_num),
-                            n_steal=mini_batches(res.batch)[0],
-                            min_score=p.min_load_score,
-                        )
-                self.warn.ok()
-                if not got:
-                    await self._wait_bells()
-                    continue
-                prompts = [Payload.from_json(c.payload).prompt_tokens for c in got]
-                k = admit_count(prompts, res)
-                if k == 0 and not self.held:
-                    k = 1  # an idle engine always takes one (the block estimate is coarse)
-                if k < len(got):
-                    await q.unclaim(self.worker, got[k:])
-                for c in got[:k]:
-                    self.state.sent(c.rid)  # counts against the gate from this moment
-                    if c.stolen:
-                        d.counters["stolen"] += 1
-                    self.held[c.rid] = (c, asyncio.create_task(self._execute(c)))
-            except asyncio.CancelledError:
-                raise
-            except ERRORS as e:
-                self.warn.fail(e)
-                await asyncio.sleep(0.5)
-            except Exception:
-                log.exception("node %s: puller error", self.name)
-                await asyncio.sleep(0.5)
-
-    async def _victim(self) -> str | None:
-        p = self.d.params
-        heavy: list[str] = []
-        for shard in lookup_shards(self.slot, p.load_shards_num):
-            self.slot += 1
-            rows = await self.d.plane.loads.heavy(shard, p.min_load_score, LOAD_COUNT)
-            if rows:
-                heavy = [m for m, _ in rows]
-                break
-        self.candidates = steal_candidates(heavy, self.name, self.rng)
-        return choose_victim(self.candidates, self.rng)
-
-    async def _wait_bells(self) -> None:
-        k = self.d.plane.keys
-        keys = [k.bell(self.name)] + [k.bell(n) for n in self.candidates]
-        await self.d.plane.client.blpop(
-            keys, timeout=min(BELL_WAIT_S, self.d.params.redis_timeout / 2)
-        )
-
-    async def renew_loop(self) -> None:
-        every = self.d.params.lease / 3.0
-        while True:
-            await asyncio.sleep(every)
-            if not self.held:
-                if self._run.done():
-                    return  # stopped and nothing left in hand
-                continue
-            try:
-                lost = await self.d.plane.leases.renew(
-                    self.worker, [c for c, _ in self.held.values()], self.d.params.lease
-                )
-            except ERRORS as e:
-                self.warn.fail(e)
-                continue
-            for rid in lost:
-                item = self.held.get(rid)
-                if item is not None:
-                    log.warning("node %s lost the lease of %s: aborting it", self.name, rid)
-                    item[1].cancel()
-
-    # ---- executing ---------------------------------------------------------------------------
-    async def _execute(self, c: Claimed) -> None:
-        try:
-            await self.d.execute(self, c)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("node %s: executing %s failed", self.name, c.rid)
-        finally:
-            self.held.pop(c.rid, None)
-            self.state.confirm(c.rid)
-
-    async def give_back(self, c: Claimed, why: str) -> None:
-        """The engine failed: return the request to its queue for another try (or fail it)."""
-        if c.attempt % ATTEMPT_STRIDE >= MAX_ATTEMPTS:
-            err = APIError(
-                502,
-                f"request failed {c.attempt % ATTEMPT_STRIDE} times; last: {why}",
-                code="backend_failed",
-            )
-            await ChunkWriter(self.d, c, self.worker, self.name).fail(err)
-            return
-        try:
-            await self.d.plane.queues.unclaim(self.worker, [c])
-        except ERRORS as e:
-            self.warn.fail(e)  # the lease will expire and requeue it
-
-
-class PlaneDispatcher(Dispatcher):
+class PlaneDispatcher(PlaneRegistry, Dispatcher):
     """Origin, nodes and janitor of one replica over the plane (global; splitwise extends it)."""
 
     steals = True
+    mode_name = "global"
 
     def __init__(self, params: SchedulerParams) -> None:
         self.params = params
@@ -429,10 +111,10 @@ class PlaneDispatcher(Dispatcher):
         self._cancels: set[str] = set()  # cancels that did not reach Redis yet
         self._rr = itertools.count()
         self._tasks: list[asyncio.Task] = []
-        self.warn_enqueue = _Warn("enqueue")
-        self.warn_push = _Warn("result push")
-        self.warn_read = _Warn("result read")
-        self.warn_loop = _Warn("registry")
+        self.warn_enqueue = Warn("enqueue")
+        self.warn_push = Warn("result push")
+        self.warn_read = Warn("result read")
+        self.warn_loop = Warn("registry")
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, router: RouterCore) -> None:
@@ -796,150 +478,6 @@ class PlaneDispatcher(Dispatcher):
         finally:
             if not released:
                 resp.close()  # fenced, failed or cancelled: drop the connection (engine aborts)
-
-    # ---- registry: ownership of nodes, liveness ---------------------------------------------------
-    async def _registry_round(self) -> None:
-        p = self.params
-        reg = self.plane.registry
-        backends = self.router.backends
-        await reg.heartbeat_replica(
-            self.replica, ORIGIN_KEEPALIVES * p.keepalive, p.reader_parallel
-        )
-        live = await reg.live_replicas()
-        n = len(backends)
-        share = math.ceil(n / max(1, len(live)))
-        start = crc16(self.replica) % n if n else 0
-        for k in range(n):
-            i = (start + k) % n
-            b = backends[i]
-            w = self.workers.get(i)
-            if w is not None:
-                if not b.healthy:
-                    w.stop()
-                    del self.workers[i]
-                    await reg.release(w.name, self.replica)
-                    log.warning("released node %s: backend unhealthy", w.name)
-                elif not await reg.own(w.name, self.replica, p.keepalive):
-                    w.stop()
-                    del self.workers[i]
-                    log.warning("lost node %s to another replica", w.name)
-            elif b.healthy and len(self.workers) < share:
-                if await reg.own(b.name, self.replica, p.keepalive):
-                    self.workers[i] = NodeWorker(self, i)
-                    await self.plane.loads.join(b.name)
-        for w in self.workers.values():
-            await reg.publish(self.node_info(w))
-        self.alive_nodes = [x.name for x in await reg.nodes() if x.alive]
-
-    def node_info(self, w: NodeWorker) -> NodeInfo:
-        return NodeInfo(
-            w.name, w.role, w.shard, w.backend.url, self.replica, sum(v for v, _ in w.load.values())
-        )
-
-    def _healthy_backends(self) -> set[int]:
-        return {i for i, b in enumerate(self.router.backends) if b.healthy}
-
-    async def _registry_loop(self) -> None:
-        # A round every keepalive/3 s, and at once when a backend has come into rotation since
-        # the last round: an engine that starts after its router should not wait ~10 s to serve.
-        every = self.params.keepalive / 3.0
-        last = time.monotonic()
-        seen = self._healthy_backends()
-        while True:
-            await asyncio.sleep(min(every, 0.5))
-            healthy = self._healthy_backends()
-            if time.monotonic() - last < every and healthy <= seen:
-                seen = healthy
-                continue
-            last = time.monotonic()
-            seen = healthy
-            try:
-                await self._registry_round()
-                self.warn_loop.ok()
-            except ERRORS as e:
-                self.warn_loop.fail(e)
-
-    async def _janitor_loop(self) -> None:
-        p = self.params
-        every = max(0.2, p.lease / 2.0)
-        last_adopt = 0.0
-        while True:
-            await asyncio.sleep(every)
-            mine = [w for w in self.workers.values() if w.backend.healthy and w.role != "decode"]
-            fb = mine[0] if mine else None
-            try:
-                moved = await self.plane.leases.reap(fb.name if fb else "", fb.shard if fb else 0)
-                if moved:
-                    log.warning("requeued %d requests whose lease expired", moved)
-                now = time.monotonic()
-                if fb is not None and now - last_adopt > p.keepalive / 3.0:
-                    last_adopt = now
-                    await self._tidy(fb)
-            except ERRORS as e:
-                self.warn_loop.fail(e)
-
-    async def _tidy(self, fb: NodeWorker) -> None:
-        """Dead nodes (keep-alive expired): adopt their queued work, drop them from the load
-        table, and forget their registry entry once it is older than expire_period."""
-        p = self.params
-        plane = self.plane
-        for node, score in (await plane.loads.scores()).items():
-            if await plane.registry.owner(node) is not None:
-                continue
-            if score > 0:
-                n = await plane.leases.adopt(
-                    node, shard_of(node, p.load_shards_num), fb.name, fb.shard
-                )
-                if n:
-                    log.warning("adopted %d requests of dead node %s", n, node)
-            else:
-                await plane.loads.drop(node)
-        now = await plane.registry.server_time()
-        for info in await plane.registry.nodes():
-            if not info.alive and now - info.ts > p.expire_period:
-                await plane.registry.forget(info.name)
-        for gone in await plane.registry.sweep_replicas((ORIGIN_KEEPALIVES + 1) * p.keepalive):
-            log.warning("replica %s is gone: deleted its response lists", gone)
-
-    # ---- the cluster view -------------------------------------------------------------------
-    async def cluster_view(self) -> dict:
-        reg = self.plane.registry
-        nodes = await reg.nodes()
-        scores = await self.plane.loads.scores()
-        return {
-            "mode": self.mode_name,
-            "topic": self.params.topic,
-            "replica": self.replica,
-            "replicas": await reg.live_replicas(),
-            "nodes": [
-                {
-                    "name": x.name,
-                    "alive": x.alive,
-                    "owner": x.owner if x.alive else None,
-                    "role": x.role,
-                    "shard": x.shard,
-                    "url": x.url,
-                    "queued": int(scores.get(x.name, 0)),
-                    "load": x.load,
-                }
-                for x in nodes
-            ],
-            "leases": await self.plane.leases.held(),
-            "stats": await self.plane.stats(),
-            "local": {
-                **self.counters,
-                "driving": sorted(w.name for w in self.workers.values()),
-                "held": sum(len(w.held) for w in self.workers.values()),
-            },
-        }
-
-    mode_name = "global"
-
-    async def _view_handler(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await self.cluster_view())
-        except ERRORS as e:
-            return self._plane_error(e).response()
 
 
 class GlobalDispatcher(PlaneDispatcher):

@@ -28,8 +28,9 @@ from ..errors import APIError
 from ..policies.fastdeploy import blur_select, decode_blur_step, prefill_blur_step
 from ..policies.fastdeploy_modes import split_roles
 from .common import Payload
-from .global_mode import ERRORS, ChunkWriter, NodeWorker, PlaneDispatcher
+from .global_mode import PlaneDispatcher
 from .params import SchedulerParams
+from .plane_node import ERRORS, ChunkWriter, NodeWorker
 
 log = logging.getLogger("nexussched.router.splitwise")
 
