@@ -499,7 +499,7 @@ class Router:
             status = e.status
             return e.response()
         finally:
-            if self.settings.access_log:
+            if self.settings.access_log and access_log.isEnabledFor(logging.INFO):
                 self._log_access(request, call, status, t0)
 
     def _log_access(
