@@ -7,7 +7,7 @@ import json
 import pytest
 from multidict import CIMultiDict
 
-from nexussched.router.backends import Backend, parse_vllm_metrics
+from nexussched.router.backends import Backend
 from nexussched.router.config import (
     BackendSpec,
     RouterSettings,
@@ -24,6 +24,7 @@ from nexussched.router.requests import (
     parse_slo,
     validate_body,
 )
+from nexussched.router.vllm_metrics import parse_vllm_metrics
 
 VLLM_METRICS = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

@@ -13,7 +13,7 @@ import pytest
 
 from nexussched.engine_sched import make_engine_policy
 from nexussched.eval.metrics import outcomes_from_sim, summarize
-from nexussched.router.backends import Backend, BackendRegistry, parse_vllm_metrics
+from nexussched.router.backends import Backend, BackendRegistry
 from nexussched.router.config import BackendSpec
 from nexussched.router.policies import (
     ORACLE_ATTRS,
@@ -24,6 +24,7 @@ from nexussched.router.policies import (
     RoutingPolicy,
     make_policy,
 )
+from nexussched.router.vllm_metrics import parse_vllm_metrics
 from nexussched.sim import ClusterSim, OracleView, ScrapedView, parse_cluster
 from nexussched.traces import Trace, TraceRequest
 

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import aiohttp
 
@@ -27,88 +26,9 @@ from .breaker import Breaker
 from .config import BackendSpec
 from .policies.base import RequestInfo
 from .policies.view import SCRAPE_PERIOD
+from .vllm_metrics import parse_vllm_metrics
 
 log = logging.getLogger("nexussched.router")
-
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-KV_USAGE = "vllm:kv_cache_usage_perc"
-KV_USAGE_OLD = "vllm:gpu_cache_usage_perc"  # vLLM < 0.10 name
-CACHE_CONFIG = "vllm:cache_config_info"  # labels: block_size, num_gpu_blocks, ... (value 1)
-
-
-@dataclass(slots=True)
-class EngineMetrics:
-    num_running: int
-    num_waiting: int
-    kv_usage: float
-    block_size: int | None = None  # from vllm:cache_config_info
-    num_gpu_blocks: int | None = None
-
-
-def _label_int(labels: str, key: str) -> int | None:
-    """An integer label value of a Prometheus label set (`a="1",b="x"`); None if absent or not
-    a positive integer (vLLM writes "None" for unset values)."""
-    needle = key + '="'
-    i = labels.find(needle)
-    while i > 0 and labels[i - 1] not in ",{ ":
-        i = labels.find(needle, i + 1)
-    if i < 0:
-        return None
-    j = labels.find('"', i + len(needle))
-    try:
-        v = int(labels[i + len(needle) : j])
-    except ValueError:
-        return None
-    return v if v > 0 else None
-
-
-def _cache_config(line: str) -> tuple[int | None, int | None]:
-    brace = line.find("{")
-    labels = line[brace : line.rfind("}") + 1] if brace >= 0 else ""
-    return _label_int(labels, "block_size"), _label_int(labels, "num_gpu_blocks")
-
-
-def parse_vllm_metrics(text: str) -> EngineMetrics | None:
-    """Sum running/waiting over label sets (data-parallel engines) and average KV usage.
-
-    Returns None when the text has none of vLLM's load gauges (not a vLLM-like backend).
-    """
-    sums = {RUNNING: 0.0, WAITING: 0.0, KV_USAGE: 0.0, KV_USAGE_OLD: 0.0}
-    counts = dict.fromkeys(sums, 0)
-    block_size: int | None = None
-    gpu_blocks: int | None = None
-    for line in text.split("\n"):
-        if not line.startswith("vllm:"):
-            continue
-        if line.startswith(CACHE_CONFIG):
-            bs, nb = _cache_config(line)
-            block_size = block_size or bs
-            if nb:  # data-parallel engines: one label set each, blocks add up
-                gpu_blocks = (gpu_blocks or 0) + nb
-            continue
-        brace = line.find("{")
-        if brace >= 0:
-            name = line[:brace]
-            rest = line[line.rfind("}") + 1 :]
-        else:
-            name, _, rest = line.partition(" ")
-        if name not in sums:
-            continue
-        fields = rest.split()
-        if not fields:
-            continue
-        try:
-            v = float(fields[0])
-        except ValueError:
-            continue
-        sums[name] += v
-        counts[name] += 1
-    if not any(counts[n] for n in (RUNNING, WAITING, KV_USAGE, KV_USAGE_OLD)):
-        return None
-    kv_name = KV_USAGE if counts[KV_USAGE] else KV_USAGE_OLD
-    kv = sums[kv_name] / counts[kv_name] if counts[kv_name] else 0.0
-    return EngineMetrics(int(sums[RUNNING]), int(sums[WAITING]), kv, block_size, gpu_blocks)
 
 
 class Backend:
