@@ -15,6 +15,7 @@ ROUTER_COLORS = {
     "global": "tab:purple",
     "splitwise": "tab:brown",
     "live": "tab:cyan",
+    "live router": "tab:cyan",
 }
 _SPARE = ("tab:pink", "tab:orange", "tab:cyan", "black")
 ENGINE_HATCHES = {"vllm_default": "", "sarathi": "..", "lens": "///"}
