@@ -59,7 +59,7 @@ def test_tune_cli_writes_the_knobs(tmp_path, capsys):
     knobs = load_knobs(out)
     assert knobs.policy_args["prism"] == d["policy_args"]["prism"]
     if not d["beats_defaults_on_train"]:
-        assert "did not beat the defaults" in printed
+        assert "did not beat the defaults" in printed or "nothing to tune" in printed
     rc = main(
         ["eval", "--trace", "synthetic:poisson,n=120,rate=30,seed=2", "--cluster", "a100:1,l4:1",
          "--policies", "prism", "--engine-policy", d["engine_policy"], "--policy-config",

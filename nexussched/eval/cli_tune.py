@@ -107,7 +107,10 @@ def run_tune(args: argparse.Namespace) -> int:
     print(f"{'eval mean':24}{res.eval_default_mean:>10.1%}{res.eval_tuned_mean:>10.1%}")
     beats_train = res.train_tuned > res.train_default
     beats_eval = res.eval_tuned_mean > res.eval_default_mean
-    if not beats_train:
+    if not beats_train and res.train_default >= 0.999:
+        print("the defaults already meet the SLOs of every training request at these rates: "
+              "nothing to tune there; the knobs are the defaults (raise --rate-scale)")  # fmt: skip
+    elif not beats_train:
         print(f"the search did not beat the defaults on the training slice in {res.trials} "
               "trials: the knobs are the defaults (try more --trials)")  # fmt: skip
     elif not beats_eval:
