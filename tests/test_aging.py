@@ -87,3 +87,21 @@ def test_prism_serves_an_aged_late_request_before_on_time_ones():
 def test_prism_age_limit_must_be_positive():
     with pytest.raises(ValueError, match="age_limit"):
         PrismConfig(age_limit=0.0)
+
+
+def test_prism_does_not_move_a_request_that_would_be_late_where_it_goes():
+    # Re-binding puts a request at the back of another engine's queue. One that cannot meet its
+    # TTFT there any more gains no SLO by moving, and under load it can starve at the back of the
+    # line (issue 9's bar): it stays. An on-time request is moved as before.
+    from tests.test_prism import View, info, teach
+
+    for ttft, expect_moves in ((2.0, True), (0.05, False)):
+        p = Prism(late_binding=False, rebind_gain=0.1, max_moves=1)
+        teach(p, 0, 1.0)
+        teach(p, 1, 1.0)
+        views = [View("a"), View("b", healthy=False)]
+        for k in range(5):
+            assert p.route(info(k, prompt=4000, ttft=ttft), views, 0.0) == 0
+        views[0].num_waiting = 3
+        views[1].healthy = True
+        assert bool(p.tick(views, 0.01)) is expect_moves

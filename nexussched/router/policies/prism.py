@@ -818,6 +818,10 @@ class Prism(RoutingPolicy):
                 dst, t = self._best_other(r, src, engines, now)
                 if dst < 0 or here - t < gain:
                     break  # the older ones are further ahead: they would gain less
+                if now + t * self.cfg.ttft_margin > r.deadline:
+                    # late even there: a move would only send it to the back of another queue
+                    # (where, under load, it can starve) for no SLO gained
+                    continue
                 es.drop(r)
                 es.U -= r.work
                 es.V -= r.pace
