@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .admission import CHAT_DEFAULT_MAX_TOKENS
 from .policies.view import SCRAPE_PERIOD
 
 _ENTRY_KEYS = {"url", "name", "api_key", "models"}
@@ -185,7 +186,9 @@ class RouterSettings:
     max_connections: int = 0  # connection pool size, 0 = unlimited
     default_slo_ttft: float = 2.0  # seconds, when a request states none
     default_slo_tpot: float = 0.1
-    default_max_tokens: int = 256  # routing estimate when a request omits max_tokens
+    # a chat request that omits max_tokens declares max_model_len - prompt (vLLM's default);
+    # this many while no backend has told its max_model_len (admission.implied_max_tokens)
+    default_max_tokens: int = CHAT_DEFAULT_MAX_TOKENS
 
     def validate(self) -> RouterSettings:
         if not self.backends:

@@ -27,7 +27,7 @@ from aiohttp import web
 from ..tokens import DEFAULT_BLOCK_SIZE, block_hashes, prompt_pieces
 from .access_log import access_line
 from .access_log import log as access_log
-from .admission import context_refusal
+from .admission import context_refusal, implied_max_tokens, largest_max_model_len
 from .auth import AccessPolicy
 from .backends import BackendRegistry
 from .config import RouterSettings
@@ -273,10 +273,14 @@ class Router(UpstreamIO):
         if getattr(policy, "uses_prefix", False):
             # the prompt's blocks as the engines' prefix caches name them (nexussched/tokens.py)
             prefix = block_hashes(prompt_pieces(body, path == CHAT), DEFAULT_BLOCK_SIZE)
+        prompt_tokens = estimate_prompt_tokens(path, body)
+        if max_tokens is None:  # what vLLM will allow it: the policies and admission see that
+            mml = largest_max_model_len(self.backends, model)
+            max_tokens = implied_max_tokens(path == CHAT, prompt_tokens, mml, s.default_max_tokens)
         info = RequestInfo(
             next(self._ids),
-            estimate_prompt_tokens(path, body),
-            max_tokens or s.default_max_tokens,
+            prompt_tokens,
+            max_tokens,
             t0,
             ttft,
             tpot,
