@@ -8,6 +8,7 @@ from shown import decode_png, shows
 
 from nexussched.cli import main
 from nexussched.eval.report import compute_bars
+from nexussched.eval.value_of_information import SETTINGS
 
 
 def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
@@ -41,6 +42,26 @@ def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
         assert shows(row["goodput req/s"], pairs[key]["goodput_rps"]), (key, row)
     rate = float(md.split("Operating point:", 1)[1].split("=", 1)[1].split("req/s")[0])
     assert shows(f"{rate}", pairs["round_robin+vllm_default"]["at_operating_point"]["rate_rps"])
+    # the value of information: every setting x the table's pairs this run has, at the
+    # operating point; the default world's row is the matrix's own run there
+    voi = res["value_of_information"]
+    assert voi["scenario"] == "heterogeneous" and voi["operating_scale"] == het["operating_scale"]
+    want = {("prism", "vllm_default"), ("prism", "lens"), ("round_robin", "lens")}
+    assert {tuple(pe) for pe in voi["pairs"]} == want
+    by = {(r["setting"], r["policy"], r["engine_policy"]): r for r in voi["rows"]}
+    assert {s for s, _, _ in by} == {st.label for st in SETTINGS} and len(by) == 4 * len(want)
+    for st in SETTINGS:
+        for p, e in want:
+            r = by[(st.label, p, e)]
+            assert (r["view"], r["max_tokens_mode"]) == (st.info.view, st.info.max_tokens)
+    for p, e in want:
+        mine = by[("live, cap:4096 (default)", p, e)]
+        assert mine == {**pairs[f"{p}+{e}"]["at_operating_point"], "setting": mine["setting"]}
+    section = md.split("\n## Value of information\n", 1)[1].split("\n## ", 1)[0]
+    for st in SETTINGS:
+        line = next(x for x in section.splitlines() if x.startswith(f"| {st.label} |"))
+        r = by[(st.label, "prism", "lens")]
+        assert f"{r['slo_attainment'] * 100:.1f}%" in line, line
     dps = res["decision_throughput"]["decisions_per_s"]
     assert f"Decision throughput: {dps:,.0f} decisions/s" in md
     # the plots decode, at the size their headers state, and are drawn

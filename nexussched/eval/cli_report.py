@@ -89,6 +89,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="POLICY.KEY=VALUE",
         help="one knob of a routing or engine policy, e.g. prism.slack=0.4 (repeatable)",
     )
+    p.add_argument(
+        "--information-scenario",
+        default="heterogeneous",
+        metavar="NAME|none",
+        help="scenario of the 'value of information' table: its policy pairs at its operating "
+        "point under the oracle and live views, with exact and capped max_tokens (12 extra runs; "
+        "default %(default)s; none: skip; a scenario not run is skipped)",
+    )
     p.set_defaults(func=run_report)  # fmt: skip
 
 
@@ -121,6 +129,9 @@ def run_report(args: argparse.Namespace) -> int:
         info=information_from_args(args),
         knobs=knobs_from_args(args),
         progress=say,
+        information_scenario=None
+        if args.information_scenario == "none"
+        else _names(args.information_scenario, tuple(s.name for s in SCENARIOS), "scenario")[0],
     )
     cfg = replace(cfg)
     path = make_report(cfg)

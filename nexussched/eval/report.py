@@ -43,6 +43,8 @@ from .report_config import (
     Scenario,
 )
 from .report_write import write_report
+from .value_of_information import PAIRS as VOI_PAIRS
+from .value_of_information import SETTINGS as VOI_SETTINGS
 
 __all__ = [
     "ENGINES",
@@ -92,7 +94,7 @@ def _run_task(task: tuple) -> tuple[dict, float]:
 def _task_key(task: tuple) -> tuple:
     sc, n, policy, engine, scale, seed = task[:6]
     return (sc.name, json.dumps(sc.policy_kwargs, sort_keys=True), sc.client_timeout, n, policy,
-            engine, scale, seed)  # fmt: skip
+            engine, scale, seed, task[8])  # fmt: skip
 
 
 def _task_cost(task: tuple) -> float:
@@ -122,9 +124,10 @@ class _Ctx:
     pairs: list[tuple[str, str]]
     say: Callable[[str], None]
 
-    def task(self, sc: Scenario, n: int, policy: str, engine: str, scale: float) -> tuple:
+    def task(self, sc: Scenario, n: int, policy: str, engine: str, scale: float,
+             info: Information | None = None) -> tuple:  # fmt: skip
         c = self.cfg
-        return (sc, n, policy, engine, scale, c.seed, c.traces_dir, c.knobs, c.info)
+        return (sc, n, policy, engine, scale, c.seed, c.traces_dir, c.knobs, info or c.info)
 
 
 def _search_job(ctx: _Ctx, sc: Scenario, n: int) -> Job:
@@ -236,6 +239,24 @@ def _scenario_job(ctx: _Ctx, sc: Scenario) -> Job:
     return entry
 
 
+def _information_job(ctx: _Ctx, sc: Scenario) -> Job:
+    """The value of information on one scenario at its operating point: the pairs of
+    value_of_information.PAIRS under each of its settings (oracle/live view, exact/capped
+    max_tokens). The search, the split and the runs under the report's own information are the
+    matrix's (memoised), so this adds only the other settings' runs."""
+    n = _n_requests(sc, ctx.cfg.requests_scale)
+    quiet = replace(ctx, say=lambda m: None)  # the scenario's own job reports the search
+    op, _ = yield from _search_job(quiet, sc, n)
+    sc = yield from _split_job(quiet, sc, n, op)
+    pairs = [pe for pe in VOI_PAIRS if pe in ctx.pairs]
+    runs = [(st, p, e) for st in VOI_SETTINGS for p, e in pairs]
+    res = yield [ctx.task(sc, n, p, e, op, st.info) for st, p, e in runs]
+    rows = [{**r, "setting": st.label} for (st, _, _), r in zip(runs, res, strict=True)]
+    ctx.say(f"{sc.name}: value of information done ({len(rows)} runs)")
+    return {"scenario": sc.name, "operating_scale": op, "pairs": [list(pe) for pe in pairs],
+            "rows": rows}  # fmt: skip
+
+
 def run_matrix(cfg: ReportConfig) -> dict:
     """Run the whole matrix; returns a JSON-able dict of every run and the derived figures.
 
@@ -255,7 +276,11 @@ def run_matrix(cfg: ReportConfig) -> dict:
 
     runner = JobRunner(_run_task, cfg.workers, cost=_task_cost, progress=progress, key=_task_key)
     say(f"{len(cfg.scenarios)} scenarios x {len(pairs)} pairs on {runner.workers} worker(s)")
-    entries = runner.run([_scenario_job(ctx, sc) for sc in cfg.scenarios])
+    jobs = [_scenario_job(ctx, sc) for sc in cfg.scenarios]
+    voi = [sc for sc in cfg.scenarios if sc.name == cfg.information_scenario]
+    jobs += [_information_job(ctx, sc) for sc in voi]
+    entries = runner.run(jobs)
+    information = entries.pop() if voi else None
     out: dict = {
         "scenarios": {e["scenario"]["name"]: e for e in entries},
         "pairs": [list(p) for p in pairs],
@@ -263,6 +288,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
         "cpu_s": runner.cpu_s,
         "workers": runner.workers,
         "wall_s": time.perf_counter() - t0,
+        "value_of_information": information,
     }
     return out
 

@@ -71,5 +71,6 @@ class ReportConfig:
     knobs: Knobs = field(default_factory=Knobs)  # --policy-config / --policy-arg
     traces_dir: str | None = None  # --traces-dir (None: the usual lookup, see load_trace)
     info: Information = field(default_factory=Information)  # what the policies may know
+    information_scenario: str | None = "heterogeneous"  # value-of-information table (None: off)
     progress: Callable[[str], None] | None = None
     skipped: list[str] = field(default_factory=list)

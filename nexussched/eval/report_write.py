@@ -15,6 +15,7 @@ from .report_config import (
     TARGET_LO,
     ReportConfig,
 )
+from .value_of_information import value_section
 
 
 # ---- writing -------------------------------------------------------------------------------------
@@ -179,6 +180,7 @@ def write_report(res: dict, cfg: ReportConfig, decision: dict | None) -> Path:
             cells.append(f"{pr['at_operating_point']['slo_attainment']:.1%} / {gtxt}")
         L.append(f"| {key} | " + " | ".join(cells) + " |")
     L.append("")
+    L.extend(value_section(res.get("value_of_information")))
     plot_goodput(res, out / "goodput.png")
     L.append("![goodput](goodput.png)\n")
     # per scenario

@@ -76,3 +76,23 @@ def format_value_table(rows: Sequence[dict], pairs: Sequence[tuple[str, str]] = 
             cells.append("" if r is None else f"{r['slo_attainment'] * 100:.1f}%")
         out.append(f"| {lab} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def value_section(voi: dict | None) -> list[str]:
+    """The report's "value of information" section (report.md lines; none when not run)."""
+    if not voi or not voi["rows"]:
+        return []
+    pairs = [tuple(pe) for pe in voi["pairs"]]
+    r0 = voi["rows"][0]
+    return [
+        "## Value of information\n",
+        f"SLO attainment on {voi['scenario']} at its operating point (x{voi['operating_scale']:.3g}"
+        f" the trace's rate = {r0['rate_rps']:.2f} req/s) when the policies see the engines' "
+        "exact, instant state (oracle) or what a live router has (live: vLLM's gauges as of the "
+        "last scrape, the router's own counts, published step records), and when clients "
+        "declare their true output length (exact) or max_tokens = 4096 (cap:4096, outputs cut "
+        "there). The live, cap:4096 row is the report's default world. Reproduce: `python "
+        "benchmarks/bench_information.py` (its own slice and rate).\n",
+        format_value_table(voi["rows"], pairs),
+        "",
+    ]
