@@ -16,6 +16,7 @@ import argparse
 import time
 
 from nexussched.eval.metrics import outcomes_from_sim, summarize
+from nexussched.eval.replay import DEFAULT_CLIENT_TIMEOUT
 from nexussched.router.policies import make_policy
 from nexussched.sim import ClusterSim, parse_cluster
 from nexussched.traces import head, load_trace, scale_rate
@@ -25,7 +26,8 @@ def run(
     trace, cluster: str, policy: str, kw: dict, slo_ttft: float, slo_tpot: float, seed: int
 ) -> dict:
     pol = make_policy(policy, **kw)
-    sim = ClusterSim(parse_cluster(cluster), pol, seed=seed)
+    # the eval's defaults: live view, max_tokens cap:4096, clients give up after 60 s
+    sim = ClusterSim(parse_cluster(cluster), pol, seed=seed, client_timeout=DEFAULT_CLIENT_TIMEOUT)
     t0 = time.perf_counter()
     res = sim.run(trace, slo_ttft, slo_tpot)
     s = summarize(outcomes_from_sim(res.requests))
@@ -38,9 +40,15 @@ def run(
 
 def table(title: str, rows: list[tuple[str, dict]]) -> None:
     print(f"\n{title}")
+    print(
+        "done/failed/strnd: requests; ttft/tpot: s; slo_att, ttft_att: shares of offered "
+        "requests; starv%: TTFT over 10x its SLO or never; live view, max_tokens cap:4096, "
+        "client timeout 60 s"
+    )
     hdr = (
         f"{'policy':24s} {'done':>6s} {'ttft_p50':>9s} {'ttft_p99':>9s} {'tpot_p99':>9s} "
-        f"{'slo_att':>8s} {'ttft_att':>8s} {'steals':>7s} {'expired':>7s} {'wall_s':>6s}"
+        f"{'slo_att':>8s} {'ttft_att':>8s} {'failed':>6s} {'strnd':>5s} {'starv%':>6s} "
+        f"{'stable':>6s} {'steals':>7s} {'expired':>7s} {'wall_s':>6s}"
     )
     print(hdr)
     print("-" * len(hdr))
@@ -48,7 +56,9 @@ def table(title: str, rows: list[tuple[str, dict]]) -> None:
         print(
             f"{label:24s} {s['completed']:6d} {s['ttft_p50']:9.3f} {s['ttft_p99']:9.3f} "
             f"{s['tpot_p99']:9.4f} {s['slo_attainment']:8.3f} {s['ttft_attainment']:8.3f} "
-            f"{s['steals']:7d} {s['expired']:7d} {s['wall_s']:6.1f}"
+            f"{s['failed']:6d} {s['stranded']:5d} {s['starved_share'] * 100:6.2f} "
+            f"{'yes' if s['stable'] else 'NO':>6s} {s['steals']:7d} {s['expired']:7d} "
+            f"{s['wall_s']:6.1f}"
         )
 
 

@@ -20,7 +20,7 @@ from nexussched.eval.metrics import outcomes_from_sim, summarize
 from nexussched.eval.replay import SimSetup, simulate
 from nexussched.router.policies import make_policy
 from nexussched.sim import ClusterSim, parse_cluster
-from nexussched.traces import Trace, load_trace, scale_rate
+from nexussched.traces import Trace, head, load_trace, scale_rate
 
 
 def find_rate(
@@ -45,7 +45,14 @@ def find_rate(
 
 
 def run_custom(trace: Trace, setup: SimSetup, router: str, k: float, factory) -> tuple[dict, float]:
-    cluster = ClusterSim(setup.profiles, make_policy(router), factory, seed=setup.seed)
+    """A run with hand-built engine policies, in the same world as `simulate` (live view,
+    declared max_tokens, client timeout)."""
+    info = setup.info
+    cluster = ClusterSim(
+        setup.profiles, make_policy(router), factory, seed=setup.seed, view=info.view,
+        scrape_period=info.scrape_period, telemetry_delay=info.telemetry_delay,
+        client_timeout=setup.client_timeout, max_tokens=info.max_tokens,
+    )  # fmt: skip
     t0 = time.perf_counter()
     res = cluster.run(scale_rate(trace, k), setup.slo_ttft, setup.slo_tpot)
     return summarize(outcomes_from_sim(res.requests)), time.perf_counter() - t0
@@ -56,14 +63,21 @@ def row(label: str, s: dict, wall: float, base: float | None = None) -> str:
     return (
         f"{label:<34} {s['slo_attainment']:>7.3f} {s['ttft_attainment']:>6.3f} "
         f"{s['tpot_attainment']:>6.3f} {s['ttft_p50']:>7.3f} {s['ttft_p90']:>8.2f} "
-        f"{s['tpot_p50']:>7.4f} {s['tpot_p90']:>7.4f} {s['throughput_rps']:>7.2f} {wall:>6.1f} "
-        f"{rel:>8}"
+        f"{s['tpot_p50']:>7.4f} {s['tpot_p90']:>7.4f} {s['throughput_rps']:>7.2f} "
+        f"{s['failed']:>6d} {s['stranded']:>5d} {s['starved_share'] * 100:>7.2f} "
+        f"{'yes' if s['stable'] else 'NO':>6} {wall:>6.1f} {rel:>8}"
     )
 
 
 HEADER = (
     f"{'engine policy':<34} {'SLO att':>7} {'TTFT':>6} {'TPOT':>6} {'TTFTp50':>7} {'TTFTp90':>8} "
-    f"{'TPOTp50':>7} {'TPOTp90':>7} {'req/s':>7} {'wall s':>6} {'vs best':>8}"
+    f"{'TPOTp50':>7} {'TPOTp90':>7} {'req/s':>7} {'failed':>6} {'strnd':>5} {'starv%':>7} "
+    f"{'stable':>6} {'wall s':>6} {'vs best':>8}"
+)
+UNITS = (
+    "SLO att, TTFT, TPOT: shares of offered requests; TTFT/TPOT in s; req/s: completions per "
+    "second of the arrival window; failed (client timeouts, rejections) and stranded: requests; "
+    "starv%: offered requests whose TTFT exceeded 10x the SLO or never came"
 )
 
 
@@ -77,8 +91,11 @@ def main() -> None:
     ap.add_argument("--slo-tpot", type=float, default=0.1)
     ap.add_argument("--sweep", action="store_true", help="also Sarathi at fixed budgets")
     ap.add_argument("--ablations", action="store_true", help="also LENS variants")
+    ap.add_argument("--requests", type=int, default=0, help="first N requests (0: all)")
     a = ap.parse_args()
     trace = load_trace(a.trace)
+    if a.requests:
+        trace = head(trace, a.requests)
     setup = SimSetup(parse_cluster(a.cluster), a.slo_ttft, a.slo_tpot)
     print(
         f"{a.trace}: {len(trace)} requests at {trace.rate:.2f} req/s; cluster {a.cluster}, "
@@ -88,7 +105,11 @@ def main() -> None:
         k, _ = find_rate(trace, setup, a.router, 6.0, 12.0)
     else:
         k = a.rate_scale
-    print(f"rate x{k:g} = {trace.rate * k:.2f} req/s\n")
+    print(
+        f"rate x{k:g} = {trace.rate * k:.2f} req/s; {setup.info.view} view, max_tokens "
+        f"{setup.info.max_tokens}, client timeout {setup.client_timeout:g} s\n"
+    )
+    print(UNITS)
     print(HEADER)
     results = {}
     for name in ("vllm_default", "sarathi", "lens"):
