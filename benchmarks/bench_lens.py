@@ -26,20 +26,27 @@ from nexussched.traces import Trace, head, load_trace, scale_rate
 def find_rate(
     trace: Trace, setup: SimSetup, router: str, lo: float, hi: float
 ) -> tuple[float, dict]:
-    """Bisect the rate scale until vllm_default's attainment is in [0.5, 0.7] (aim 0.6)."""
+    """Search the rate scale until vllm_default's attainment is in [0.55, 0.65] (aim 0.6):
+    bisection inside [lo, hi], widening the bracket when the answer lies outside it (a shorter
+    slice or faster hardware moves the operating point)."""
     best: tuple[float, dict] | None = None
-    for _ in range(8):
-        k = round((lo + hi) / 2.0, 3)
+    ok_lo = bad_hi = None  # scales known to attain more / less than the target
+    k = round((lo + hi) / 2.0, 3)
+    for _ in range(10):
         s = simulate(trace, setup, router, "vllm_default", k).summary
         att = s["slo_attainment"]
         print(f"  search: x{k:g} vllm_default attains {att:.3f}")
-        best = (k, s)
+        if best is None or abs(att - 0.6) < abs(best[1]["slo_attainment"] - 0.6):
+            best = (k, s)
         if 0.55 <= att <= 0.65:
             break
         if att > 0.6:
-            lo = k
+            ok_lo = k
+            k = (k + bad_hi) / 2.0 if bad_hi is not None else k * 1.5
         else:
-            hi = k
+            bad_hi = k
+            k = (k + ok_lo) / 2.0 if ok_lo is not None else k / 1.5
+        k = round(k, 3)
     assert best is not None
     return best
 
