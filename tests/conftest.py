@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from nexussched.localproc import REDIS_SERVER, LocalRedis, free_port
@@ -165,3 +166,25 @@ def spawn_module():
         yield g
     finally:
         g.close()
+
+
+@pytest.fixture
+async def session():
+    """One aiohttp client session per test."""
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def hosts():
+    """Start servers with `await hosts(coro)`; each is stopped after the test, last first."""
+    started = []
+
+    async def add(coro):
+        h = await coro
+        started.append(h)
+        return h
+
+    yield add
+    for h in reversed(started):
+        await h.stop()

@@ -40,26 +40,6 @@ def params(redis_proc, name: str = "global", **kw) -> SchedulerParams:
     return SchedulerParams(**{**base, **kw}).validate()
 
 
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def hosts():
-    started = []
-
-    async def add(coro):
-        h = await coro
-        started.append(h)
-        return h
-
-    yield add
-    for h in reversed(started):
-        await h.stop()
-
-
 # ---- local ------------------------------------------------------------------------------------
 async def test_local_max_size_rejects_with_429_and_ttl_expires_with_504(hosts, session):
     e = await hosts(engine(max_num_seqs=1))

@@ -29,26 +29,6 @@ def params(redis_proc, **kw) -> SchedulerParams:
     return SchedulerParams(**{k: v for k, v in {**base, **kw}.items() if k in known}).validate()
 
 
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def hosts():
-    started = []
-
-    async def add(coro):
-        h = await coro
-        started.append(h)
-        return h
-
-    yield add
-    for h in reversed(started):
-        await h.stop()
-
-
 async def queued(session, url: str) -> int:
     v = await get_json(session, url + "/scheduler")
     return sum(n["queued"] for n in v["nodes"])

@@ -10,19 +10,12 @@ import dataclasses
 import os
 import signal
 
-import aiohttp
 import pytest
 from fastdeploy_harness import Tally, complete, dispatcher, router, wait_until
 
 from nexussched.router.modes import SchedulerParams
 
 pytestmark = pytest.mark.timeout(150)
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def _settings_kw(**kw) -> dict:

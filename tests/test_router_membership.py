@@ -11,7 +11,6 @@ import logging
 import random
 import re
 
-import aiohttp
 import pytest
 from fake_backend import FakeBackend
 from fastdeploy_harness import MODEL, complete, engine, router, wait_until
@@ -24,26 +23,6 @@ from nexussched.router.modes import SchedulerParams
 pytestmark = pytest.mark.timeout(120)
 KEY = "sekret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture
-async def session():
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
-async def hosts():
-    started = []
-
-    async def add(h):
-        h = await h
-        started.append(h)
-        return h
-
-    yield add
-    for h in reversed(started):
-        await h.stop()
 
 
 async def backends(session, url: str) -> list[dict]:
