@@ -311,7 +311,7 @@ async def replay_live(
                 r.slo_ttft if r.slo_ttft is not None else slo_ttft,
                 r.slo_tpot if r.slo_tpot is not None else slo_tpot,
             )
-            if sem is None:
+            async with sem or contextlib.nullcontext():
                 out = await _one(
                     session,
                     target,
@@ -325,21 +325,6 @@ async def replay_live(
                     client_timeout,
                     cap,
                 )
-            else:
-                async with sem:
-                    out = await _one(
-                        session,
-                        target,
-                        r,
-                        model,
-                        chat,
-                        slo,
-                        send_slo_headers,
-                        t_start,
-                        headers,
-                        client_timeout,
-                        cap,
-                    )
             if progress is not None:
                 progress(1)
             return out
