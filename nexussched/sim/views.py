@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ..router.policies.view import SCRAPE_PERIOD
+from ..router.policies.view import SCRAPE_PERIOD, VIEW_ATTRS
 from .engine import EngineSim
 
 VIEWS = ("live", "oracle")
@@ -30,6 +30,17 @@ class _Counts:
 
     __slots__ = ()
 
+    def _init_static(self, engine: EngineSim) -> None:
+        """What the router knows of an engine without scraping its gauges: its name, health,
+        cache_config_info, and its own (zeroed) counts."""
+        self.name = engine.name
+        self.healthy = True
+        self.block_size = engine.block_size
+        self.num_gpu_blocks = engine.total_blocks
+        self.inflight = 0
+        self.inflight_prompt_tokens = 0
+        self.inflight_max_tokens = 0
+
     def count(self, prompt: int, max_tokens: int, sign: int) -> None:
         self.inflight += sign
         self.inflight_prompt_tokens += sign * prompt
@@ -39,30 +50,11 @@ class _Counts:
 class ScrapedView(_Counts):
     """An engine as the live router sees it: the contract's attributes and nothing else."""
 
-    __slots__ = (
-        "name",
-        "healthy",
-        "num_running",
-        "num_waiting",
-        "kv_usage",
-        "last_scrape",
-        "block_size",
-        "num_gpu_blocks",
-        "inflight",
-        "inflight_prompt_tokens",
-        "inflight_max_tokens",
-        "_engine",
-    )
+    __slots__ = (*VIEW_ATTRS, "_engine")  # the contract's attributes, so the two cannot drift
 
     def __init__(self, engine: EngineSim) -> None:
         self._engine = engine
-        self.name = engine.name
-        self.healthy = True
-        self.block_size = engine.block_size
-        self.num_gpu_blocks = engine.total_blocks
-        self.inflight = 0
-        self.inflight_prompt_tokens = 0
-        self.inflight_max_tokens = 0
+        self._init_static(engine)
         self.num_running = 0
         self.num_waiting = 0
         self.kv_usage = 0.0
@@ -95,13 +87,7 @@ class OracleView(_Counts):
     def __init__(self, engine: EngineSim, clock: Callable[[], float]) -> None:
         self._engine = engine
         self._clock = clock
-        self.name = engine.name
-        self.healthy = True
-        self.block_size = engine.block_size
-        self.num_gpu_blocks = engine.total_blocks
-        self.inflight = 0
-        self.inflight_prompt_tokens = 0
-        self.inflight_max_tokens = 0
+        self._init_static(engine)
 
     def scrape(self, at: float) -> None:
         return None  # always current
