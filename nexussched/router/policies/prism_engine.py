@@ -1,0 +1,189 @@
+"""PRISM's bookkeeping: what it knows of each request it routed (ReqState) and of each engine
+(EngineState: the engine's learned step-time model, its observed pace, its two clocks U and V,
+and the prediction arithmetic over them)."""
+
+from __future__ import annotations
+
+from ...perfmodel.model import PerfModel
+from ...perfmodel.telemetry import StepRecord
+from .base import EngineView, RequestInfo
+from .prism_config import INF
+
+MIXED_MIN = 20  # steps mixing decodes and prefill seen before an engine's pace is trusted
+
+
+class ReqState:
+    """A request PRISM has seen: held at the router or in flight at an engine."""
+
+    __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
+                 "pace", "bound", "hits")  # fmt: skip
+
+    def __init__(self, info: RequestInfo, key: tuple, out: float) -> None:
+        self.info = info
+        self.prompt = max(1, int(info.prompt_tokens))
+        # mean context of its decode steps (`out`: its expected output length): what it adds to
+        # every step's KV reads
+        self.ctx = self.prompt + out * 0.5
+        self.deadline = info.arrival + info.slo_ttft
+        self.key = key
+        self.engine = -1
+        self.moves = 0
+        self.hopeless = False
+        self.work = 0.0  # predicted prefill time at the engine it went to
+        self.pace = 0.0  # how far it advanced that engine's pacing clock
+        self.bound = -INF  # when it was sent to that engine
+        self.hits: list[int] | None = None  # predicted cached prompt tokens per engine
+
+    def hit(self, idx: int) -> int:
+        h = self.hits
+        return h[idx] if h is not None and idx < len(h) else 0
+
+
+class EngineState:
+    """PRISM's knowledge of one engine: its learned model, its observed pace, the two clocks."""
+
+    __slots__ = ("model", "coef", "c0", "c1", "c2", "c3", "c4", "n", "ctx", "base", "pw", "pd",
+                 "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
+                 "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_new", "paced",
+                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf")  # fmt: skip
+
+    def __init__(self, model: PerfModel, idx: int = 0) -> None:
+        self.idx = idx
+        self.model = model
+        self.coef = None
+        self.n = 0  # requests in flight here (PRISM's own count)
+        self.ctx = 0.0  # sum of their mean decode contexts
+        # prefill share of busy steps that mix decodes and prefill (EWMA of sums), its pace
+        self.pw = 0.0
+        self.pd = 0.0
+        self.pi = 1.0
+        self.pf = 0.0  # prefill time per step with decodes (EWMA): what mixes into decode steps
+        # token-weighted mean step time of its decodes while prefills queue (EWMA of sums)
+        self.bl_w = 0.0
+        self.bl_n = 0.0
+        self.backlogged = 0
+        self.mixed = 0
+        self.paced = True  # PRISM paces its prefills (until telemetry shows it keeps TPOT pace)
+        self.U = 0.0
+        self.V = 0.0
+        # several router replicas (PrismShare): the others' requests in flight here and their
+        # contexts; the clock advances this replica made since it last shared them
+        self.rn = 0
+        self.rctx = 0.0
+        self.dv = 0.0
+        self.du = 0.0
+        self.shared = False
+        self.kv_tokens = INF
+        self.kv_used = 0.0
+        self.flights: dict[object, ReqState] = {}  # in dispatch order
+        self.steps = 0
+        self.dskip = 0
+        # decode load: the last step's (telemetry) plus what was sent here since that step
+        self.dn = -1  # no telemetry yet: use PRISM's own in-flight count
+        self.dctx = 0.0
+        self.nn = 0
+        self.nctx = 0.0
+        # KV: the engine's reported use (tick) plus what was sent since
+        self.kv_seen = -1.0
+        self.kv_new = 0.0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the model's coefficients after a refit (cheap: five evaluations)."""
+        m = self.model
+        self.coef = m.coef
+        c4 = m.predict_step()
+        self.c4 = c4
+        self.c0 = m.predict_step(prefill_tokens=1.0) - c4
+        self.c1 = m.predict_step(prefill_attn=1.0) - c4
+        self.c2 = m.predict_step(num_decodes=1.0) - c4
+        self.c3 = m.predict_step(decode_ctx_sum=1.0) - c4
+        self._rebase()
+
+    def _rebase(self) -> None:
+        # A router-paced engine's queue is short, so what PRISM sent it is about to decode; a
+        # self-paced one may queue much more than it runs, so its last step tells better.
+        if self.dn < 0 or self.paced:
+            self.base = self.c4 + self.c2 * (self.n + self.rn) + self.c3 * (self.ctx + self.rctx)
+        else:
+            self.base = self.c4 + self.c2 * (self.dn + self.nn) + self.c3 * (self.dctx + self.nctx)
+
+    def seen_step(self, rec: StepRecord) -> None:
+        """The batch of the engine's latest step: the decodes a new request would join."""
+        self.dn = rec.num_decodes + len(rec.prefill_chunks)
+        self.dctx = float(rec.decode_ctx_sum + sum(c + x for c, x in rec.prefill_chunks))
+        self.nn = 0
+        self.nctx = 0.0
+        self._rebase()
+
+    def kv_load(self) -> float:
+        """Predicted KV tokens in use: reported use plus what was sent since, else own count."""
+        if self.kv_seen < 0:
+            return self.kv_used
+        return self.kv_seen * self.kv_tokens + self.kv_new
+
+    def add(self, r: ReqState) -> None:
+        self.flights[r.info.id] = r
+        self.n += 1
+        self.ctx += r.ctx
+        self.kv_used += r.ctx
+        self.nn += 1
+        self.nctx += r.ctx
+        self.kv_new += r.ctx
+        self._rebase()
+
+    def drop(self, r: ReqState) -> None:
+        if self.flights.pop(r.info.id, None) is None:
+            return
+        self.n -= 1
+        self.ctx -= r.ctx
+        self.kv_used -= r.ctx
+        if self.n <= 0:
+            self.n, self.ctx, self.kv_used = 0, 0.0, 0.0
+        self._rebase()
+
+    def prefill_work(self, p: int, hit: int = 0) -> float:
+        """Predicted compute of a p-token prompt whose first `hit` tokens are cached here: the
+        rest is computed, each token attending to the cached prefix and the tokens before it."""
+        n = p - hit
+        return self.c0 * n + self.c1 * n * (hit + n * 0.5)
+
+    def prefill_time(self, p: int, base: float, hit: int = 0) -> float:
+        """Predicted time to prefill p tokens (`hit` of them cached) here next to its decodes,
+        plus the emitting step."""
+        n = p - hit
+        w = self.c0 * n + self.c1 * n * (hit + n * 0.5)
+        return (w / self.pi if self.n + self.rn and base > self.c4 else w) + base
+
+    def queued(self, v: EngineView) -> int:
+        """How many of the newest requests sent here have not started: those its last scrape
+        counted as waiting (vLLM admits in arrival order) plus every one sent since that scrape."""
+        ts = v.last_scrape
+        n = int(v.num_waiting or 0)
+        for r in reversed(self.flights.values()):
+            if r.bound <= ts:
+                break
+            n += 1
+        return n
+
+    def backlog_until(self, v: EngineView) -> float | None:
+        """When this engine will have prefilled what PRISM believes is queued there, from what it sent:
+        the predicted work of the requests its last scrape counted as waiting, from the scrape
+        on, then each request sent since, from when it was sent. None before a first scrape."""
+        ts = v.last_scrape
+        if ts is None or ts == -INF:
+            return None
+        k = int(v.num_waiting or 0)
+        later: list[ReqState] = []
+        u = ts
+        for r in reversed(self.flights.values()):
+            if r.bound > ts:
+                later.append(r)
+            elif k > 0:
+                u += r.work
+                k -= 1
+            else:
+                break
+        for r in reversed(later):
+            u = (u if u > r.bound else r.bound) + r.work
+        return u
