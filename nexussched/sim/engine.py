@@ -6,10 +6,8 @@ the running list by recompute when KV blocks run out; then, if nothing was preem
 requests FCFS while the budget, `max_num_seqs` and free blocks allow, chunking long prompts. Step
 time comes from the hardware profile (ground truth + noise). Each step emits a StepRecord.
 
-A run of decode-only steps during which nothing can change the batch (no admission possible, no
-request finishing, KV sufficient) is simulated in one go ("macro step"); an outside event in the
-middle (a new request) truncates it at the next step boundary, so results match step-by-step
-simulation while the hot path stays a tight arithmetic loop.
+The step schedulers live in vllm_scheduler.py, KV block and prefix-cache bookkeeping in
+kv_blocks.py, runs of decode-only steps simulated in one go in macro_step.py.
 """
 
 from __future__ import annotations
@@ -22,13 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..engine_sched.base import EnginePolicy, VllmDefault
-from ..engine_sched.plan import SeqState, StepPlan, StepState
+from ..engine_sched.plan import SeqState, StepState
 from ..perfmodel.telemetry import StepRecord
-from .hardware import HardwareProfile, lognormal_sigma
+from .hardware import HardwareProfile
+from .macro_step import MacroSteps
+from .noise import NoiseStream
 from .prefix_cache import BlockListener, PrefixCache
 from .request import SimRequest
-
-MAX_MACRO_STEPS = 2048
+from .vllm_scheduler import VllmScheduler
 
 
 @dataclass
@@ -42,34 +41,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
 
 
-class NoiseStream:
-    """Multiplicative step-time noise: lognormal with rare stragglers, drawn in blocks."""
-
-    def __init__(self, rng: np.random.Generator, cv: float, p_strag: float, f_strag: float) -> None:
-        self._rng = rng
-        self._sigma = lognormal_sigma(cv)
-        self._p = p_strag
-        self._f = f_strag
-        self._buf: list[float] = []
-        self._i = 0
-
-    def _refill(self) -> None:
-        n = 8192
-        s = self._sigma
-        x = self._rng.lognormal(-s * s / 2.0, s, n)
-        x[self._rng.random(n) < self._p] *= self._f
-        self._buf = x.tolist()
-        self._i = 0
-
-    def next(self) -> float:
-        if self._i >= len(self._buf):
-            self._refill()
-        v = self._buf[self._i]
-        self._i += 1
-        return v
-
-
-class EngineSim:
+class EngineSim(VllmScheduler, MacroSteps):
     """One simulated engine on simulated time. The cluster drives it with start/finish calls."""
 
     def __init__(
@@ -264,218 +236,6 @@ class EngineSim:
         self.step_end = now + dur
         return self.step_end
 
-    def _schedule_fcfs(self, budget: int) -> None:
-        batch: list[tuple[SimRequest, int]] = []
-        bs = self.block_size
-        preempted = False
-        running = self.running
-        cache = self.cache
-        i = 0
-        while i < len(running) and budget > 0:
-            r = running[i]
-            n = min(r.prompt + r.generated - r.computed, budget)
-            extra = -(-(r.computed + n) // bs) - r.blocks
-            while extra > self.free_blocks:
-                victim = running.pop()  # lowest priority: the tail
-                self._preempt(victim)
-                preempted = True
-                if victim is r:
-                    break
-            if i >= len(running):
-                break  # r itself was preempted
-            self.free_blocks -= extra
-            r.blocks += extra
-            if cache is not None:
-                if extra:
-                    cache.take(extra)
-                if r.hashes and (r.computed + n) // bs > r.sealed:
-                    self._seal(r, r.computed + n)
-            batch.append((r, n))
-            budget -= n
-            i += 1
-        if not preempted:
-            waiting = self.waiting
-            while waiting and budget > 0 and len(running) < self.max_num_seqs:
-                r = waiting[0]
-                if cache is not None and r.computed == 0 and r.hashes:
-                    n = self._admit_cached(r, budget)
-                    if n == 0:
-                        break
-                    waiting.popleft()
-                    running.append(r)
-                    batch.append((r, n))
-                    budget -= n
-                    continue
-                n = min(r.prompt + r.generated - r.computed, budget)
-                extra = -(-(r.computed + n) // bs) - r.blocks
-                if extra > self.free_blocks:
-                    break
-                waiting.popleft()
-                running.append(r)
-                self.free_blocks -= extra
-                r.blocks += extra
-                if cache is not None and extra:
-                    cache.take(extra)
-                batch.append((r, n))
-                budget -= n
-        self._batch = batch
-
-    def _schedule_planned(self, plan: StepPlan) -> None:
-        """Decodes first (as vLLM), then prefills in the plan's order, each capped by its chunk cap."""
-        batch: list[tuple[SimRequest, int]] = []
-        bs = self.block_size
-        budget = plan.token_budget
-        running = self.running
-        cache = self.cache
-        preempted = False
-        gone: set = set()  # ids preempted below (a set: `in running` would make this O(n^2))
-        for r in list(running):
-            if budget <= 0:
-                break
-            if r.prompt + r.generated - r.computed != 1 or r.generated == 0:
-                continue
-            if gone and r.id in gone:
-                continue  # preempted below while serving an earlier decode
-            extra = -(-(r.computed + 1) // bs) - r.blocks
-            while extra > self.free_blocks and running:
-                victim = running.pop()
-                self._preempt(victim)
-                gone.add(victim.id)
-                preempted = True
-                if victim is r:
-                    break
-            if gone and r.id in gone:
-                continue
-            self.free_blocks -= extra
-            r.blocks += extra
-            if cache is not None:
-                if extra:
-                    cache.take(extra)
-                if r.hashes and (r.computed + 1) // bs > r.sealed:
-                    self._seal(r, r.computed + 1)
-            batch.append((r, 1))
-            budget -= 1
-        by_id = {r.id: r for r in running}
-        waiting_ids = set()
-        for r in self.waiting:
-            by_id.setdefault(r.id, r)
-            waiting_ids.add(r.id)
-        order = plan.order
-        if order is None:
-            order = [
-                r.id for r in running if r.prompt + r.generated - r.computed > 1 or r.generated == 0
-            ]
-            order += [r.id for r in self.waiting]
-        caps = plan.chunk_cap
-        for rid in order:
-            if budget <= 0:
-                break
-            r = by_id.get(rid)
-            if r is None:
-                continue
-            is_waiting = rid in waiting_ids
-            if is_waiting and (preempted or len(running) >= self.max_num_seqs):
-                continue
-            if is_waiting and cache is not None and r.computed == 0 and r.hashes:
-                n = self._admit_cached(r, budget, caps.get(rid))
-                if n == 0:
-                    continue
-                self.waiting.remove(r)
-                waiting_ids.discard(rid)
-                running.append(r)
-                batch.append((r, n))
-                budget -= n
-                continue
-            need = r.prompt + r.generated - r.computed
-            n = min(need, budget, caps.get(rid, need))
-            if n <= 0:
-                continue
-            extra = -(-(r.computed + n) // bs) - r.blocks
-            if extra > self.free_blocks:
-                continue
-            if is_waiting:
-                self.waiting.remove(r)
-                waiting_ids.discard(rid)
-                running.append(r)
-            self.free_blocks -= extra
-            r.blocks += extra
-            if cache is not None:
-                if extra:
-                    cache.take(extra)
-                if r.hashes and (r.computed + n) // bs > r.sealed:
-                    self._seal(r, r.computed + n)
-            batch.append((r, n))
-            budget -= n
-        self._batch = batch
-
-    # ---- prefix caching ---------------------------------------------------------------------
-    def _admit_cached(self, r: SimRequest, budget: int, cap: int | None = None) -> int:
-        """Admit waiting request r (nothing computed) with its longest cached prefix: the hit
-        blocks are referenced and count as computed; then up to min(budget, cap) tokens of what
-        is left get new blocks. Returns the tokens scheduled, 0 (nothing changed) if its blocks
-        do not fit."""
-        cache = self.cache
-        assert cache is not None
-        bs = self.block_size
-        total = r.prompt + r.generated
-        hit, hit_free = cache.match(r.hashes, (total - 1) // bs)
-        done = hit * bs
-        need = total - done
-        n = min(need, budget) if cap is None else min(need, budget, cap)
-        if n <= 0:
-            return 0
-        extra = -(-(done + n) // bs) - hit
-        if extra + hit_free > self.free_blocks:
-            return 0
-        if r.preemptions == 0:
-            cache.record(total, done)
-            r.cached = done
-            self._step_cached += done
-        if hit:
-            held = list(r.hashes[:hit])
-            cache.acquire(held)
-            r.held = held
-            self.free_blocks -= hit_free
-        r.sealed = hit
-        r.computed = done
-        r.blocks = hit + extra
-        self.free_blocks -= extra
-        if extra:
-            cache.take(extra)
-        if (done + n) // bs > hit:
-            self._seal(r, done + n)
-        return n
-
-    def _seal(self, r: SimRequest, upto: int) -> None:
-        """Cache r's blocks that are full once its first `upto` tokens are computed (vLLM caches
-        them when it allocates for that work)."""
-        cache = self.cache
-        assert cache is not None
-        hashes = r.hashes
-        full = min(upto // self.block_size, len(hashes))
-        if full > r.sealed:
-            cache.store_run(hashes, r.sealed, full, r.held)
-            r.sealed = full
-
-    def _free(self, r: SimRequest) -> None:
-        """Return r's KV blocks: cached ones stay cached (evictable once unreferenced)."""
-        cache = self.cache
-        if cache is None:
-            self.free_blocks += r.blocks
-        else:
-            self.free_blocks += cache.release(r.held, r.blocks - len(r.held))
-            r.held = []
-            r.sealed = 0
-        r.blocks = 0
-
-    def _preempt(self, r: SimRequest) -> None:
-        # vLLM V1 preempts by recompute: free the KV, restart the prefill from scratch.
-        self._free(r)
-        r.computed = 0
-        r.preemptions += 1
-        self.preemptions += 1
-        self.waiting.appendleft(r)
-
     def _batch_duration(self) -> float:
         chunks: list[tuple[int, int]] = []
         nd = 0
@@ -501,83 +261,6 @@ class EngineSim:
             )
         self._step_cached = 0
         return dur
-
-    def _try_macro(self, now: float, horizon: float) -> bool:
-        running = self.running
-        n = len(running)
-        if n == 0:
-            return False
-        k = MAX_MACRO_STEPS
-        S = 0
-        for r in running:
-            if r.generated == 0 or r.prompt + r.generated - r.computed != 1:
-                return False
-            left = r.output - r.generated
-            if left < k:
-                k = left
-            S += r.computed
-        if self.waiting and self._admissible(n):
-            return False
-        q = self.free_blocks // n
-        k = min(k, q * self.block_size)
-        if k < 2:
-            return False
-        # The step model's decode time, inlined: this loop is the simulator's hot path.
-        base, kv, half, serial, overlap = self.cost.decode_terms(n)
-        speed = self.cost.speed
-        sqrt = math.sqrt
-        noise = self.noise
-        ends: list[float] = []
-        durs: list[float] = []
-        t = now
-        ctx = S
-        for _ in range(k):
-            gpu = base + kv * sqrt(ctx * (ctx + half))
-            d = gpu + serial
-            if overlap > gpu:
-                d += overlap - gpu
-            d *= speed * noise.next()
-            t += d
-            ends.append(t)
-            durs.append(d)
-            ctx += n
-            if t >= horizon:
-                break
-        self._macro = (n, S, ends, durs)
-        self.step_end = t
-        return True
-
-    def _admissible(self, n_running: int) -> bool:
-        """Could the head of the waiting queue be admitted next to `n_running` decodes?"""
-        if n_running >= self.max_num_seqs:
-            return False
-        budget = self.policy.token_budget(self.max_num_batched_tokens) - n_running
-        if budget <= 0:
-            return False
-        r = self.waiting[0]
-        bs = self.block_size
-        if self.cache is not None and r.computed == 0 and r.hashes:
-            total = r.prompt + r.generated
-            hit, hit_free = self.cache.match(r.hashes, (total - 1) // bs)
-            n = min(total - hit * bs, budget)
-            return -(-(hit * bs + n) // bs) - hit + hit_free <= self.free_blocks
-        n = min(r.prompt + r.generated - r.computed, budget)
-        return -(-(r.computed + n) // bs) - r.blocks <= self.free_blocks
-
-    def truncate(self, now: float) -> float:
-        """An outside event at `now`: cut a macro step at the first step boundary at or after it."""
-        if self._macro is None:
-            return self.step_end
-        n, S, ends, durs = self._macro
-        if ends[-1] <= now:
-            return self.step_end
-        j = 0
-        while ends[j] < now:
-            j += 1
-        del ends[j + 1 :]
-        del durs[j + 1 :]
-        self.step_end = ends[-1]
-        return self.step_end
 
     def finish_step(self) -> list[SimRequest]:
         """Apply the step that ends at `self.step_end`; returns the requests that finished."""
@@ -630,60 +313,6 @@ class EngineSim:
             self._record = None
             for f in self._listeners:
                 f(rec)
-        return done
-
-    def _finish_macro(self) -> list[SimRequest]:
-        assert self._macro is not None
-        n, S, ends, durs = self._macro
-        self._macro = None
-        k = len(ends)
-        self.steps += k
-        end = ends[-1]
-        mx = max(durs)
-        bs = self.block_size
-        cache = self.cache
-        done: list[SimRequest] = []
-        for r in self.running:
-            r.computed += k
-            r.generated += k
-            if mx > r.max_itl:
-                r.max_itl = mx
-            r.last_token = end
-            need_blocks = -(-r.computed // bs)
-            if need_blocks > r.blocks:
-                self.free_blocks -= need_blocks - r.blocks
-                if cache is not None:
-                    cache.take(need_blocks - r.blocks)
-                r.blocks = need_blocks
-            if cache is not None and r.hashes and r.computed // bs > r.sealed:
-                self._seal(r, r.computed)
-            if r.generated >= r.output:
-                r.finish = end
-                done.append(r)
-        if self._listeners:
-            t0 = self._step_start
-            nw = len(self.waiting)
-            used = self.total_blocks - self.free_blocks
-            step0 = self.steps - k
-            for i in range(k):
-                rec = StepRecord(
-                    duration=durs[i],
-                    num_decodes=n,
-                    decode_ctx_sum=S + i * n,
-                    num_waiting=nw,
-                    kv_blocks_used=used,
-                    t=t0,
-                    step=step0 + i,
-                    engine=self.name,
-                )
-                t0 = ends[i]
-                for f in self._listeners:
-                    f(rec)
-        fin = self.policy.finished
-        for r in done:
-            self.running.remove(r)
-            self._free(r)
-            fin(r.id, r.generated, r.max_tokens)  # the engine learns the length at the end
         return done
 
     # ---- planner view ------------------------------------------------------------------------
