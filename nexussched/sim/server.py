@@ -26,7 +26,6 @@ import math
 import time
 import uuid
 import warnings
-from collections import deque
 
 import numpy as np
 from aiohttp import web
@@ -41,14 +40,22 @@ from ..perfmodel.telemetry import StepRecord
 from ..tokens import block_hashes, prompt_pieces
 from .engine import EngineConfig, EngineSim
 from .hardware import get_profile
-from .request import OUTPUT_TOKENS_XARG, SimRequest
+from .request import SimRequest
 from .server_config import ServerConfig
+from .server_feeds import Feed
 from .server_metrics import EngineCollector, ServerMetrics
-from .server_requests import BadRequest, count_prompt_tokens, slo_hints
+from .server_requests import BadRequest, parse_generation, read_json, slo_hints
 from .server_responses import TOKEN_JSON, completion_json, stream_frames
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAST_SLICE_S = 0.005  # fast mode: longest stretch of simulation between event-loop turns
+
+
+_KV_TYPES = {"stored": "BlockStored", "removed": "BlockRemoved"}
+
+
+def _kv_event_json(ev: tuple[str, list[int]]) -> dict:
+    return {"type": _KV_TYPES[ev[0]], "block_hashes": ev[1]}
 
 
 class _Gen:
@@ -95,7 +102,6 @@ class EngineServer:
             kv_events=self._on_kv,
         )
         self.scale = cfg.time_scale
-        self.models = set(cfg.models)
         self._ids = itertools.count(1)
         self._rng = np.random.default_rng(cfg.seed)
         self._t0 = time.monotonic()
@@ -105,11 +111,9 @@ class EngineServer:
         self._aborts: list[SimRequest] = []
         self._driver: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
-        self._tele: deque[StepRecord] = deque(maxlen=cfg.telemetry_keep)
+        self._tele: Feed[StepRecord] = Feed(cfg.telemetry_keep)
         # KV events (vLLM's BlockStored / BlockRemoved), served by GET /kv_events
-        self._kv: deque[tuple[str, list[int]]] = deque(maxlen=cfg.telemetry_keep)
-        self.kv_total = 0
-        self.telemetry_total = 0
+        self._kv: Feed[tuple[str, list[int]]] = Feed(cfg.telemetry_keep)
         self._tele_file = open(cfg.telemetry_out, "a") if cfg.telemetry_out else None  # noqa: SIM115
         self.sink: StepSink | None = None
         if cfg.redis_url:
@@ -135,11 +139,9 @@ class EngineServer:
 
     def _on_kv(self, kind: str, hashes: list[int]) -> None:
         self._kv.append((kind, hashes))
-        self.kv_total += 1
 
     def _on_step(self, rec: StepRecord) -> None:
         self._tele.append(rec)
-        self.telemetry_total += 1
         if self.sink is not None:
             self.sink.on_step(rec)
         if self._tele_file is not None:
@@ -266,84 +268,21 @@ class EngineServer:
         return app
 
     # ---- request handling --------------------------------------------------------------------
-    async def _read(self, request: web.Request) -> dict:
-        limit = self.cfg.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise BadRequest(413, f"request body exceeds {limit} bytes")
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise BadRequest(413, f"request body exceeds {limit} bytes") from None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BadRequest(400, f"invalid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise BadRequest(400, "request body must be a JSON object")
-        return body
-
     def _admit(self, request: web.Request, body: dict, chat: bool) -> tuple[_Gen, str, str]:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise BadRequest(400, "you must provide a model parameter", param="model")
-        if model not in self.models:
-            raise BadRequest(404, f"The model `{model}` does not exist.", param="model")
-        n = body.get("n", 1)
-        if n != 1:
-            raise BadRequest(400, "engine-sim supports n=1 only", param="n")
-        stream = body.get("stream") or False
-        if not isinstance(stream, bool):
-            raise BadRequest(400, "stream must be a boolean", param="stream")
-        mt = body.get("max_tokens")
-        if mt is None and chat:
-            mt = body.get("max_completion_tokens")
-        if mt is None:
-            mt = self.cfg.default_max_tokens
-        if isinstance(mt, bool) or not isinstance(mt, int) or mt <= 0:
-            raise BadRequest(400, f"max_tokens must be at least 1, got {mt!r}.", param="max_tokens")
-        prompt = count_prompt_tokens(body, chat)
-        limit = self.engine.max_model_len
-        if prompt + mt > limit:
-            raise BadRequest(
-                400,
-                f"This model's maximum context length is {limit} tokens. "
-                f"However, you requested {prompt + mt} tokens ({prompt} in the "
-                f"messages, {mt} in the completion).",
-                param="max_tokens",
-            )
-        out, reason = mt, "length"
-        if self.cfg.eos_mean > 0 and not body.get("ignore_eos"):
-            natural = int(self._rng.geometric(1.0 / self.cfg.eos_mean))
-            if natural < mt:
-                out, reason = natural, "stop"
-        mn = body.get("min_tokens")
-        if isinstance(mn, int) and not isinstance(mn, bool) and mn > out:
-            out = min(mn, mt)
-            reason = "length" if out == mt else reason
-        # Test-only: trace replay (eval/live.py) tells the engine where the recorded output ended,
-        # so that a replayed request is as long as in the trace while every router and planner
-        # sees only the declared max_tokens. Routers forward vllm_xargs unread.
-        xa = body.get("vllm_xargs")
-        forced = xa.get(OUTPUT_TOKENS_XARG) if isinstance(xa, dict) else None
-        if forced is not None:
-            if isinstance(forced, bool) or not isinstance(forced, int) or forced < 1:
-                raise BadRequest(
-                    400,
-                    f"vllm_xargs.{OUTPUT_TOKENS_XARG} must be a positive integer, got {forced!r}",
-                    param="vllm_xargs",
-                )
-            out = min(forced, mt)
-            reason = "length" if out == mt else "stop"
+        q = parse_generation(body, chat, self.cfg, self.engine.max_model_len, self._rng)
+        prompt, mt = q.prompt, q.max_tokens
         if not self.engine.fits(prompt, mt):
             raise BadRequest(
                 400, f"prompt of {prompt} tokens does not fit in the KV cache", param="prompt"
             )
         ttft, tpot, prio = slo_hints(request.headers, body, self.cfg.slo_ttft, self.cfg.slo_tpot)
-        r = SimRequest(next(self._ids), self.now(), prompt, out, ttft, tpot, prio, max_tokens=mt)
+        r = SimRequest(
+            next(self._ids), self.now(), prompt, q.output, ttft, tpot, prio, max_tokens=mt
+        )
         if self.engine.cache is not None:
             # the prompt's full blocks, named as the router's prefix index names them
             r.hashes = block_hashes(prompt_pieces(body, chat), self.engine.block_size)
-        g = _Gen(r, stream)
+        g = _Gen(r, q.stream)
         r.tag = g
         kvp = body.get("kv_transfer_params")
         if isinstance(kvp, dict) and kvp.get("do_remote_prefill") and prompt > 1:
@@ -355,10 +294,10 @@ class EngineServer:
             )
             if self.scale > 0 and delay > 0:
                 asyncio.get_running_loop().call_later(delay * self.scale, self._arrive, r)
-                return g, model, reason
+                return g, q.model, q.reason
         self.engine.enqueue(r, r.arrival)
         self._wake.set()
-        return g, model, reason
+        return g, q.model, q.reason
 
     def _arrive(self, r: SimRequest) -> None:
         """A request whose KV transfer finished joins the engine's queue."""
@@ -375,7 +314,7 @@ class EngineServer:
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         t0 = time.monotonic()
         try:
-            body = await self._read(request)
+            body = await read_json(request, self.cfg.max_body_bytes)
             g, model, reason = self._admit(request, body, chat)
         except BadRequest as e:
             return e.response()
@@ -524,64 +463,20 @@ class EngineServer:
         )
 
     async def _telemetry(self, request: web.Request) -> web.Response:
-        """Step records with index >= since (oldest kept first), as JSON lines.
-
-        Headers: X-Telemetry-Next is the `since` for the next call, X-Telemetry-Total the number
-        of steps so far, X-Telemetry-Dropped the records asked for that the buffer no longer
-        holds."""
-        try:
-            since = int(request.query.get("since", "0"))
-            limit = int(request.query.get("limit", "10000"))
-        except ValueError:
-            return BadRequest(400, "since and limit must be integers").response()
-        total = self.telemetry_total
-        base = total - len(self._tele)
-        start = min(max(since, base, 0), total)
-        stop = min(total, start + max(0, limit))
-        recs = itertools.islice(self._tele, start - base, stop - base)
-        text = "".join(json.dumps(r.to_dict(), separators=(",", ":")) + "\n" for r in recs)
-        return web.Response(
-            text=text,
-            content_type="application/x-ndjson",
-            headers={
-                "X-Telemetry-Next": str(stop),
-                "X-Telemetry-Total": str(total),
-                "X-Telemetry-Dropped": str(max(0, base - since)),
-            },
-        )
+        """Step records with index >= since (oldest kept first), as JSON lines; headers
+        X-Telemetry-Next, X-Telemetry-Total, X-Telemetry-Dropped (Feed.response)."""
+        return self._tele.response(request, StepRecord.to_dict, "X-Telemetry")
 
     async def _kv_events(self, request: web.Request) -> web.Response:
         """KV events with index >= since, as JSON lines {"type": "BlockStored" | "BlockRemoved",
         "block_hashes": [...]} (vLLM's event names; hashes as the router's prefix index names
         prompt blocks). Headers as /telemetry's: X-KV-Next, X-KV-Total, X-KV-Dropped."""
-        try:
-            since = int(request.query.get("since", "0"))
-            limit = int(request.query.get("limit", "10000"))
-        except ValueError:
-            return BadRequest(400, "since and limit must be integers").response()
-        total = self.kv_total
-        base = total - len(self._kv)
-        start = min(max(since, base, 0), total)
-        stop = min(total, start + max(0, limit))
-        names = {"stored": "BlockStored", "removed": "BlockRemoved"}
-        text = "".join(
-            json.dumps({"type": names[k], "block_hashes": h}, separators=(",", ":")) + "\n"
-            for k, h in itertools.islice(self._kv, start - base, stop - base)
-        )
-        return web.Response(
-            text=text,
-            content_type="application/x-ndjson",
-            headers={
-                "X-KV-Next": str(stop),
-                "X-KV-Total": str(total),
-                "X-KV-Dropped": str(max(0, base - since)),
-            },
-        )
+        return self._kv.response(request, _kv_event_json, "X-KV")
 
     async def _speed(self, request: web.Request) -> web.Response:
         """Slow the engine down (factor > 1) or speed it up: schedulers must notice by learning."""
         try:
-            body = await self._read(request)
+            body = await read_json(request, self.cfg.max_body_bytes)
             f = float(body.get("factor"))
             if not (f > 0 and math.isfinite(f)):
                 raise ValueError
