@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 
 from ..engine_sched.base import EnginePolicy
 from ..perfmodel.telemetry import StepRecord
-from ..router.policies.base import Move, NoEngineAvailable, RequestInfo, RoutingPolicy
-from ..router.policies.prefix_index import BLOCK_TOKENS
+from ..router.policies.base import Move, NoEngineAvailable, RoutingPolicy
 from ..router.policies.prism import SloUnattainable
 from ..router.policies.view import SCRAPE_PERIOD, TELEMETRY_POLL
 from ..traces.types import Trace
+from .arrivals import arrival_info, sim_requests
 from .engine import EngineConfig, EngineSim
 from .hardware import HardwareProfile
-from .prefix_cache import block_chain
 from .request import (
     EXPIRED,
     MAX_TOKENS_DEFAULT,
@@ -29,7 +28,6 @@ from .request import (
     SHED,
     TIMEOUT,
     SimRequest,
-    declare,
     parse_max_tokens,
 )
 from .views import ScrapeClock, make_views
@@ -299,22 +297,7 @@ class ClusterSim:
         slo_tpot: float,
         progress: Callable[[int], None] | None = None,
     ) -> SimResult:
-        cap = self.max_tokens_cap
-        reqs = []
-        for r in trace.requests:
-            out, declared = declare(r.output_tokens, cap)
-            reqs.append(
-                SimRequest(
-                    r.id,
-                    r.arrival,
-                    r.prompt_tokens,
-                    out,
-                    r.slo_ttft if r.slo_ttft is not None else slo_ttft,
-                    r.slo_tpot if r.slo_tpot is not None else slo_tpot,
-                    r.priority,
-                    declared,
-                )
-            )
+        reqs = sim_requests(trace, self.max_tokens_cap, slo_ttft, slo_tpot)
         self._by_id = {r.id: r for r in reqs}
         routing = self.routing
         views = self.views
@@ -413,29 +396,7 @@ class ClusterSim:
                 if why is not None:
                     self._fail(r, REJECTED, why)
                     continue
-                prefix: tuple[int, ...] = ()
-                if tr.prefix_hashes:
-                    # the prompt's content as block hashes: what a live router hashes from the
-                    # prompt it forwards, and what the engine's prefix cache keys on
-                    chain = block_chain(tr.prefix_hashes, tr.prefix_block, r.prompt + r.output, bs)
-                    if caching:
-                        r.hashes = chain
-                    if bs == BLOCK_TOKENS:
-                        prefix = chain[: r.prompt // bs]
-                    else:
-                        prefix = block_chain(
-                            tr.prefix_hashes, tr.prefix_block, r.prompt, BLOCK_TOKENS
-                        )
-                info = RequestInfo(
-                    r.id,
-                    r.prompt,
-                    r.max_tokens,
-                    r.arrival,
-                    r.slo_ttft,
-                    r.slo_tpot,
-                    r.priority,
-                    prefix_hashes=prefix,
-                )
+                info = arrival_info(r, tr, bs, caching)
                 try:
                     idx = routing.route(info, views, t_arr)
                 except SloUnattainable as e:
