@@ -25,7 +25,7 @@ from nexussched.router.policies.fastdeploy import (
     prefill_blur_step,
     steal_candidates,
 )
-from nexussched.router.policies.fastdeploy_modes import split_roles
+from nexussched.router.policies.fastdeploy_splitwise import split_roles
 from nexussched.sim import ClusterSim, parse_cluster
 from nexussched.traces import Trace, TraceRequest
 

@@ -254,7 +254,7 @@ def _label_split(summary: dict, setup: SimSetup) -> None:
     """Name the prefill/decode split of a splitwise run (which engines do which) in its label."""
     if summary["policy"] != "splitwise":
         return
-    from ..router.policies.fastdeploy_modes import split_roles
+    from ..router.policies.fastdeploy_splitwise import split_roles
 
     kw = setup.policy_kwargs.get("splitwise", {})
     roles = split_roles(len(setup.profiles), kw.get("prefill_nodes"), kw.get("roles"))

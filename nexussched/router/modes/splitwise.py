@@ -26,7 +26,7 @@ from ...plane import Claimed, NodeInfo, shard_of
 from ..dispatch import BackendFailed, ProxyCall, RouterCore
 from ..errors import APIError
 from ..policies.fastdeploy import blur_select, decode_blur_step, prefill_blur_step
-from ..policies.fastdeploy_modes import split_roles
+from ..policies.fastdeploy_splitwise import split_roles
 from .common import Payload
 from .global_mode import PlaneDispatcher
 from .params import SchedulerParams

@@ -14,13 +14,8 @@ from .base import (
     RoutingPolicy,
     healthy_indices,
 )
-from .fastdeploy_modes import (
-    FastDeployGlobal,
-    FastDeployLocal,
-    FastDeploySplitwise,
-    QueueFull,
-    TooLarge,
-)
+from .fastdeploy_modes import FastDeployGlobal, FastDeployLocal, QueueFull, TooLarge
+from .fastdeploy_splitwise import FastDeploySplitwise
 from .prefix_oracle import PrefixOracle
 from .prism import Prism, PrismConfig, SloUnattainable
 from .sglang import SglangCacheAware
