@@ -66,11 +66,45 @@ def check_param(name: str, ok: bool, what: str) -> None:
         raise ValueError(f"{name}: {what}")
 
 
-class FastDeployLocal(RoutingPolicy):
+class NodeQueues(RoutingPolicy):
+    """What FastDeploy's modes share: a FIFO queue per node that its engine pulls from within its
+    KV blocks and token budget, requests that expire after `ttl` seconds queued, and the
+    requests given up on (take_dropped)."""
+
+    holds = True
+
+    def __init__(
+        self,
+        ttl: float,
+        max_prefill_batch: int,
+        reserved_output_blocks: int,
+        max_num_batched_tokens: int,
+        seed: int,
+    ) -> None:
+        check_param("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
+        self.ttl = float(ttl)
+        self.max_prefill_batch = max_prefill_batch
+        self.reserved_output_blocks = reserved_output_blocks
+        self.max_num_batched_tokens = int(max_num_batched_tokens)
+        self.pending = PendingPulls()  # pulled by an engine, not yet seen taken by a scrape
+        self.rng = random.Random(seed)
+        self.queues: list[deque[RequestInfo]] = []
+        self.expired = 0
+        self._dropped: list[Dropped] = []
+
+    def take_dropped(self) -> list[Dropped]:
+        out, self._dropped = self._dropped, []
+        return out
+
+    @property
+    def held(self) -> int:
+        return sum(len(q) for q in self.queues)
+
+
+class FastDeployLocal(NodeQueues):
     """Per-node in-memory queues with max_size rejection and TTL expiry; no stealing."""
 
     name = "local"
-    holds = True
 
     def __init__(
         self,
@@ -82,28 +116,21 @@ class FastDeployLocal(RoutingPolicy):
         max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
         seed: int = 0,
     ) -> None:
-        check_param("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
+        super().__init__(
+            ttl, max_prefill_batch, reserved_output_blocks, max_num_batched_tokens, seed
+        )
         check_param(
             "scheduler_max_size",
             max_size == -1 or max_size > 0,
             f"must be -1 (unbounded) or positive, got {max_size}",
         )
         self.max_size = int(max_size)
-        self.ttl = float(ttl)
         self.front_spec = front_weights
-        self.max_prefill_batch = max_prefill_batch
-        self.reserved_output_blocks = reserved_output_blocks
-        self.max_num_batched_tokens = int(max_num_batched_tokens)
-        self.pending = PendingPulls()  # pulled by an engine, not yet seen taken by a scrape
-        self.rng = random.Random(seed)
         self.front: SmoothWeighted | None = None
-        self.queues: list[deque[RequestInfo]] = []
         self.outstanding: list[int] = []  # queued + pulled and unfinished (FastDeploy's max_size)
         self.origin: dict[object, int] = {}
         self.rejected = 0
-        self.expired = 0
         self.steals = 0
-        self._dropped: list[Dropped] = []
 
     def _ensure(self, n: int) -> None:
         if len(self.queues) != n:
@@ -142,14 +169,6 @@ class FastDeployLocal(RoutingPolicy):
         if node is not None:
             self.outstanding[node] -= 1
         self._dropped.append(Dropped(r.id, reason, message))
-
-    def take_dropped(self) -> list[Dropped]:
-        out, self._dropped = self._dropped, []
-        return out
-
-    @property
-    def held(self) -> int:
-        return sum(len(q) for q in self.queues)
 
     def _expire(self, q: deque[RequestInfo], now: float) -> None:
         # FIFO queue: the oldest are at the head

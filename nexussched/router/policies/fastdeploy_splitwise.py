@@ -8,7 +8,6 @@ functions of `fastdeploy.py`. Parameter names and defaults are FastDeploy's.
 
 from __future__ import annotations
 
-import random
 from collections import deque
 from collections.abc import Sequence
 from itertools import islice
@@ -19,14 +18,12 @@ from .base import (
     EngineView,
     NoEngineAvailable,
     RequestInfo,
-    RoutingPolicy,
     healthy_indices,
 )
 from .fastdeploy import (
     MAX_NUM_BATCHED_TOKENS,
     MAX_PREFILL_BATCH,
     RESERVED_OUTPUT_BLOCKS,
-    PendingPulls,
     admit_count,
     blur_select,
     can_ever_hold,
@@ -34,16 +31,15 @@ from .fastdeploy import (
     engine_resources,
     prefill_blur_step,
 )
-from .fastdeploy_modes import check_param, too_large
+from .fastdeploy_modes import NodeQueues, check_param, too_large
 
 
-class FastDeploySplitwise(RoutingPolicy):
+class FastDeploySplitwise(NodeQueues):
     """Prefill/decode disaggregation: prefill node by blurred least load (prompt tokens
     outstanding), decode node by blurred least load (requests outstanding), both chosen when the
     request arrives; the prefill node's engine pulls from its queue like `local`."""
 
     name = "splitwise"
-    holds = True
     splits: ClassVar[bool] = True
 
     def __init__(
@@ -59,31 +55,24 @@ class FastDeploySplitwise(RoutingPolicy):
         max_num_batched_tokens: int = MAX_NUM_BATCHED_TOKENS,
         seed: int = 0,
     ) -> None:
-        check_param("scheduler_ttl", ttl > 0, f"must be positive, got {ttl}")
+        super().__init__(
+            ttl, max_prefill_batch, reserved_output_blocks, max_num_batched_tokens, seed
+        )
         check_param(
             "scheduler_sync_period", sync_period > 0, f"must be positive, got {sync_period}"
         )
         self.prefill_nodes = prefill_nodes
         self.roles_spec = roles
-        self.ttl = float(ttl)
         self.sync_period = float(sync_period)
         self.expire_period = float(expire_period)
         self.release_load_expire_period = float(release_load_expire_period)
-        self.max_prefill_batch = max_prefill_batch
-        self.reserved_output_blocks = reserved_output_blocks
-        self.max_num_batched_tokens = int(max_num_batched_tokens)
-        self.pending = PendingPulls()  # pulled by an engine, not yet seen taken by a scrape
-        self.rng = random.Random(seed)
         self.roles: list[str] = []
-        self.queues: list[deque[RequestInfo]] = []
         self.load: list[dict[object, tuple[int, float]]] = []  # node -> rid -> (load, since)
         self.reported: list[float] = []
         self.since_report: list[float] = []
         self.last_sync = -1e18
         self.plan: dict[object, tuple[int, int, int]] = {}  # rid -> (prefill, decode, prompt)
-        self.expired = 0
         self.handoffs = 0
-        self._dropped: list[Dropped] = []
 
     # ---- roles and loads ----------------------------------------------------------------------
     def _ensure(self, n: int) -> None:
@@ -201,14 +190,6 @@ class FastDeploySplitwise(RoutingPolicy):
                     self._forget(req_id)
                     return True
         return False
-
-    def take_dropped(self) -> list[Dropped]:
-        out, self._dropped = self._dropped, []
-        return out
-
-    @property
-    def held(self) -> int:
-        return sum(len(q) for q in self.queues)
 
     def decode_target(
         self, req_id: object, src: int, engines: Sequence[EngineView], now: float
