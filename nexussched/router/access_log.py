@@ -4,15 +4,27 @@
 
 `tokens` is the completion token count the engine reported (usage) when it did, else the number
 of streamed token events; `-` when unknown (an error before any backend answered).
+
+The command line writes it through an `AccessHandler`: lines are buffered and written together
+at most FLUSH_EVERY seconds apart (one write per batch, not one per request), and the router
+hands it its line directly (`write_access`), skipping the LogRecord and Formatter that would cost
+more than the rest of the line. Any other handler (a test's caplog, an embedding application's)
+gets ordinary log records.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import sys
+import time
+from typing import TextIO
 
 log = logging.getLogger("nexussched.access")
+FLUSH_EVERY = 0.05  # seconds a line may wait in the buffer
+FLUSH_LINES = 512  # lines that force a write at once
 
 _USAGE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 
@@ -61,3 +73,86 @@ def access_line(
         f"ttft_ms={_ms(ttft)} e2e_ms={_ms(e2e)} tokens={'-' if tokens is None else tokens} "
         f"stream={int(stream)}"
     )
+
+
+class AccessHandler(logging.Handler):
+    """Writes `<time> access <line>` lines (the time as logging's default asctime) to a stream,
+    in batches: a write when FLUSH_LINES lines wait or FLUSH_EVERY s after the first of them
+    (on the running event loop; without one, at once). flush() (app cleanup, logging's exit
+    hook) writes what is left."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(logging.INFO)
+        self.stream = stream if stream is not None else sys.stderr
+        self._buf: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sec = -1
+        self._stamp = ""
+
+    def _time(self) -> str:
+        t = time.time()
+        sec = int(t)
+        if sec != self._sec:  # strftime once a second, not once a line
+            self._sec = sec
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
+        return f"{self._stamp},{int((t - sec) * 1000):03d}"
+
+    def write_line(self, line: str) -> None:
+        buf = self._buf
+        buf.append(f"{self._time()} access {line}\n")
+        if len(buf) >= FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_EVERY, self.flush)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write_line(record.getMessage())
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buf:
+            return
+        text = "".join(self._buf)
+        self._buf.clear()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # stderr closed or gone: the lines are lost, not the router
+            pass
+
+
+def write_access(line: str) -> None:
+    """Log one access line: straight into the AccessHandler when it is the logger's only handler
+    (the command line's set-up), else as an ordinary INFO record."""
+    hs = log.handlers
+    if len(hs) == 1 and type(hs[0]) is AccessHandler and not log.propagate:
+        hs[0].write_line(line)
+    else:
+        log.info(line)
+
+
+def flush_access() -> None:
+    """Write out buffered access lines (a worker leaves with os._exit, skipping logging's own
+    exit flush)."""
+    for h in log.handlers:
+        h.flush()
+
+
+def use_access_handler(stream: TextIO | None = None) -> AccessHandler:
+    """Send the access log to `stream` (stderr) through an AccessHandler, at INFO whatever the
+    root logger's level, and not also to the root logger's handlers."""
+    h = AccessHandler(stream)
+    log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return h

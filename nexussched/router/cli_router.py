@@ -267,13 +267,9 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     settings = settings_from_args(args)
     if settings.access_log:  # on whatever --log-level says: its own handler, at INFO
-        from .access_log import log as access
+        from .access_log import use_access_handler
 
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(asctime)s access %(message)s"))
-        access.addHandler(h)
-        access.setLevel(logging.INFO)
-        access.propagate = False
+        use_access_handler()
     sched = settings.mode_args.get("params")
     if sched is not None:  # Redis must answer before we serve (one-line error otherwise)
         import asyncio

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from ..tokens import DEFAULT_BLOCK_SIZE, block_hashes, prompt_pieces
-from .access_log import access_line
+from .access_log import access_line, flush_access, write_access
 from .access_log import log as access_log
 from .admission import context_refusal, implied_max_tokens, largest_max_model_len
 from .auth import AccessPolicy
@@ -106,6 +106,7 @@ class Router(UpstreamIO):
         self._views: dict[str, tuple[int, Sequence]] = {}
         self._known: tuple[int, set[str]] = (-1, set())
         self._failures: dict[int, str] = {}
+        self._urls: dict = {}  # (backend url, path) -> parsed URL (upstream.py)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -120,9 +121,8 @@ class Router(UpstreamIO):
         for path, handler in getattr(self.dispatcher, "routes", list)():  # a mode's own views
             app.router.add_get(path, handler)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
-        app.on_response_prepare.append(self._tag_response)
+        app.on_response_prepare.append(self._prepare_response)  # one hook: one await per answer
         app.on_startup.append(self._startup)
-        app.on_response_prepare.append(Guard.remember_stream)
         app.on_shutdown.append(self._drain)
         app.on_cleanup.append(self._cleanup)
         return app
@@ -161,6 +161,7 @@ class Router(UpstreamIO):
         await self.registry.stop()
         if self.session is not None:
             await self.session.close()
+        flush_access()
 
     def _backend_changed(self, idx: int, up: bool) -> None:
         """A backend found dead (health or scrapes failing) stops the requests running on it. One
@@ -186,12 +187,13 @@ class Router(UpstreamIO):
         if hit is not None and hit[0] == version:
             return hit[1]
         bs = self.backends
+        known = self._known_models()
+        if not known:
+            return bs  # no backend names its models: all serve every one
         serves = [not b.models or model in b.models for b in bs]
-        if all(serves):
-            return bs  # nothing to mask: no cache entry (so a client's string keys nothing)
-        views = [MaskedView(b, ok) for b, ok in zip(bs, serves, strict=True)]
-        if any(serves) and model in self._known_models():  # bounded by the backends' lists
-            if len(self._views) > 4 * len(self._known_models()) + 16:
+        views = bs if all(serves) else [MaskedView(b, ok) for b, ok in zip(bs, serves, strict=True)]
+        if any(serves) and model in known:  # bounded by the backends' lists (a client's string
+            if len(self._views) > 4 * len(known) + 16:  # keys nothing)
                 self._views.clear()  # stale versions of renamed models
             self._views[model] = (version, views)
         return views
@@ -330,13 +332,15 @@ class Router(UpstreamIO):
                 call.request_id, call.model, call.backend, status, ttft, e2e, call.tokens,
                 call.stream,
             )  # fmt: skip
-        access_log.info(line)
+        write_access(line)
 
-    async def _tag_response(self, request: web.Request, response: web.StreamResponse) -> None:
-        """Every answer carries the request's id (the client's x-request-id, or one made)."""
+    async def _prepare_response(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer carries the request's id (the client's x-request-id, or one made); the
+        guard keeps the response to end it cleanly on shutdown."""
         rid = request.get(REQUEST_ID)
         if rid:
             response.headers["x-request-id"] = rid
+        await Guard.remember_stream(request, response)
 
     def _admin_refusal(self) -> str | None:
         if self.settings.workers > 1:  # a request reaches one worker: change all through the file
