@@ -10,8 +10,33 @@ yet, else end with an error), None means a real cancellation (client gone, shutd
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from asyncio import current_task
+
+
+class _Running:
+    """`with runs.running(idx):` (a class, not a generator context manager: it is on every
+    request's path twice)."""
+
+    __slots__ = ("_on", "_task")
+
+    def __init__(self, on: dict[asyncio.Task, int]) -> None:
+        self._on = on
+        self._task: asyncio.Task | None = None
+
+    def __enter__(self) -> None:
+        task = self._task = current_task()
+        if task is not None:
+            on = self._on
+            on[task] = on.get(task, 0) + 1  # a task may register again inside (nested calls)
+
+    def __exit__(self, *exc: object) -> None:
+        task = self._task
+        if task is not None:
+            on = self._on
+            if on[task] <= 1:
+                del on[task]
+            else:
+                on[task] -= 1
 
 
 class BackendRuns:
@@ -19,21 +44,11 @@ class BackendRuns:
         self._on: dict[int, dict[asyncio.Task, int]] = {}  # idx -> task -> nesting depth
         self._why: dict[asyncio.Task, str] = {}
 
-    @contextmanager
-    def running(self, idx: int) -> Iterator[None]:
-        task = asyncio.current_task()
-        if task is None:
-            yield
-            return
-        on = self._on.setdefault(idx, {})
-        on[task] = on.get(task, 0) + 1  # a task may register again inside (nested calls)
-        try:
-            yield
-        finally:
-            if on[task] <= 1:
-                del on[task]
-            else:
-                on[task] -= 1
+    def running(self, idx: int) -> _Running:
+        on = self._on.get(idx)
+        if on is None:
+            on = self._on[idx] = {}
+        return _Running(on)
 
     def stop(self, idx: int, why: str) -> int:
         """Cancel every task running on backend idx; returns how many."""

@@ -10,6 +10,7 @@ import time
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .access_log import token_events, usage_tokens
 from .backends import Backend, BackendRegistry
@@ -17,6 +18,16 @@ from .config import RouterSettings
 from .dispatch import BackendFailed, ProxyCall, StreamWatch, Upstream
 from .errors import APIError
 from .prom import RouterMetrics
+
+
+class _EventStream(web.StreamResponse):
+    """A relayed stream: its headers go out with the first chunk, in one write (aiohttp's
+    StreamResponse otherwise sends them alone at prepare())."""
+
+    _send_headers_immediately = False
+
+
+_URLS_KEPT = 256  # parsed upstream URLs kept (two paths per backend; cleared past this)
 
 
 class UpstreamIO:
@@ -31,6 +42,17 @@ class UpstreamIO:
     watch: StreamWatch | None
     _timeout: aiohttp.ClientTimeout
     _stream_timeout: aiohttp.ClientTimeout
+    _urls: dict[tuple[str, str], URL]
+
+    def _url(self, base: str, path: str) -> URL:
+        """The parsed URL of `path` on a backend (parsed once, not per request)."""
+        key = (base, path)
+        u = self._urls.get(key)
+        if u is None:
+            if len(self._urls) >= _URLS_KEPT:  # backends came and went: start over
+                self._urls.clear()
+            u = self._urls[key] = URL(base + path)
+        return u
 
     def backend_failed(self, e: BackendFailed) -> None: ...  # service.Router's
 
@@ -79,7 +101,7 @@ class UpstreamIO:
         assert self.session is not None
         try:
             resp = await self.session.post(
-                b.url + call.path,
+                self._url(b.url, call.path),
                 data=call.raw if body is None else body,
                 headers=headers,
                 timeout=self._stream_timeout if call.stream else self._timeout,
@@ -136,7 +158,7 @@ class UpstreamIO:
             return web.Response(status=resp.status, body=up.first, headers={"Content-Type": ct})
         call.ttft = time.monotonic() - call.t0
         m.observe_ttft(name, call.ttft)
-        out = web.StreamResponse(
+        out = _EventStream(
             status=200,
             headers={
                 "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),

@@ -39,7 +39,10 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             code="request_too_large",
         )
     try:
-        return await asyncio.wait_for(request.read(), timeout)
+        if request.content.is_eof():  # it all came with the headers (the usual case): no timer
+            return await request.read()
+        async with asyncio.timeout(timeout):
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise APIError(
             413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
