@@ -13,7 +13,15 @@ import re
 
 import pytest
 from fake_backend import FakeBackend
-from fastdeploy_harness import MODEL, complete, engine, router, wait_until
+from fastdeploy_harness import (
+    MODEL,
+    complete,
+    dispatcher,
+    engine,
+    engine_finished,
+    router,
+    wait_until,
+)
 from multidict import CIMultiDict
 
 from nexussched.router.breaker import Breaker, backoff_delay
@@ -124,20 +132,109 @@ async def _inflight(session, url: str, name: str) -> bool:
     return (await by_name(session, url))[name]["inflight"] > 0
 
 
+async def _waiting(session, url: str, name: str) -> bool:
+    return (await by_name(session, url))[name]["num_waiting"] > 0
+
+
 async def _gone(session, url: str, name: str) -> bool:
     return name not in await by_name(session, url)
 
 
-async def test_fixed_node_modes_refuse_membership_changes_with_409(hosts, session):
+async def test_local_mode_backends_join_and_a_leaving_nodes_queue_goes_to_the_others(
+    hosts, session
+):
+    a = await hosts(engine(max_num_seqs=1))
+    b = await hosts(engine(max_num_seqs=8))
+    r = await hosts(router([a.url], SchedulerParams(name="local", ttl=20), api_key=KEY))
+    na = name_of(a.url)
+    async with session.post(
+        r.url + "/backends", json={"url": b.url, "name": "b"}, headers=AUTH
+    ) as x:
+        assert x.status == 201
+    assert await wait_until(_all_healthy(session, r.url, 2))
+    res = [await post(session, r.url) for _ in range(4)]
+    assert all(st == 200 for st, _, _ in res)
+    sent = {k: v["sent"] for k, v in (await by_name(session, r.url)).items()}
+    assert sent == {na: 2, "b": 2}  # the front's round robin takes the new node in
+
+    # `a` (one seat) runs a long stream and the front's next short request for `a` waits in
+    # a's engine behind it; the front's next two for `a` then wait in its queue at the router.
+    # Then `a` leaves: what its engine holds finishes there, and its queue goes to `b` (else
+    # those two would wait for the TTL and get 504).
+    def short():
+        return asyncio.ensure_future(complete(session, r.url, 5, timeout=60, headers=AUTH))
+
+    long = asyncio.ensure_future(complete(session, r.url, 300, timeout=60, headers=AUTH))
+    assert await wait_until(lambda: _inflight(session, r.url, na))
+    shorts = [short(), short()]  # the front: b, then a
+    assert await wait_until(lambda: _waiting(session, r.url, na))
+    shorts += [short() for _ in range(4)]  # b, a, b, a
+    queue_a = dispatcher(r).policy.queues[0]
+    assert await wait_until(lambda: len(queue_a) == 2)
+    async with session.delete(r.url + f"/backends/{na}", headers=AUTH) as x:
+        assert x.status == 202
+    done = await asyncio.gather(long, *shorts)
+    assert [x.status for x in done] == [200] * 7
+    assert all(x.done and x.error is None for x in done)
+    assert len(done[0].tokens) == 300 and not queue_a
+    # each request served once: on `a` the long one and the short its engine held; on `b` the
+    # rest, its queue's two included
+    on_a, on_b = [await engine_finished(session, e.url) for e in (a, b)]
+    assert (on_a, on_b) == (2 + 2, 2 + 5)
+    assert await wait_until(lambda: _gone(session, r.url, na))  # drained, then gone
+
+
+async def test_global_mode_backends_join_and_leave_through_the_plane(redis_proc, hosts, session):
+    a = await hosts(engine(max_num_seqs=4))
+    b = await hosts(engine(max_num_seqs=4))
+    p = SchedulerParams(name="global", port=redis_proc.port, topic="m", keepalive=1.5, lease=1.0)
+    r = await hosts(router([a.url], p.validate(), api_key=KEY))
+    na = name_of(a.url)
+    d = dispatcher(r)
+    assert await wait_until(lambda: len(d.workers) == 1)
+    async with session.post(
+        r.url + "/backends", json={"url": b.url, "name": "b"}, headers=AUTH
+    ) as x:
+        assert x.status == 201
+    assert await wait_until(lambda: len(d.workers) == 2)  # the replica drives the new node
+    res = await asyncio.gather(*(complete(session, r.url, 5, headers=AUTH) for _ in range(8)))
+    assert [x.status for x in res] == [200] * 8
+    assert await engine_finished(session, b.url) > 0  # the new node serves its share
+
+    base_a = await engine_finished(session, a.url)
+    long = asyncio.ensure_future(complete(session, r.url, 80, timeout=60, headers=AUTH))
+    assert await wait_until(lambda: _busy(session, r.url))
+    on_a = (await by_name(session, r.url))[na]["inflight"] > 0
+    async with session.delete(r.url + f"/backends/{na}", headers=AUTH) as x:
+        assert x.status == 202
+    assert await wait_until(lambda: len(d.workers) == 1)  # this replica no longer drives it
+    res = await asyncio.gather(*(complete(session, r.url, 5, headers=AUTH) for _ in range(6)))
+    assert [x.status for x in res] == [200] * 6
+    done = await long
+    assert done.status == 200 and done.done and len(done.tokens) == 80  # drained whole
+    # nothing new went to `a` after it left (the long stream, if there, finished there)
+    assert await engine_finished(session, a.url) == base_a + (1 if on_a else 0)
+    async with session.get(r.url + "/scheduler", headers=AUTH) as x:
+        assert (await x.json())["local"]["driving"] == ["b"]
+
+
+async def _busy(session, url: str) -> bool:
+    return any(b["inflight"] > 0 for b in await backends(session, url))
+
+
+async def test_splitwise_mode_refuses_membership_changes_with_409(redis_proc, hosts, session):
     a = await hosts(engine())
-    r = await hosts(router([a.url], SchedulerParams(name="local"), api_key=KEY))
+    b = await hosts(engine())
+    p = SchedulerParams(name="splitwise", port=redis_proc.port, topic="s", keepalive=1.5)
+    r = await hosts(router([a.url, b.url], p.validate(), api_key=KEY))
     async with session.post(
         r.url + "/backends", json={"url": "http://127.0.0.1:9"}, headers=AUTH
     ) as x:
         assert x.status == 409
-        assert "mode 'local'" in (await x.json())["error"]["message"]
+        assert "mode 'splitwise'" in (await x.json())["error"]["message"]
     async with session.delete(r.url + f"/backends/{name_of(a.url)}", headers=AUTH) as x:
         assert x.status == 409
+    assert len(await backends(session, r.url)) == 2
 
 
 # ---- the watched backends file ---------------------------------------------------------------

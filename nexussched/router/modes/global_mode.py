@@ -87,6 +87,10 @@ class PlaneDispatcher(PlaneRegistry, Dispatcher):
 
     steals = True
     mode_name = "global"
+    # nodes are the backends this replica can claim in each registry round: a joining backend
+    # is claimed once healthy; a leaving one is released (its work in hand finishes there, its
+    # queue is adopted by a live node)
+    membership = True
 
     def __init__(self, params: SchedulerParams) -> None:
         self.params = params
@@ -483,3 +487,7 @@ class PlaneDispatcher(PlaneRegistry, Dispatcher):
 class GlobalDispatcher(PlaneDispatcher):
     steals = True
     mode_name = "global"
+    # nodes are the backends this replica can claim in each registry round: a joining backend
+    # is claimed once healthy; a leaving one is released (its work in hand finishes there, its
+    # queue is adopted by a live node)
+    membership = True

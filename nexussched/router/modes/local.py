@@ -6,6 +6,10 @@ was given and has free KV blocks (the FastDeployLocal policy, the same object th
 A node already holding `scheduler_max_size` requests answers 429; a request still queued after
 `scheduler_ttl` seconds gets 504 (never a hang). Once a request runs, the router's
 --request-timeout bounds it.
+
+Backends may join and leave while it runs (the admin API, --backends-file): a joining backend
+becomes a node with an empty queue once its /health answers; a leaving one drains (what its
+engine took finishes there) and what still waits in its queue is routed again to the others.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class _ModelView(NodeView):
 
 
 class LocalDispatcher(Dispatcher):
+    membership = True  # nodes are the registry's backends, by index: they may join and leave
+
     def __init__(self, params: SchedulerParams) -> None:
         self.params = params
         self.policy = FastDeployLocal(
@@ -52,15 +58,16 @@ class LocalDispatcher(Dispatcher):
             max_prefill_batch=params.max_prefill_batch,
         )
         self._waiters: dict[object, asyncio.Future] = {}
+        self._model_of: dict[object, str] = {}  # of each waiting request (to route it again)
         self._task: asyncio.Task | None = None
         self.nodes: list[NodeState] = []
         self.views: list[NodeView] = []
 
     async def start(self, router: RouterCore) -> None:
         self.router = router
-        p = self.params
-        self.nodes = [NodeState(p.kv_blocks, p.block_size) for _ in router.backends]
-        self.views = [NodeView(b, n) for b, n in zip(router.backends, self.nodes, strict=True)]
+        self.nodes = []
+        self.views = []
+        self._grow()
         router.registry.on_change.append(lambda i, up: up and self._offer(i))
         self._task = asyncio.create_task(self._loop())
 
@@ -71,7 +78,37 @@ class LocalDispatcher(Dispatcher):
             if not f.done():
                 f.cancel()
 
+    def _grow(self) -> None:
+        """A node for every backend that joined since (the registry only appends; a backend
+        that leaves keeps its index, and comes back at it)."""
+        p = self.params
+        for b in self.router.backends[len(self.nodes) :]:
+            node = NodeState(p.kv_blocks, p.block_size)
+            self.nodes.append(node)
+            self.views.append(NodeView(b, node))
+
+    def _evacuate(self) -> None:
+        """Requests queued at a node whose backend left go to the others' queues (as new
+        arrivals would); one that no node can take now fails with the reason."""
+        now = time.monotonic()
+        for i, b in enumerate(self.router.backends[: len(self.views)]):
+            if not b.retired:
+                continue
+            for info in self.policy.evacuate(i):
+                fut = self._waiters.get(info.id)
+                if fut is None or fut.done():
+                    continue
+                model = self._model_of.get(info.id, "")
+                try:
+                    self.policy.route(info, self._views(model), now)
+                except QueueFull as e:
+                    fut.set_exception(APIError(429, f"{e}; retry later", code="queue_full"))
+                except NoEngineAvailable:
+                    fut.set_exception(self.router.no_backend(model))
+
     def _offer(self, idx: int) -> None:
+        if len(self.nodes) < len(self.router.backends):
+            self._grow()
         for info in self.policy.pull(idx, self.views, time.monotonic()):
             fut = self._waiters.pop(info.id, None)
             if fut is not None and not fut.done():
@@ -84,10 +121,13 @@ class LocalDispatcher(Dispatcher):
         while True:
             await asyncio.sleep(POLL_S)
             if self._waiters:
+                self._evacuate()
                 for i in range(len(self.views)):
                     self._offer(i)
 
     def _views(self, model: str) -> list[NodeView]:
+        if len(self.nodes) < len(self.router.backends):
+            self._grow()
         serving = self.router.views_for(model)
         if serving is self.router.backends:
             return self.views
@@ -106,6 +146,7 @@ class LocalDispatcher(Dispatcher):
             raise self.router.no_backend(call.model) from None
         fut = asyncio.get_running_loop().create_future()
         self._waiters[info.id] = fut
+        self._model_of[info.id] = call.model
         for i in range(len(self.views)):
             self._offer(i)
         left = self.params.ttl - (time.monotonic() - call.t0)
@@ -121,6 +162,7 @@ class LocalDispatcher(Dispatcher):
             ) from None
         finally:
             self._waiters.pop(info.id, None)
+            self._model_of.pop(info.id, None)
             if not fut.done():
                 self.policy.cancel(info.id)
                 fut.cancel()

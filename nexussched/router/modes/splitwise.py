@@ -47,6 +47,7 @@ PREFILL_KV_PARAMS = {
 class SplitwiseDispatcher(PlaneDispatcher):
     steals = False
     mode_name = "splitwise"
+    membership = False  # a node's role (prefill or decode) is fixed at start by its index
 
     def __init__(self, params: SchedulerParams) -> None:
         super().__init__(params)

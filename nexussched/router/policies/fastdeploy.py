@@ -219,6 +219,11 @@ class SmoothWeighted:
         self.weights = [float(w) for w in weights]
         self.current = [0.0] * len(weights)
 
+    def grow(self, weights: Sequence[float]) -> None:
+        """Nodes joined: the weights of all nodes, the old ones first (their state is kept)."""
+        self.weights = [float(w) for w in weights]
+        self.current += [0.0] * (len(self.weights) - len(self.current))
+
     def next(self, allowed: Sequence[int] | None = None) -> int:
         idx = range(len(self.weights)) if allowed is None else allowed
         total = 0.0

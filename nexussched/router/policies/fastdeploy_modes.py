@@ -133,10 +133,32 @@ class FastDeployLocal(NodeQueues):
         self.steals = 0
 
     def _ensure(self, n: int) -> None:
-        if len(self.queues) != n:
-            self.queues = [deque() for _ in range(n)]
-            self.outstanding = [0] * n
-            self.front = SmoothWeighted(parse_weights(self.front_spec, n))
+        k = len(self.queues)
+        if k == n:
+            return
+        weights = parse_weights(self.front_spec, n)
+        if 0 < k < n and self.front is not None:
+            # nodes joined (live membership): the others keep their queues and front position
+            self.queues += [deque() for _ in range(n - k)]
+            self.outstanding += [0] * (n - k)
+            self.front.grow(weights)
+            return
+        self.queues = [deque() for _ in range(n)]
+        self.outstanding = [0] * n
+        self.front = SmoothWeighted(weights)
+
+    def evacuate(self, idx: int) -> list[RequestInfo]:
+        """Take every request still queued at node `idx` out of its queue (the node left: the
+        caller routes them again); requests its engine already took stay counted there."""
+        if idx >= len(self.queues):
+            return []
+        q = self.queues[idx]
+        out = list(q)
+        q.clear()
+        for r in out:
+            self.origin.pop(r.id, None)
+            self.outstanding[idx] -= 1
+        return out
 
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
         self._ensure(len(engines))
