@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..router.policies.base import RequestInfo
 from ..router.policies.prefix_index import BLOCK_TOKENS
 from ..traces.types import Trace, TraceRequest
-from .prefix_cache import block_chain
+from .prefix_cache import cached_block_chain
 from .request import SimRequest, declare
 
 
@@ -41,13 +41,14 @@ def arrival_info(r: SimRequest, tr: TraceRequest, block_size: int, caching: bool
         # the prompt's content as block hashes: what a live router hashes from the
         # prompt it forwards, and what the engine's prefix cache keys on
         bs = block_size
-        chain = block_chain(tr.prefix_hashes, tr.prefix_block, r.prompt + r.output, bs)
+        src = tuple(tr.prefix_hashes)
+        chain = cached_block_chain(src, tr.prefix_block, r.prompt + r.output, bs)
         if caching:
             r.hashes = chain
         if bs == BLOCK_TOKENS:
             prefix = chain[: r.prompt // bs]
         else:
-            prefix = block_chain(tr.prefix_hashes, tr.prefix_block, r.prompt, BLOCK_TOKENS)
+            prefix = cached_block_chain(src, tr.prefix_block, r.prompt, BLOCK_TOKENS)
     return RequestInfo(
         r.id,
         r.prompt,

@@ -14,21 +14,25 @@ apply them, and the index then tracks the cache itself rather than a guess.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from itertools import repeat
 
 BLOCK_TOKENS = 16  # tokens per hash in RequestInfo.prefix_hashes (vLLM's default block size)
 
 
 class PrefixIndex:
-    """Per-engine LRU sets of block hashes, with a hash -> engines map for matching."""
+    """Per-engine LRU sets of block hashes.
 
-    __slots__ = ("_lru", "_where", "_cap", "default_capacity")
+    Matching asks each engine's set in turn (a prompt's blocks are matched only up to each
+    engine's first miss), so no hash -> engines map needs keeping up on every add and eviction:
+    the sets change far more often than they are matched."""
+
+    __slots__ = ("_lru", "_cap", "default_capacity")
 
     def __init__(self, default_capacity: int | None = None) -> None:
         self.default_capacity = default_capacity  # blocks per engine; None: unbounded
         self._lru: list[OrderedDict[int, None]] = []
-        self._where: dict[int, set[int]] = {}
         self._cap: list[int | None] = []
 
     def _grow(self, idx: int) -> None:
@@ -55,32 +59,25 @@ class PrefixIndex:
         lru = self._lru[idx]
         if cap is None:
             return
-        where = self._where
-        while len(lru) > cap:
-            h, _ = lru.popitem(last=False)
-            s = where.get(h)
-            if s is not None:
-                s.discard(idx)
-                if not s:
-                    del where[h]
+        over = len(lru) - cap
+        if over > 0:
+            pop = lru.popitem
+            for _ in range(over):
+                pop(last=False)
 
     def add(self, idx: int, hashes: Sequence[int]) -> None:
-        """The router sent a prompt with these blocks to engine `idx`: they are now its newest."""
+        """The router sent a prompt with these blocks to engine `idx`: they are now its newest
+        (in the order sent; a hash sent twice counts where it was last sent)."""
         if not hashes:
             return
         self._grow(idx)
         lru = self._lru[idx]
-        where = self._where
-        for h in hashes:
-            if h in lru:
-                lru.move_to_end(h)
-            else:
-                lru[h] = None
-                s = where.get(h)
-                if s is None:
-                    where[h] = {idx}
-                else:
-                    s.add(idx)
+        # Bulk, in C: drop the ones held, then append all (prompts are hundreds of blocks long,
+        # and a per-block Python loop here was a third of a prefix-heavy simulation).
+        order = list(dict.fromkeys(reversed(hashes)))  # each hash once, by last send, newest first
+        order.reverse()
+        deque(map(lru.pop, order, repeat(None)), maxlen=0)
+        lru.update(zip(order, repeat(None)))
         self._trim(idx)
 
     stored = add  # a KV event: the engine cached these blocks
@@ -88,33 +85,21 @@ class PrefixIndex:
     def removed(self, idx: int, hashes: Sequence[int]) -> None:
         """A KV event: engine `idx` evicted these blocks."""
         self._grow(idx)
-        lru = self._lru[idx]
-        where = self._where
-        for h in hashes:
-            if h in lru:
-                del lru[h]
-                s = where.get(h)
-                if s is not None:
-                    s.discard(idx)
-                    if not s:
-                        del where[h]
+        deque(map(self._lru[idx].pop, hashes, repeat(None)), maxlen=0)
 
     def match(self, hashes: Sequence[int], n: int, limit: int | None = None) -> list[int]:
         """Per engine 0..n-1, how many leading blocks of `hashes` it holds (contiguous prefix).
 
         `limit` caps the blocks examined (llm-d matches at most 256)."""
         out = [0] * n
-        where = self._where
         m = len(hashes) if limit is None else min(len(hashes), limit)
-        for k in range(m):
-            s = where.get(hashes[k])
-            if not s:
-                break
-            got = 0
-            for e in s:
-                if e < n and out[e] == k:
-                    out[e] = k + 1
-                    got += 1
-            if got == 0:
-                break
+        if m == 0:
+            return out
+        for e, lru in enumerate(self._lru[:n]):
+            if hashes[0] not in lru:
+                continue
+            k = 1
+            while k < m and hashes[k] in lru:
+                k += 1
+            out[e] = k
         return out
