@@ -116,3 +116,23 @@ def test_prefix_cache_store_and_evict_keep_the_per_block_bookkeeping():
     events.clear()
     c.take(2)  # one uncached free block, then the least recently freed cached one
     assert events == [("removed", [4])]
+
+
+def test_prefix_cache_release_frees_only_unshared_blocks_tail_first():
+    events: list[tuple[str, list[int]]] = []
+    c = PrefixCache(6, lambda kind, hs: events.append((kind, list(hs))))
+    a: list[int] = []
+    c.take(4)
+    c.store_run([1, 2, 3, 4], 0, 4, a)
+    b = [1, 2]
+    c.acquire(b)  # a second request shares the first two blocks
+    assert c.release(a, 0) == 2  # only 3 and 4 are unreferenced now
+    assert c.release(b, 1) == 1 + 2  # one uncached block, then 1 and 2
+    c.take(3 + 3)  # the 3 uncached free blocks first, then the oldest freed: 4, 3, 2 (tail first)
+    assert events[-1] == ("removed", [4, 3, 2])
+    # a block listed twice is released twice (the exact path, not the bulk one)
+    d = PrefixCache(4)
+    d.take(1)
+    d.store_run([9], 0, 1, [])
+    d.acquire([9])
+    assert d.release([9, 9], 0) == 1 and d.num_free == 4

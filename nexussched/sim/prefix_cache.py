@@ -161,16 +161,23 @@ class PrefixCache:
         """A request frees its blocks: `anon` uncached ones and the cached `held` (in sequence
         order; freed tail first). Returns how many blocks became free."""
         self.anon_free += anon
-        freed = anon
         ref = self.ref
-        lru = self.lru
-        for h in reversed(held):
-            c = ref[h] - 1
-            ref[h] = c
-            if c == 0:
-                lru[h] = None
-                freed += 1
-        return freed
+        tail_first = held[::-1]
+        if len(dict.fromkeys(tail_first)) != len(tail_first):  # never by construction; be exact
+            freed = anon
+            for h in tail_first:
+                c = ref[h] - 1
+                ref[h] = c
+                if c == 0:
+                    self.lru[h] = None
+                    freed += 1
+            return freed
+        # Bulk, in C where it can be (a long prompt holds thousands of blocks)
+        left = [c - 1 for c in map(ref.__getitem__, tail_first)]
+        ref.update(zip(tail_first, left, strict=True))
+        now_free = [h for h, c in zip(tail_first, left, strict=True) if c == 0]
+        self.lru.update(zip(now_free, repeat(None)))
+        return anon + len(now_free)
 
     def hit_rate(self) -> float:
         return self.hits / self.queries if self.queries else 0.0
