@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from shown import decode_png, shows
 
 from nexussched.cli import main
@@ -62,6 +63,10 @@ def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
         line = next(x for x in section.splitlines() if x.startswith(f"| {st.label} |"))
         r = by[(st.label, "prism", "lens")]
         assert f"{r['slo_attainment'] * 100:.1f}%" in line, line
+    # where the CPU went: every run's own seconds, summed per scenario, add up to the total
+    assert set(res["cpu_s_by_scenario"]) == {"heterogeneous"}
+    assert res["cpu_s_by_scenario"]["heterogeneous"] == pytest.approx(res["cpu_s"])
+    assert all(r["cpu_s"] > 0 for r in het["pairs"]["prism+vllm_default"]["runs"])
     dps = res["decision_throughput"]["decisions_per_s"]
     assert f"Decision throughput: {dps:,.0f} decisions/s" in md
     # the plots decode, at the size their headers state, and are drawn

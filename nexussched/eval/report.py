@@ -88,7 +88,9 @@ def _run_task(task: tuple) -> tuple[dict, float]:
     """One task in a worker: its summary and the CPU seconds it took."""
     t0 = time.process_time()
     out = run_point(*task)
-    return out, time.process_time() - t0
+    cpu = time.process_time() - t0
+    out["cpu_s"] = cpu  # where the report's time goes (results.json: cpu_s_by_scenario)
+    return out, cpu
 
 
 def _task_key(task: tuple) -> tuple:
@@ -272,7 +274,7 @@ def run_matrix(cfg: ReportConfig) -> dict:
         now = time.perf_counter()
         if now - last[0] >= 10.0:
             last[0] = now
-            say(f"  {done} runs done, {queued} queued or running")
+            say(f"  {done} runs done ({runner.cpu_s:.0f} CPU-s), {queued} queued or running")
 
     runner = JobRunner(_run_task, cfg.workers, cost=_task_cost, progress=progress, key=_task_key)
     say(f"{len(cfg.scenarios)} scenarios x {len(pairs)} pairs on {runner.workers} worker(s)")
@@ -281,11 +283,15 @@ def run_matrix(cfg: ReportConfig) -> dict:
     jobs += [_information_job(ctx, sc) for sc in voi]
     entries = runner.run(jobs)
     information = entries.pop() if voi else None
+    by_scenario: dict[str, float] = {}
+    for run in runner.cache.values():
+        by_scenario[run["scenario"]] = by_scenario.get(run["scenario"], 0.0) + run["cpu_s"]
     out: dict = {
         "scenarios": {e["scenario"]["name"]: e for e in entries},
         "pairs": [list(p) for p in pairs],
         "sim_runs": runner.runs,
         "cpu_s": runner.cpu_s,
+        "cpu_s_by_scenario": by_scenario,
         "workers": runner.workers,
         "wall_s": time.perf_counter() - t0,
         "value_of_information": information,
