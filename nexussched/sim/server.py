@@ -127,8 +127,10 @@ class EngineServer:
         self._created = int(time.time())
         met = ServerMetrics(cfg.models[0], EngineCollector(self))
         self.registry = met.registry
-        self._m_prompt, self._m_gen, self._m_success_by = met.prompt, met.gen, met.success_by
-        self._m_ttft, self._m_e2e = met.ttft, met.e2e
+        self._met = met
+        self._m_success_by, self._m_e2e = met.success_by, met.e2e
+        self._firsts: list[SimRequest] = []
+        self.engine.first_tokens = self._firsts  # the step's first tokens, for vLLM's metrics
 
     # ---- clock and engine loop ---------------------------------------------------------------
     def now(self) -> float:
@@ -141,6 +143,8 @@ class EngineServer:
         self._kv.append((kind, hashes))
 
     def _on_step(self, rec: StepRecord) -> None:
+        self._met.step(rec, self._firsts, self.scale)
+        self._firsts.clear()
         self._tele.append(rec)
         if self.sink is not None:
             self.sink.on_step(rec)
@@ -327,7 +331,7 @@ class EngineServer:
         except BaseException:
             self._abort(g)
             raise
-        self._finished(g, reason, t0, t0)
+        self._finished(g, reason, t0)
         out = completion_json(
             r, g.uid, g.created, model, reason, chat, self.engine.cache is not None
         )
@@ -347,14 +351,10 @@ class EngineServer:
             body=json.dumps(out, separators=(",", ":")).encode(), content_type="application/json"
         )
 
-    def _finished(self, g: _Gen, reason: str, t0: float, t_first: float) -> None:
-        r = g.req
+    def _finished(self, g: _Gen, reason: str, t0: float) -> None:
         now = time.monotonic()
-        self._m_prompt.inc(r.prompt)
-        self._m_gen.inc(r.output)
         self._m_success_by[reason].inc()
         self._m_e2e.observe(now - t0)
-        self._m_ttft.observe((t_first if g.stream else now) - t0)
 
     async def _stream(
         self,
@@ -406,12 +406,9 @@ class EngineServer:
         n_out = r.output
         base = r.id * 13
         nv = len(TOKEN_JSON)
-        t_first = 0.0
         while True:
             gen = r.generated
             if gen > g.seen:
-                if g.seen == 0:
-                    t_first = time.monotonic()
                 parts = []
                 for j in range(g.seen, gen):
                     parts.append(pre)
@@ -431,7 +428,7 @@ class EngineServer:
             await resp.write(("data: " + head + '],"usage":' + json.dumps(u) + "}\n\n").encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
-        self._finished(g, reason, t0, t_first)
+        self._finished(g, reason, t0)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, chat=False)

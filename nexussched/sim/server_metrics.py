@@ -1,11 +1,55 @@
 """engine-sim's Prometheus metrics, with vLLM's names: gauges and counters read from the engine at
-scrape time (EngineCollector) and the per-request counters and histograms (ServerMetrics)."""
+scrape time (EngineCollector) and the counters and histograms vLLM V1 updates as steps and requests
+end (ServerMetrics), with vLLM's meaning: per step, the tokens it sampled and the prompts it
+finished (`vllm:iteration_tokens_total`, `vllm:prompt_tokens`, `vllm:prompt_tokens_cached`,
+`vllm:generation_tokens`), each
+token's inter-token latency, each request's TTFT and queue time when its first token comes; the
+end-to-end latency and finish reason when it ends. A router learns a stock engine's step time from
+their deltas (router/observed_feed.py), on engine-sim as on vLLM."""
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from ..perfmodel.telemetry import StepRecord
+from .request import SimRequest
+
+# vLLM's buckets (vllm/v1/metrics/buckets.py, 0.32)
+ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+)  # fmt: skip
+ITERATION_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class BulkHistogram(Collector):
+    """A histogram that takes n equal observations at once (prometheus_client's takes one)."""
+
+    def __init__(self, name: str, doc: str, model: str, buckets: Sequence[float]) -> None:
+        self.name, self.doc, self.model = name, doc, model
+        self.bounds = tuple(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # per bucket, not cumulative; last: +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+
+    def collect(self):
+        h = HistogramMetricFamily(self.name, self.doc, labels=["model_name"])
+        cum, acc = [], 0
+        for bound, c in zip((*self.bounds, math.inf), self.counts, strict=True):
+            acc += c
+            cum.append((floatToGoString(bound), acc))
+        h.add_metric([self.model], cum, self.sum)
+        yield h
 
 
 class EngineCollector(Collector):
@@ -84,6 +128,12 @@ class ServerMetrics:
         self.prompt = Counter(
             "vllm:prompt_tokens", "Prefill tokens processed.", lab, registry=reg
         ).labels(m)
+        self.cached = Counter(
+            "vllm:prompt_tokens_cached",
+            "Number of cached prompt tokens (local + external).",
+            lab,
+            registry=reg,
+        ).labels(m)
         self.gen = Counter(
             "vllm:generation_tokens", "Generation tokens processed.", lab, registry=reg
         ).labels(m)
@@ -125,4 +175,49 @@ class ServerMetrics:
             buckets=b,
             registry=reg,
         ).labels(m)
+        # one observation per token: counted in bulk (a step's decodes share one value)
+        self.itl = BulkHistogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            m,
+            ITL_BUCKETS,
+        )
+        reg.register(self.itl)
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            lab,
+            buckets=b,
+            registry=reg,
+        ).labels(m)
+        self.iteration = Histogram(
+            "vllm:iteration_tokens_total",
+            "Histogram of number of tokens per engine_step.",
+            lab,
+            buckets=ITERATION_BUCKETS,
+            registry=reg,
+        ).labels(m)
         reg.register(collector)
+
+    def step(self, rec: StepRecord, firsts: Sequence[SimRequest], scale: float) -> None:
+        """One engine step ended: `rec` its record, `firsts` the requests whose first token it
+        sampled; `scale` wall seconds per engine second (fast mode, 0: engine seconds)."""
+        s = scale if scale > 0 else 1.0
+        prompts = cached = 0
+        for r in firsts:
+            prompts += r.prompt
+            cached += r.cached
+            self.ttft.observe((r.first_token - r.arrival) * s)
+            # from arrival to the start of the step that finished its prompt (a prompt chunked
+            # over several steps: to its last chunk's step; vLLM counts to its first, and
+            # observes it when the request ends)
+            self.queue.observe(max(0.0, rec.t - r.arrival) * s)
+        sampled = len(firsts) + rec.num_decodes
+        if prompts:
+            self.prompt.inc(prompts)
+            self.cached.inc(cached)
+        self.gen.inc(sampled)
+        self.iteration.observe(prompts - cached + sampled)
+        if rec.num_decodes:
+            # every decode of a continuous batch waited exactly this step for its token
+            self.itl.observe(rec.duration * s, rec.num_decodes)
