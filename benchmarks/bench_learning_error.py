@@ -7,8 +7,10 @@ measured, PRISM predicting and accounting for each one in shadow (Prism.place; `
 lets PRISM choose instead), each time with a fresh router that learns differently:
 - telemetry: the engines' step records over the Redis telemetry plane (engine-sim --redis-url,
   the vLLM plug-in's publisher; `learn=telemetry`);
-- observed: only what the router sees of the streams it relays (`learn=observed`,
-  router/observed_feed.py), as with stock engines;
+- observed: only what the router sees of stock engines (`learn=observed`,
+  router/observed_feed.py): the streams it relays and the engines' vLLM /metrics counters;
+- metrics: only those /metrics counters (`learn=metrics`), as for traffic that is not streamed
+  (the requests here stream, but the router learns nothing from their chunks);
 - none: the prior (`learn=none`).
 At each routing decision the router's predicted TTFT and decode step time (its ITL) for the
 engine it picks are recorded; the client measures the request's TTFT and mean ITL. Printed: the
@@ -16,7 +18,7 @@ mean relative error |predicted - measured| / measured per engine, after `--warmu
 Every prompt starts with a distinct token (an engine with prefix caching serves no repeat).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_learning_error.py [--requests 60]
-        [--warmup 60] [--rate 4]
+        [--warmup 60] [--rate 4] [--ways telemetry,observed,metrics,none]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from _procs import free_port, start, stop, wait_http  # noqa: E402
 from nexussched.localproc import LocalRedis  # noqa: E402
 
 PROFILES = ("h100", "a100", "l4")
-MODES = ("telemetry", "observed", "none")
+MODES = ("telemetry", "observed", "metrics", "none")
 MODEL = "sim-llama-3-8b"
 
 
@@ -127,6 +129,11 @@ async def run_mode(
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
             await asyncio.gather(*(one(k, *req, t0, s) for k, req in enumerate(reqs)))
     finally:
+        obs = disp.observed
+        if obs is not None:  # what the router's own watch taught, by source
+            segs = sum(w.steps + w.segments for w in obs.engines)
+            scr = [w.samples for w in obs.scrapes]
+            print(f"{mode}: taught {segs} steps/segments from streams, {scr} /metrics samples")
         await server.close()
     by_token = {p: rid for rid, p in tag.items()}
     rows = []
@@ -155,7 +162,13 @@ def main() -> None:
         help="let PRISM pick the engine (default: round robin, PRISM predicting in shadow, so "
         "every engine is measured)",
     )
+    p.add_argument(
+        "--ways", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES)
+    )
     a = p.parse_args()
+    ways = [w for w in a.ways.split(",") if w]
+    if not ways or any(w not in MODES for w in ways):
+        p.error(f"--ways: pick from {','.join(MODES)}")
     redis = LocalRedis()
     ports = [free_port() for _ in PROFILES]
     procs = [
@@ -181,7 +194,7 @@ def main() -> None:
     try:
         for u in urls:
             wait_http(u + "/health")
-        for j, mode in enumerate(MODES):  # distinct prompts across the three ways too
+        for j, mode in enumerate(ways):  # distinct prompts across the ways too
             results[mode] = asyncio.run(
                 run_mode(mode, urls, redis.url, reqs, 1000 + 5000 * j, a.spread)
             )
@@ -194,11 +207,11 @@ def main() -> None:
         f"{','.join(PROFILES)} (real time, vllm_default), "
         f"{'round robin, PRISM in shadow' if a.spread else 'PRISM routing'}"
     )
-    head = f"{'engine':<8}" + "".join(f"{m + ' TTFT':>16}{m + ' ITL':>15}" for m in MODES)
+    head = f"{'engine':<8}" + "".join(f"{m + ' TTFT':>16}{m + ' ITL':>15}" for m in ways)
     print(head)
     for i, prof in enumerate(PROFILES):
         line = f"{prof:<8}"
-        for m in MODES:
+        for m in ways:
             rows = [r for r in results[m] if r[0] >= a.warmup and r[1] == i]
             if not rows:
                 line += f"{'-':>16}{'-':>15}"
@@ -209,7 +222,7 @@ def main() -> None:
         print(line)
     if a.dump:
         with open(a.dump, "w") as f:
-            for m in MODES:
+            for m in ways:
                 for r in results[m]:
                     f.write(f"{m} {PROFILES[r[1]]} k={r[0]} ttft {r[2]:.4f} {r[3]:.4f} "
                             f"itl {r[4]:.4f} {r[5]:.4f}\n")  # fmt: skip

@@ -26,7 +26,7 @@ from .breaker import Breaker
 from .config import BackendSpec
 from .policies.base import RequestInfo
 from .policies.view import SCRAPE_PERIOD
-from .vllm_metrics import parse_vllm_metrics
+from .vllm_metrics import EngineMetrics, parse_vllm_metrics
 
 log = logging.getLogger("nexussched.router")
 
@@ -47,6 +47,7 @@ class Backend:
         "inflight",
         "inflight_prompt_tokens",
         "inflight_max_tokens",
+        "idles",
         "models",
         "model_cards",
         "has_metrics",
@@ -70,6 +71,7 @@ class Backend:
         self.inflight = 0  # the router's count: sent and not finished
         self.inflight_prompt_tokens = 0  # their prompt tokens
         self.inflight_max_tokens = 0  # their declared max_tokens
+        self.idles = 0  # times the router's in-flight count here fell to zero
         self.has_metrics = True  # set False when /metrics is missing (not a vLLM backend)
         self.last_scrape = 0.0
         self.failures = 0  # consecutive scrape timeouts
@@ -101,6 +103,8 @@ class Backend:
     def end(self, info: RequestInfo) -> None:
         """A request sent here finished (or failed, or moved away)."""
         self.inflight -= 1
+        if self.inflight == 0:
+            self.idles += 1
         self.inflight_prompt_tokens -= info.prompt_tokens
         self.inflight_max_tokens -= info.max_tokens
 
@@ -155,6 +159,8 @@ class BackendRegistry:
         self.scrape_failures = scrape_failures
         self.version = 0  # bumped whenever health or model sets change
         self.on_change: list[Callable[[int, bool], None]] = []  # (index, healthy) listeners
+        # (index, backend, parsed metrics, monotonic time) after every successful scrape
+        self.on_scrape: list[Callable[[int, Backend, EngineMetrics, float], None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._tasks: dict[int, asyncio.Task] = {}  # probe/scrape loop per backend index
         self._checking: set[int] = set()
@@ -444,6 +450,8 @@ class BackendRegistry:
             b.block_size = m.block_size
             b.num_gpu_blocks = m.num_gpu_blocks
         b.last_scrape = time.monotonic()
+        for f in self.on_scrape:
+            f(idx, b, m, b.last_scrape)
 
     def _timeout(self, idx: int) -> None:
         b = self.backends[idx]

@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="option of --mode (repeatable); prism: redis=URL, replica=NAME, topic=T, "
-        "learn=auto|telemetry|observed|none",
+        "learn=auto|telemetry|observed|metrics|none",
     )
     p.add_argument(
         "--api-key",

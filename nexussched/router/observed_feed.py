@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..perfmodel.telemetry import StepRecord
+from . import vllm_metrics as vm
 
 N_FEATURES = 5  # prefill tokens, prefill attention work, decodes, decode context sum, 1
 
@@ -72,6 +73,8 @@ class _Cluster:
     firsts: list[int] = field(default_factory=list)  # prompts finishing their prefill here
     members: set = field(default_factory=set)
     chained: bool = False  # a member also emitted in the previous cluster (engine busy)
+    burst: bool = False  # its steps' chunks came together: their boundaries were not seen
+    k: int = 1  # steps it covers (a chunk of n tokens: n steps)
 
 
 class EngineWatch:
@@ -100,6 +103,10 @@ class EngineWatch:
         self.seg_k = 0
         self.seg_dirty = False  # dropped (too long): skip until no request is pending
         self.seg_wait = False  # a request was sent while busy: the segment opens at next cluster
+        # a run of decode steps delivered together: its start (None: none) and summed features
+        self.run_start: float | None = None
+        self.last_burst = False  # the last closed cluster was part of a burst
+        self.run_x = [0.0] * N_FEATURES
         self.steps = 0
         self.segments = 0
 
@@ -121,19 +128,30 @@ class EngineWatch:
         c = self.cur
         eps = min(0.02, max(0.0005, 0.2 * self.gap))
         if c is None or t - c.t > eps or rid in c.members:
+            # a member emitting again within eps: steps delivered together (a busy router or
+            # network), so the time between these clusters is not a step's
+            burst = c is not None and t - c.t <= eps
+            if burst:
+                c.burst = True  # it came late too: it holds the burst's first step
             self._close()
-            c = self.cur = _Cluster(t, self.n_clusters)
+            c = self.cur = _Cluster(t, self.n_clusters, burst=burst)
             self.n_clusters += 1
         c.members.add(rid)
+        n = tokens
         if f.emitted == 0:
             c.firsts.append(f.prompt)
             self.pending -= 1
             self.decoding += 1
-        else:
-            c.decodes += 1
-            c.ctx += f.prompt + f.emitted
-            if f.last_cluster == c.index - 1:
-                c.chained = True
+            n -= 1  # the rest of the chunk: decodes after the prefill
+        elif f.last_cluster == c.index - 1:
+            c.chained = True
+        if n:
+            ctx0 = f.prompt + max(1, f.emitted)
+            c.decodes += n
+            c.ctx += n * ctx0 + n * (n - 1) // 2
+        if tokens > 1:  # several steps' tokens in one chunk
+            c.burst = True
+            c.k = max(c.k, tokens)
         f.emitted += tokens
         f.last_cluster = c.index
 
@@ -165,8 +183,13 @@ class EngineWatch:
         self.cur = None
         prev = self.last_t
         self.last_t = c.t
-        if prev is not None and c.chained:
+        late = self.last_burst  # the previous cluster came late: no clean start for a step
+        self.last_burst = c.burst
+        if prev is not None and c.chained and not c.burst:
             self.gap += (min(c.t - prev, 1.0) - self.gap) * 0.1
+        decode = prev is not None and c.chained and c.decodes and not c.firsts
+        if not decode or self.seg_start is not None or self.seg_dirty:
+            self.run_start = None  # a run of burst steps ends unread
         if self.seg_dirty:
             if self.pending == 0 and not c.firsts:
                 self.seg_dirty = False
@@ -179,19 +202,19 @@ class EngineWatch:
             x = self.seg_x
             x[2] += c.decodes
             x[3] += c.ctx
-            x[4] += 1.0
+            x[4] += c.k
             for p in c.firsts:
                 x[0] += p
                 x[1] += p * p / 2.0
-            self.seg_k += 1
+            self.seg_k += c.k
             if self.pending == 0:
                 duration = c.t - self.seg_start
-                if self.seg_k == 1:
+                if self.seg_k == 1 and not c.burst:
                     # one step: a full record (it also tells PRISM the engine's decode batch)
                     chunks = tuple((p, 0) for p in c.firsts)
                     self.step(StepRecord(duration, chunks, c.decodes, c.ctx))
                     self.steps += 1
-                elif duration > 0:
+                elif duration > 0 and not c.burst:  # (a burst's end came late: unreadable)
                     self.segment(tuple(x), duration)
                     self.segments += 1
                 self.seg_start = None
@@ -199,42 +222,147 @@ class EngineWatch:
                 self._drop_segment()
             return
         if self.seg_wait and c.t >= self.wait_since:
-            if c.firsts:  # a prefill we expected to start later finished already: unreadable
+            # a prefill we expected to start later finished already, or the segment would open
+            # at a cluster that came late (a burst): unreadable
+            if c.firsts or c.burst:
                 self.seg_wait = False
                 self.seg_dirty = self.pending > 0
                 return
             self._open(c.t)
-            if prev is not None and c.chained and c.decodes:
+            if prev is not None and c.chained and c.decodes and not (c.burst or late):
                 self.step(StepRecord(c.t - prev, (), c.decodes, c.ctx))
                 self.steps += 1
             return
-        if prev is not None and c.chained and c.decodes and not c.firsts:
-            self.step(StepRecord(c.t - prev, (), c.decodes, c.ctx))
-            self.steps += 1
+        if decode:
+            assert prev is not None
+            self._decode(c, prev, late)
+
+    def _decode(self, c: _Cluster, prev: float, late: bool) -> None:
+        """A decode-only cluster of a busy engine: a step record, or part of a run of steps
+        delivered together, taught as one segment from the clean boundary before the run to the
+        first clean one after it."""
+        if self.run_start is None:
+            if late:
+                return  # it began at a cluster that came late: unreadable
+            if not c.burst:
+                self.step(StepRecord(c.t - prev, (), c.decodes, c.ctx))
+                self.steps += 1
+                return
+            self.run_start = prev
+            self.run_x = [0.0] * N_FEATURES
+        x = self.run_x
+        x[2] += c.decodes
+        x[3] += c.ctx
+        x[4] += c.k
+        if not c.burst:
+            self.segment(tuple(x), c.t - self.run_start)
+            self.segments += 1
+            self.run_start = None
+
+
+class MetricsWatch:
+    """One engine's /metrics scrapes -> busy-interval samples `segment(x, duration)` (see the
+    module doc: "From vLLM's /metrics")."""
+
+    def __init__(self, segment: Callable[[tuple[float, ...], float], None]) -> None:
+        self.segment = segment
+        self.prev: tuple[float, dict[str, float], int, int, float] | None = None
+        self.first_sum = 0.0  # requests that got a first token, since the first scrape
+        self.gen_sum = 0.0  # tokens they decoded
+        self.samples = 0
+        self.skipped = 0  # intervals not busy throughout (or with no steps)
+
+    def scraped(
+        self, t: float, totals: dict[str, float], inflight: int, prompts: int, idles: int
+    ) -> None:
+        """A scrape at `t`: the engine's TOTALS, and the router's requests in flight there, their
+        prompt tokens, and how often its in-flight count fell to zero so far."""
+        if vm.STEPS not in totals:
+            self.prev = None  # not a vLLM V1 engine: nothing to learn from here
+            return
+        prev = self.prev
+        mean_prompt = prompts / inflight if inflight else 0.0
+        self.prev = (t, totals, inflight, idles, mean_prompt)
+        if prev is None:
+            return
+        t0, c0, inflight0, idles0, mean_prompt0 = prev
+
+        def delta(name: str) -> float:
+            return totals.get(name, 0.0) - c0.get(name, 0.0)
+
+        k = delta(vm.STEPS)
+        if k < 0 or delta(vm.GENERATION) < 0:
+            return  # the engine restarted: its counters began again
+        firsts = delta(vm.FIRSTS)
+        decodes = max(0.0, delta(vm.GENERATION) - firsts)
+        self.first_sum += firsts
+        self.gen_sum += decodes
+        # Busy throughout: requests of ours were in flight at both scrapes and never all ended
+        # in between, so the engine stepped the whole interval and its k steps took all of it.
+        if k < 1 or inflight0 == 0 or inflight == 0 or idles != idles0 or t <= t0:
+            self.skipped += 1
+            return
+        prompt = delta(vm.PROMPT)
+        hits = delta(vm.CACHED) if vm.CACHED in totals else delta(vm.CACHE_HITS)
+        hits = min(prompt, max(0.0, hits))
+        x = [0.0, 0.0, decodes, 0.0, k]
+        if firsts > 0 and prompt > 0:
+            # prompts finished in the interval, as `firsts` prompts of the mean length (a cached
+            # head of h tokens: the rest attends to it), the attention term p*(h + p/2) each
+            p = (prompt - hits) / firsts
+            h = hits / firsts
+            x[0] = prompt - hits
+            x[1] = firsts * p * (h + p / 2.0)
+        if decodes:
+            # each decode's context: its prompt (those in flight here) and half its output so far
+            half_out = 0.5 * self.gen_sum / self.first_sum if self.first_sum else 0.0
+            x[3] = decodes * (0.5 * (mean_prompt0 + mean_prompt) + half_out)
+        self.segment(tuple(x), t - t0)
+        self.samples += 1
 
 
 class ObservedFeed:
-    """The router's stream watch (Router.watch): relayed streams -> the policy's perf models.
+    """The router's watch on stock engines: relayed streams (Router.watch) and /metrics scrapes
+    (BackendRegistry.on_scrape) -> the policy's perf models.
 
-    `only(idx)`: whether to learn engine idx this way (learn=auto: engines without telemetry)."""
+    `only(idx)`: whether to learn engine idx this way (learn=auto: engines without telemetry);
+    `streams` / `metrics`: which of the two sources to learn from."""
 
-    def __init__(self, policy, n: int, only: Callable[[int], bool] | None = None) -> None:
+    def __init__(
+        self,
+        policy,
+        n: int,
+        only: Callable[[int], bool] | None = None,
+        streams: bool = True,
+        metrics: bool = True,
+    ) -> None:
         self.policy = policy
         self.only = only
+        self.streams = streams
+        self.metrics = metrics
         self.engines = [self._watch(i) for i in range(n)]
+        self.scrapes: list[MetricsWatch] = []
+
+    def _learns(self, idx: int) -> bool:
+        return self.only is None or self.only(idx)
+
+    def _segment(self, idx: int) -> Callable[[tuple[float, ...], float], None]:
+        p = self.policy
+
+        def segment(x: tuple[float, ...], duration: float) -> None:
+            if self._learns(idx):
+                p.observe_segment(idx, x, duration)
+
+        return segment
 
     def _watch(self, idx: int) -> EngineWatch:
         p = self.policy
 
         def step(rec: StepRecord) -> None:
-            if self.only is None or self.only(idx):
+            if self._learns(idx):
                 p.observe(idx, rec)
 
-        def segment(x: tuple[float, ...], duration: float) -> None:
-            if self.only is None or self.only(idx):
-                p.observe_segment(idx, x, duration)
-
-        return EngineWatch(step, segment)
+        return EngineWatch(step, self._segment(idx))
 
     def _at(self, idx: int) -> EngineWatch:
         while len(self.engines) <= idx:  # a backend added while the router runs
@@ -243,14 +371,28 @@ class ObservedFeed:
 
     # Router.watch hooks (called on the request path: constant time each)
     def sent(self, idx: int, rid: object, prompt: int, t: float) -> None:
-        self._at(idx).sent(rid, prompt, t)
+        if self.streams:
+            self._at(idx).sent(rid, prompt, t)
 
     def chunk(self, idx: int, rid: object, t: float, data: bytes) -> None:
-        self._at(idx).chunk(rid, t, count_tokens(data))
+        if self.streams:
+            self._at(idx).chunk(rid, t, count_tokens(data))
 
     def done(self, idx: int, rid: object, t: float) -> None:
-        self._at(idx).done(rid, t)
+        if self.streams:
+            self._at(idx).done(rid, t)
+
+    # BackendRegistry.on_scrape hook (once per scrape of a backend with vLLM metrics)
+    def scraped(self, idx: int, backend, metrics, t: float) -> None:
+        if not self.metrics:
+            return
+        while len(self.scrapes) <= idx:
+            self.scrapes.append(MetricsWatch(self._segment(len(self.scrapes))))
+        b = backend
+        self.scrapes[idx].scraped(t, metrics.totals, b.inflight, b.inflight_prompt_tokens, b.idles)
 
     @property
     def observations(self) -> int:
-        return sum(w.steps + w.segments for w in self.engines)
+        return sum(w.steps + w.segments for w in self.engines) + sum(
+            w.samples for w in self.scrapes
+        )

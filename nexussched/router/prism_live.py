@@ -1,14 +1,16 @@
 """PRISM in the live router: the policy dispatcher plus what a learning, multi-replica policy needs.
 
 `nexussched router --mode prism --policy prism [--mode-arg redis=redis://HOST:PORT]
-[--mode-arg replica=NAME] [--mode-arg topic=T] [--mode-arg learn=auto|telemetry|observed|none]`:
+[--mode-arg replica=NAME] [--mode-arg topic=T]
+[--mode-arg learn=auto|telemetry|observed|metrics|none]`:
 - step telemetry goes to the policy's observe(), so it learns each engine's speed as in the
   simulator: with `redis`, from the telemetry plane (router/stream_feed.py: the Redis Stream each
   engine running the vLLM plug-in, or engine-sim with --redis-url, publishes to), and from any
   backend that serves GET /telemetry (engine-sim) and publishes no stream (TelemetryFeed);
 - `learn` picks the sources: `telemetry` (the above), `observed` (only what the router sees of
-  the streams it relays, router/observed_feed.py, for stock engines), `auto` (telemetry where an
-  engine gives it, observed for the others; the default), `none` (the prior only);
+  stock engines, router/observed_feed.py: the streams it relays and the engines' vLLM /metrics
+  counters), `metrics` (those counters only, as for traffic that is not streamed), `auto`
+  (telemetry where an engine gives it, observed for the others; the default), `none` (the prior);
 - with `redis`, replicas share engine state and models through Redis (PrismShare) and break
   ties at random (PRISM's `jitter`), so several replicas act as one router without herding;
 - a request no engine can serve within its SLO (PRISM with `--policy-arg shed=true`) is answered
@@ -28,7 +30,7 @@ from .prism_share import PrismShare
 from .stream_feed import StreamFeed
 from .telemetry_feed import TelemetryFeed
 
-LEARN = ("auto", "telemetry", "observed", "none")
+LEARN = ("auto", "telemetry", "observed", "metrics", "none")
 
 log = logging.getLogger("nexussched.router")
 
@@ -112,11 +114,20 @@ class PrismDispatcher(PolicyDispatcher):
             self._tasks.append(asyncio.create_task(self.feed.run()))
             if streams is not None:  # records the HTTP feed taught are not read again
                 streams.taught = self.feed.last_step.get
-        if learns and hasattr(p, "observe_segment") and self.learn in ("auto", "observed"):
+        if (
+            learns
+            and hasattr(p, "observe_segment")
+            and self.learn in ("auto", "observed", "metrics")
+        ):
             from .observed_feed import ObservedFeed
 
-            self.observed = ObservedFeed(p, len(router.backends), only=self._untaught)
-            router.watch = self.observed
+            streams = self.learn != "metrics"
+            self.observed = ObservedFeed(
+                p, len(router.backends), only=self._untaught, streams=streams
+            )
+            if streams:
+                router.watch = self.observed
+            router.registry.on_scrape.append(self.observed.scraped)
         if self.redis_url and hasattr(p, "take_deltas"):
             self.share = PrismShare(
                 p,
@@ -138,7 +149,7 @@ class PrismDispatcher(PolicyDispatcher):
 
     def _untaught(self, idx: int) -> bool:
         """Whether engine `idx` gets no engine telemetry (observed learning is for those only)."""
-        if self.learn == "observed":
+        if self.learn in ("observed", "metrics"):
             return True
         if self.streams is not None and self.streams.covers(idx):
             return False
