@@ -1,8 +1,8 @@
-"""How well PRISM predicts each request's TTFT and ITL, by what it learns from: three ways.
+"""How well PRISM predicts each request's TTFT and ITL, by what it learns from.
 
 Three engine-sims of different speeds (h100, a100, l4 profiles; real time; vLLM's default batching)
 behind a live router (in this process, so its predictions can be read), fed the same Poisson
-stream of streaming requests three times. Requests go round robin so that every engine is
+stream of streaming requests once per way. Requests go round robin so that every engine is
 measured, PRISM predicting and accounting for each one in shadow (Prism.place; `--prism-routes`
 lets PRISM choose instead), each time with a fresh router that learns differently:
 - telemetry: the engines' step records over the Redis telemetry plane (engine-sim --redis-url,
@@ -12,6 +12,7 @@ lets PRISM choose instead), each time with a fresh router that learns differentl
 - metrics: only those /metrics counters (`learn=metrics`), as for traffic that is not streamed
   (the requests here stream, but the router learns nothing from their chunks);
 - none: the prior (`learn=none`).
+Each way also prints how many observations the router's own watch taught (streams, /metrics).
 At each routing decision the router's predicted TTFT and decode step time (its ITL) for the
 engine it picks are recorded; the client measures the request's TTFT and mean ITL. Printed: the
 mean relative error |predicted - measured| / measured per engine, after `--warmup` requests.
