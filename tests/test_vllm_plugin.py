@@ -82,17 +82,32 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
 
 
 class VllmServer:
+    """vLLM's OpenAI server with the plug-in, on a free port. Ready only when its own log says so
+    ("Starting vLLM server on", just before it serves) and /health answers: on a machine shared
+    with other test runs another server can hold the port for a while (a foreign /health once
+    passed for this one 27 s into a start that takes minutes, and every test failed). A start
+    that lost its port to another process is retried on a new one."""
+
     def __init__(self, model_dir: Path, telemetry: Path, redis_port: int, log: Path) -> None:
-        self.port = free_port()
+        self.model_dir = model_dir
+        self.telemetry = telemetry
+        self.redis_port = redis_port
         self.log = log
+        self._logf = open(log, "w")  # noqa: SIM115
+        self.starts = 0
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self.port = free_port()
+        self.starts += 1
         env = dict(
             os.environ,
             PYTHONPATH=str(REPO_ROOT),
             VLLM_CPU_KVCACHE_SPACE="1",
             NEXUS_ENGINE_NAME=ENGINE,
             NEXUS_ENGINE_ADDR=f"127.0.0.1:{self.port}",  # how a router maps its stream
-            NEXUS_TELEMETRY=str(telemetry),
-            NEXUS_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+            NEXUS_TELEMETRY=str(self.telemetry),
+            NEXUS_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             NEXUS_TOPIC=TOPIC,
             NEXUS_PUBLISH_S="0.5",
             # No banking of TPOT slack and no giving up on a decode that fell behind (CPU timing
@@ -101,11 +116,11 @@ class VllmServer:
             NEXUS_LENS_CONFIG='{"bank_spend": 0.0, "deprioritize": false}',
         )
         cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(self.port),
-            "--max-model-len", "8192", "--dtype", "float32", "--scheduler-cls", PLUGIN,
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
+            str(self.model_dir), "--served-model-name", MODEL, "--host", "127.0.0.1", "--port",
+            str(self.port), "--max-model-len", "8192", "--dtype", "float32", "--scheduler-cls",
+            PLUGIN,
         ]  # fmt: skip
-        self._logf = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             cmd, env=env, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -116,20 +131,29 @@ class VllmServer:
         return f"http://127.0.0.1:{self.port}"
 
     def wait_ready(self, timeout: float = 900.0) -> float:
-        while time.monotonic() - self.started < timeout:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
+                if "Address already in use" in self.tail() and self.starts < 3:
+                    self._logf.write(f"\n--- port {self.port} was taken: a new start ---\n")
+                    self._logf.flush()
+                    self._spawn()
+                    continue
                 raise RuntimeError(f"vLLM exited ({self.proc.returncode}):\n{self.tail()}")
             try:
-                if _get(self.url + "/health")[0] == 200:
-                    return time.monotonic() - self.started
+                if "Starting vLLM server on" in self.tail(None) and (
+                    _get(self.url + "/health")[0] == 200
+                ):
+                    return time.monotonic() - t0
             except OSError:
                 pass
             time.sleep(2.0)
         raise RuntimeError(f"vLLM not healthy after {timeout} s:\n{self.tail()}")
 
-    def tail(self, n: int = 4000) -> str:
+    def tail(self, n: int | None = 4000) -> str:
         try:
-            return self.log.read_text()[-n:]
+            text = self.log.read_text()
+            return text if n is None else text[-n:]
         except OSError:
             return ""
 
@@ -310,6 +334,18 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     assert predicted <= 0.85 * tpot * 1.1
 
 
+def served(url: str) -> int:
+    """Requests an engine finished (length or stop; not aborted), from its /metrics."""
+    text = _get(url + "/metrics", timeout=10.0)[1]
+    n = 0.0
+    for line in text.splitlines():
+        if line.startswith("vllm:request_success_total{") and (
+            'finished_reason="length"' in line or 'finished_reason="stop"' in line
+        ):
+            n += float(line.rsplit(" ", 1)[1])
+    return int(n)
+
+
 def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stack):
     """PRISM in front of the real vLLM and a slower engine-sim: every step record reaches the
     router over the telemetry plane (Redis Streams), the router's model of the real engine
@@ -362,23 +398,31 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
         finally:
             await server.close()
 
+    engines = [stack["server"].url, sim.url]
+    before = [served(u) for u in engines]
     try:
         sent, policy, disp = asyncio.run(run())
+        after = [served(u) for u in engines]
     finally:
         sim.close()
+    # where each request was served, by the engines' own counts (a request PRISM re-bound before
+    # its first byte was sent twice and aborted at the first engine)
+    done = [a - b for a, b in zip(after, before, strict=True)]
     rows = [StepRecord.from_dict(r) for r in read_telemetry(stack["telemetry"])]
     learned = disp.streams.by_engine.get(0, 0)
     last = rows[-400:]
     err, p90 = mape(policy.model(0), last)
     dur = np.array([r.duration for r in last])
     const_err = float((np.abs(np.median(dur) - dur) / dur).mean())
-    share = sent[0] / max(1, sum(sent))
+    share = done[0] / max(1, sum(done))
     print(
         f"PRISM learned the vLLM engine from {learned} stream records (its plug-in recorded "
         f"{len(rows)} steps in all): model error on its last {min(400, len(rows))} steps MAPE "
-        f"{err:.3f} (p90 {p90:.3f}; a constant: {const_err:.3f}); requests sent vLLM {sent[0]}, "
-        f"engine-sim l4 {sent[1]} (vLLM's share {share:.0%})"
+        f"{err:.3f} (p90 {p90:.3f}; a constant: {const_err:.3f}); requests served by vLLM "
+        f"{done[0]}, by engine-sim l4 {done[1]} (vLLM's share {share:.0%}; sent there {sent[0]} and "
+        f"{sent[1]} times: PRISM re-bound {sum(sent) - sum(done)} before their first byte)"
     )
+    assert sum(done) == 80  # every request served once
     # every step the plug-in recorded (the earlier tests included) reached the router, once
     assert len(rows) - 10 <= learned <= len(rows)  # (the last flush may still be on its way)
     assert policy.model(0).fitted and policy.model(1).fitted
