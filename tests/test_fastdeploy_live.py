@@ -72,6 +72,20 @@ async def test_local_max_size_rejects_with_429_and_ttl_expires_with_504(hosts, s
     assert answered[:last_expiry].count(200) <= 1 < len(ok), answered
     # the expired requests never took the engine's time
     assert await engine_finished(session, e2.url) == len(ok)
+    assert dispatcher(r2).policy.take_dropped() == []  # each drop was answered, none kept
+
+
+async def test_local_policy_in_policy_mode_answers_what_it_drops(hosts, session):
+    # the FastDeployLocal policy behind the default dispatcher (--policy local): a request its
+    # queue expires ends with a 504 at once, not left waiting for a hand-over that never comes
+    e = await hosts(engine(max_num_seqs=1))
+    r = await hosts(router([e.url], None, policy="local", policy_args={"ttl": 0.6}))
+    res = await asyncio.gather(*(complete(session, r.url, 40, timeout=20) for _ in range(8)))
+    expired = [x for x in res if x.status == 504]
+    ok = [x for x in res if x.status == 200]
+    assert expired and all("scheduler_ttl" in x.body["error"]["message"] for x in expired)
+    assert len(ok) + len(expired) == 8 and tally(ok, 40) == (0, 0)  # none hung (status 0)
+    assert await engine_finished(session, e.url) == len(ok)
 
 
 # ---- global: stealing ---------------------------------------------------------------------------

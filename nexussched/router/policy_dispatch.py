@@ -31,6 +31,19 @@ class _Flight:
     move_to: int | None = None
 
 
+def fail_dropped(policy: RoutingPolicy, waiting: dict[object, asyncio.Future]) -> None:
+    """Requests the policy gave up on while holding them (a queue's TTL, or one no engine can
+    ever take) end now with its reason, rather than wait for a hand-over that never comes."""
+    for d in policy.take_dropped():
+        fut = waiting.get(d.req_id)
+        if fut is None or fut.done():
+            continue
+        if d.reason == "expired":
+            fut.set_exception(APIError(504, f"request expired: {d.message}", code="expired"))
+        else:
+            fut.set_exception(APIError(400, d.message, code="rejected"))
+
+
 class PolicyDispatcher(Dispatcher):
     """Default mode: the policy picks a backend; the request is proxied there.
 
@@ -79,6 +92,7 @@ class PolicyDispatcher(Dispatcher):
                 fut.set_result(idx)
             else:  # its client left while it was held: close the policy's books on it
                 self.policy.on_finish(info.id, idx, now)
+        fail_dropped(self.policy, self._held)
 
     async def _offer_loop(self, every: float) -> None:
         while True:

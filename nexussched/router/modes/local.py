@@ -24,6 +24,7 @@ from ..dispatch import BackendFailed, Dispatcher, ProxyCall, RouterCore
 from ..errors import APIError
 from ..policies import NoEngineAvailable
 from ..policies.fastdeploy_modes import FastDeployLocal, QueueFull
+from ..policy_dispatch import fail_dropped
 from .common import NodeState, NodeView
 from .params import SchedulerParams
 
@@ -116,6 +117,7 @@ class LocalDispatcher(Dispatcher):
                 fut.set_result(idx)
             else:  # the client left between queueing and now
                 self.policy.on_finish(info.id, idx, time.monotonic())
+        fail_dropped(self.policy, self._waiters)
 
     async def _loop(self) -> None:
         while True:
