@@ -16,7 +16,8 @@ the plug-in's publications and the router in front of vLLM, then
 3. puts PRISM (a live router in this process, `--mode prism` with the Redis plane) in front of that
    vLLM and an engine-sim of another speed (l4 profile, real time), both publishing their step
    records to Redis Streams; it prints the vLLM engine's model error as the router learned it
-   (against the plug-in's own step records) and each engine's share of the requests.
+   (against the plug-in's own step records) and each engine's share of the requests, and what a
+   PRISM in shadow learned of the real engine from its /metrics alone (as of a stock vLLM).
 """
 
 from __future__ import annotations
@@ -289,11 +290,22 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     async def run() -> list:
         import aiohttp
 
-        async def post(body: dict, delay: float = 0.0) -> dict:
-            await asyncio.sleep(delay)
+        async def post(body: dict, after: asyncio.Task | None = None) -> dict:
+            if after is not None:
+                await after
             async with session.post(url + "/v1/completions", json=body) as r:
                 assert r.status == 200, await r.text()
                 return await r.json()
+
+        async def decoding(n: int) -> None:
+            """Until the engine runs n requests (a fixed delay was too short at load 9: the long
+            prompt was prefilled before the decodes ran, and no step mixed them)."""
+            for _ in range(6000):
+                async with session.get(stack["server"].url + "/metrics") as r:
+                    if metric(await r.text(), "vllm:num_requests_running") >= n:
+                        return
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"vLLM never ran {n} requests at once")
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
             decodes = [
@@ -304,7 +316,7 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
             long = post(
                 {"model": MODEL, "prompt": [2000 + (7 * k) % 15000 for k in range(4000)],
                  "max_tokens": 2, "ignore_eos": True, "vllm_xargs": {"slo_ttft": 30.0}},
-                delay=1.0,
+                after=asyncio.create_task(decoding(6)),
             )  # fmt: skip
             return await asyncio.gather(*decodes, long)
 
@@ -354,24 +366,37 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
     from aiohttp.test_utils import TestServer
 
     from nexussched.perfmodel import mape
+    from nexussched.router import vllm_metrics as vm
     from nexussched.router.compose import create_app
     from nexussched.router.config import RouterSettings, backend_from_url
+    from nexussched.router.observed_feed import ObservedFeed
     from nexussched.router.policies import Prism
     from nexussched.router.prism_live import PrismDispatcher
+    from nexussched.router.vllm_metrics import parse_vllm_metrics
 
+    NEEDED = {vm.STEPS, vm.STEP_TOKENS, vm.PROMPT, vm.CACHED, vm.GENERATION, vm.FIRSTS,
+              vm.TTFT_SUM, vm.ITL_SUM, vm.ITL_COUNT, vm.QUEUE_SUM, vm.QUEUE_COUNT}  # fmt: skip
     rurl = f"redis://127.0.0.1:{stack['redis'].port}/0"
     sim = ServerProc(["engine-sim", "--profile", "l4", "--model", MODEL, "--redis-url", rurl,
                       "--topic", TOPIC])  # fmt: skip
     sim.wait_ready(timeout=60)
 
+    shadow = Prism()
+    shadow_feed = ObservedFeed(shadow, 2, streams=False)
+
     async def run() -> tuple[list[int], Prism, PrismDispatcher]:
         policy = Prism()
         disp = PrismDispatcher(policy, redis=rurl, topic=TOPIC, learn="telemetry")
         urls = [stack["server"].url, sim.url]
-        settings = RouterSettings(backends=[backend_from_url(u) for u in urls])
+        # Scrapes may take seconds here: at load 19 engine-sim's /metrics missed three 2 s
+        # timeouts in a row, the router took it for dead and ended 10 of its streams.
+        settings = RouterSettings(backends=[backend_from_url(u) for u in urls], scrape_timeout=10.0)
         server = TestServer(create_app(settings, disp))
         await server.start_server()
         router = server.app["router"]
+        # beside it, in shadow, a PRISM that learns the engines from their /metrics alone (as it
+        # would a stock vLLM): real vLLM's series, as router/vllm_metrics.py names them
+        router.registry.on_scrape.append(shadow_feed.scraped)
         try:
             for _ in range(600):
                 if sum(b.healthy for b in router.backends) == 2 and disp.streams.covers(0):
@@ -389,7 +414,9 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
                         "stream": True}  # fmt: skip
                 async with s.post(url, json=body) as r:
                     assert r.status == 200, await r.text()
-                    await r.read()
+                    text = (await r.read()).decode()
+                # a stream the router had to end (its engine taken for dead) ends in an error event
+                assert text.endswith("data: [DONE]\n\n") and '"error"' not in text, text[-300:]
 
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as s:
                 await asyncio.gather(*(one(k, s) for k in range(80)))
@@ -403,6 +430,7 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
     try:
         sent, policy, disp = asyncio.run(run())
         after = [served(u) for u in engines]
+        texts = [_get(u + "/metrics", timeout=10.0)[1] for u in engines]
     finally:
         sim.close()
     # where each request was served, by the engines' own counts (a request PRISM re-bound before
@@ -423,6 +451,23 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
         f"{sent[1]} times: PRISM re-bound {sum(sent) - sum(done)} before their first byte)"
     )
     assert sum(done) == 80  # every request served once
+    samples = shadow_feed.scrapes[0].samples
+    m_err = mape(shadow.model(0), last)[0] if shadow.model(0).fitted else float("nan")
+    print(
+        f"from vLLM's /metrics alone: {samples} busy scrape intervals taught, model error on "
+        f"the same steps MAPE {m_err:.3f}" + ("" if shadow.model(0).fitted else " (not fitted)")
+    )
+    # The series PRISM learns a stock engine from, by the names router/vllm_metrics.py reads, on
+    # the real vLLM and on engine-sim, with the meaning the method relies on: a step's tokens
+    # are the prompt tokens it computed (prompt less cached) plus the tokens it sampled.
+    for name, text in zip(("vLLM", "engine-sim"), texts, strict=True):
+        totals = parse_vllm_metrics(text).totals
+        missing = NEEDED - totals.keys()
+        assert not missing, (name, missing)
+        work = totals[vm.PROMPT] - totals[vm.CACHED] + totals[vm.GENERATION]
+        print(f"{name}: step tokens {totals[vm.STEP_TOKENS]:.0f}, prompt - cached + sampled "
+              f"{work:.0f}")  # fmt: skip
+        assert abs(totals[vm.STEP_TOKENS] - work) <= 0.01 * work
     # every step the plug-in recorded (the earlier tests included) reached the router, once
     assert len(rows) - 10 <= learned <= len(rows)  # (the last flush may still be on its way)
     assert policy.model(0).fitted and policy.model(1).fitted
