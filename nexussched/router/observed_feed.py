@@ -1,11 +1,13 @@
-"""Learning a stock engine's step time from what the router sees of the streams it relays.
+"""Learning a stock engine's step time from what the router sees: the streams it relays and the
+engine's vLLM /metrics counters.
 
 For engines that publish no step telemetry (stock vLLM, SGLang, any OpenAI-compatible server), the
-router still sees, for each engine, every request it sends there (with its prompt length) and the
-arrival time of every streamed chunk it relays back. From those alone this module rebuilds the
-engine's steps and feeds them to the policy's perf model, as the engine's own telemetry would.
+router still sees, for each engine, every request it sends there (with its prompt length), the
+arrival time of every streamed chunk it relays back, and (vLLM) the engine's cumulative counters
+at each scrape. From those alone this module rebuilds the engine's steps and feeds them to the
+policy's perf model, as the engine's own telemetry would.
 
-The method ("emission clusters"):
+From streams ("emission clusters", EngineWatch):
 1. A continuous-batching engine emits one token per running sequence per step, all at the end of
    the step, so the chunks of one step reach the router together. Chunks from one engine that
    arrive within `eps` of the first chunk of a cluster (and from requests not yet in it) form one
@@ -26,14 +28,25 @@ The method ("emission clusters"):
    A segment that grows past `max_segment` clusters (a queue that never empties) is dropped.
 5. Steps with no prefill are decode-only records (StepRecord), which also update PRISM's view of
    the engine's decode batch; segments go to the model directly (`observe_segment`).
+6. Bursts: a busy router (or network) can deliver several steps' chunks together; a request then
+   emits again within eps, or one chunk holds several tokens. Those clusters' times are not step
+   boundaries: a run of them is taught as one segment from the last clean cluster before it to
+   the first clean one after it, and no prefill segment opens or closes on them.
 Limits: only streamed requests teach (a non-streamed response gives no step times); tokens the
 engine serves from a prefix cache are counted as prefill work; the arrival times include the
-network and the engine's detokenising, a roughly constant offset the intercept absorbs; an engine
-that coalesces several tokens into one chunk (vLLM's stream interval > 1) is seen as longer steps.
-vLLM's /metrics histograms are not used.
+network and the engine's detokenising, a roughly constant offset the intercept absorbs.
+
+From vLLM's /metrics (MetricsWatch): between two scrapes of an engine at which requests of this
+router were in flight, their count never falling to zero in between, the engine stepped the whole
+interval, so its K steps (the count of `vllm:iteration_tokens_total`) took the interval's wall
+time. The deltas of the prompt, cached-prompt, generation and first-token counters give those
+steps' summed features: prefill P - H tokens, F prompts finished (attention as F prompts of the
+mean length), G - F decodes at the mean context of the prompts in flight plus half the mean output
+so far. One such interval is one segment. It needs no streaming; idle intervals are skipped.
 
 `learn=auto` (prism_live) uses this only for engines that publish no telemetry; `learn=observed`
-uses it for every engine (the three-way comparison in benchmarks/bench_learning_error.py).
+uses both sources for every engine, `learn=metrics` the /metrics one only (the comparison in
+benchmarks/bench_learning_error.py).
 """
 
 from __future__ import annotations
@@ -261,8 +274,8 @@ class EngineWatch:
 
 
 class MetricsWatch:
-    """One engine's /metrics scrapes -> busy-interval samples `segment(x, duration)` (see the
-    module doc: "From vLLM's /metrics")."""
+    """One engine's /metrics scrapes -> busy-interval samples `segment(x, duration)` (the module
+    doc's "From vLLM's /metrics")."""
 
     def __init__(self, segment: Callable[[tuple[float, ...], float], None]) -> None:
         self.segment = segment
