@@ -107,6 +107,30 @@ def test_prism_predicts_the_hit_and_prefers_the_engine_holding_the_prefix():
     assert off.uses_prefix is False and pol.uses_prefix is True
 
 
+def test_prism_kv_need_leaves_out_prompt_blocks_requests_in_flight_there_hold():
+    pol = make_policy("prism")
+    views = [View("a"), View("b")]
+    sys_prompt = tuple(range(100))  # a 1,600-token shared prefix
+    first = pol.route(info(0, sys_prompt + (500,), prompt=1630), views, 0.0)
+    e = pol._eng[first]
+    before = e.kv_used
+    # a second request sharing the prefix, sent there while the first is in flight: its KV is
+    # its context less the 1,600 tokens the first one's blocks hold
+    second = info(1, sys_prompt + (600,), prompt=1630)
+    pol.place(second, first, 0.1)
+    r2 = pol._reqs[1]
+    assert r2.kv == pytest.approx(r2.ctx - 1600)
+    assert e.kv_used - before == pytest.approx(r2.kv)
+    # once both finished, a hit on the cached (now unreferenced) prefix takes new blocks again:
+    # vLLM counts unreferenced cached blocks as free until a request holds them
+    pol.on_finish(0, first, 1.0)
+    pol.on_finish(1, first, 1.0)
+    assert e.kv_used == 0.0 and not e.live
+    pol.place(info(2, sys_prompt + (700,), prompt=1630), first, 2.0)
+    r3 = pol._reqs[2]
+    assert r3.hit(first) == 1600 and r3.kv == pytest.approx(r3.ctx)
+
+
 # ---- the oracle and hit rates in the simulator -----------------------------------------------
 def _hit_rate(policy: str, view: str = "live") -> float:
     tr = synthetic_from_spec("synthetic:sessions,n=400,seed=4,rate=8")

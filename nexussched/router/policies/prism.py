@@ -95,7 +95,10 @@ class Prism(PrismPredictor, RoutingPolicy):
         and learns next to another router's choices, as bench_learning_error does)."""
         self._engine(idx)
         out = self._expected_output(req)
-        self._bind(ReqState(req, self._key(req, out), out), idx, now)
+        r = ReqState(req, self._key(req, out), out)
+        if self.cfg.prefix_aware and req.prefix_hashes:
+            r.hits = self._hits(req, len(self._eng))
+        self._bind(r, idx, now)
 
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int | None:
         n = len(engines)
@@ -144,8 +147,10 @@ class Prism(PrismPredictor, RoutingPolicy):
             if jitter:
                 t += rnd() * jitter
             qlim = qlim_p if paced else qlim_s
+            # KV it adds there: a hit on blocks requests in flight there hold takes no new block
+            kv = rctx if hits is None or not hits[i] or not e.live else e.kv_need(r)
             if e.n + e.rn == 0 or (
-                (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + rctx
+                (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + kv
                 <= kvcap * e.kv_tokens
                 and (not hold_pace or ((not paced or V <= slack_t) and U <= qlim and base <= cap))
             ):

@@ -4,9 +4,12 @@ and the prediction arithmetic over them)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ...perfmodel.model import PerfModel
 from ...perfmodel.telemetry import StepRecord
 from .base import EngineView, RequestInfo
+from .prefix_index import BLOCK_TOKENS
 from .prism_config import INF
 
 MIXED_MIN = 20  # steps mixing decodes and prefill seen before an engine's pace is trusted
@@ -16,7 +19,7 @@ class ReqState:
     """A request PRISM has seen: held at the router or in flight at an engine."""
 
     __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
-                 "pace", "bound", "hits")  # fmt: skip
+                 "pace", "bound", "hits", "kv")  # fmt: skip
 
     def __init__(self, info: RequestInfo, key: tuple, out: float) -> None:
         self.info = info
@@ -33,6 +36,10 @@ class ReqState:
         self.pace = 0.0  # how far it advanced that engine's pacing clock
         self.bound = -INF  # when it was sent to that engine
         self.hits: list[int] | None = None  # predicted cached prompt tokens per engine
+        # KV it adds where it went: its context less the prompt blocks requests still in flight
+        # there hold (a hit on those takes no new block; a hit on a cached block no request holds
+        # does: vLLM counts such blocks free until a request references them again)
+        self.kv = self.ctx
 
     def hit(self, idx: int) -> int:
         h = self.hits
@@ -45,7 +52,8 @@ class EngineState:
     __slots__ = ("model", "coef", "c0", "c1", "c2", "c3", "c4", "n", "ctx", "base", "pw", "pd",
                  "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
                  "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_new", "paced",
-                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf")  # fmt: skip
+                 "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf",
+                 "live")  # fmt: skip
 
     def __init__(self, model: PerfModel, idx: int = 0) -> None:
         self.idx = idx
@@ -76,6 +84,9 @@ class EngineState:
         self.kv_tokens = INF
         self.kv_used = 0.0
         self.flights: dict[object, ReqState] = {}  # in dispatch order
+        # prompt blocks (RequestInfo.prefix_hashes) of the requests in flight here: how many
+        # of them hold each (they share one cached block)
+        self.live: dict[int, int] = {}
         self.steps = 0
         self.dskip = 0
         # decode load: the last step's (telemetry) plus what was sent here since that step
@@ -122,14 +133,43 @@ class EngineState:
             return self.kv_used
         return self.kv_seen * self.kv_tokens + self.kv_new
 
+    def shared_tokens(self, hashes: Sequence[int], hit: int) -> int:
+        """Of a prompt's first `hit` tokens (a predicted cache hit here, whole blocks), how many
+        lie in blocks a request in flight here holds. Chained hashes make that a prefix (a
+        request holding block k holds blocks 0..k-1 too), so a bisection finds its end."""
+        live = self.live
+        lo, hi = 0, min(len(hashes), hit // BLOCK_TOKENS)
+        if not live or hi == 0 or hashes[0] not in live:
+            return 0
+        lo = 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if hashes[mid - 1] in live:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo * BLOCK_TOKENS
+
+    def kv_need(self, r: ReqState) -> float:
+        """KV tokens r would add here: its context less what in-flight requests already hold."""
+        h = r.hit(self.idx)
+        if h <= 0:
+            return r.ctx
+        k = self.shared_tokens(r.info.prefix_hashes, h)
+        return r.ctx - k if k < r.ctx else 0.0
+
     def add(self, r: ReqState) -> None:
+        r.kv = kv = self.kv_need(r)
         self.flights[r.info.id] = r
         self.n += 1
         self.ctx += r.ctx
-        self.kv_used += r.ctx
+        self.kv_used += kv
         self.nn += 1
         self.nctx += r.ctx
-        self.kv_new += r.ctx
+        self.kv_new += kv
+        live = self.live
+        for h in r.info.prefix_hashes:
+            live[h] = live.get(h, 0) + 1
         self._rebase()
 
     def drop(self, r: ReqState) -> None:
@@ -137,9 +177,17 @@ class EngineState:
             return
         self.n -= 1
         self.ctx -= r.ctx
-        self.kv_used -= r.ctx
+        self.kv_used -= r.kv
+        live = self.live
+        for h in r.info.prefix_hashes:
+            c = live.get(h, 0) - 1
+            if c > 0:
+                live[h] = c
+            else:
+                live.pop(h, None)
         if self.n <= 0:
             self.n, self.ctx, self.kv_used = 0, 0.0, 0.0
+            live.clear()
         self._rebase()
 
     def prefill_work(self, p: int, hit: int = 0) -> float:

@@ -131,7 +131,7 @@ class PrismPredictor:
             return False
         if e.n + e.rn == 0:
             return True  # an idle engine always takes work it can hold
-        if e.kv_load() + r.ctx > self.cfg.kv_cap * e.kv_tokens:
+        if e.kv_load() + e.kv_need(r) > self.cfg.kv_cap * e.kv_tokens:
             return False
         if not self.cfg.hold_for_pace:
             return True
