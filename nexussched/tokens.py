@@ -73,6 +73,21 @@ def prompt_pieces(body: dict, chat: bool) -> list[str | int]:
     return []
 
 
+def sequence_pieces(body: dict, chat: bool, answer: str) -> list[str | int]:
+    """A request's prompt followed by its answer, as rough tokens laid out as the next request of
+    the conversation will carry them: for chat, the answer as the assistant message a client
+    appends; for a text completion, the prompt's text continued by the answer's. (vLLM caches
+    full blocks of generated tokens too, so that next request hits on the answer.)"""
+    if chat:
+        return prompt_pieces(body, True) + message_pieces({"role": "assistant", "content": answer})
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
+        p = p[0]
+    if isinstance(p, str):
+        return text_pieces(p + answer)
+    return prompt_pieces(body, False) + text_pieces(answer)
+
+
 def block_hashes(pieces: list[str | int], block_size: int = DEFAULT_BLOCK_SIZE) -> tuple[int, ...]:
     """Chained 63-bit hashes of the full `block_size`-token blocks of `pieces`."""
     out: list[int] = []

@@ -312,3 +312,28 @@ def test_kv_events_name_the_prompt_blocks_as_the_router_hashes_them(engine, clie
     stored = [h for ev in events if ev["type"] == "BlockStored" for h in ev["block_hashes"]]
     assert stored == list(block_hashes(prompt_pieces({"prompt": prompt}, False)))
     assert int(headers["X-KV-Next"]) == start + len(events)
+
+
+def test_next_turn_of_a_chat_hits_on_the_previous_answer(engine, client):
+    # vLLM caches full blocks of generated tokens too: the next turn, which carries the answer as
+    # the assistant message, finds the first turn's prompt and answer in the cache
+    from nexussched.tokens import text_pieces
+
+    messages = [
+        {"role": "system", "content": "You answer in full sentences. " * 20},
+        {"role": "user", "content": "tell me a long story"},
+    ]
+    first = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=64, extra_body={"ignore_eos": True}
+    )
+    answer = first.choices[0].message.content
+    p1, out = first.usage.prompt_tokens, first.usage.completion_tokens
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "more"}]
+    second = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=2, extra_body={"ignore_eos": True}
+    )
+    # the blocks the first turn filled (its last output token's KV is never computed), up to the
+    # end of the answer as the second prompt lays it out (a 4-token assistant header, its text)
+    blocks = min((p1 + out - 1) // 16, (p1 + 4 + len(text_pieces(answer))) // 16)
+    assert second.usage.prompt_tokens_details.cached_tokens == blocks * 16
+    assert blocks * 16 > p1  # more than the first prompt: part of the answer was cached

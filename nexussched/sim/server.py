@@ -37,7 +37,7 @@ from ..engine_sched.publish import Publisher
 from ..engine_sched.telemetry import PLUGIN_DRIFT_RATIO, PLUGIN_DRIFT_WINDOW, StepSink
 from ..perfmodel.model import PerfModel, PerfModelConfig
 from ..perfmodel.telemetry import StepRecord
-from ..tokens import block_hashes, prompt_pieces
+from ..tokens import block_hashes, sequence_pieces
 from .engine import EngineConfig, EngineSim
 from .hardware import get_profile
 from .request import SimRequest
@@ -45,7 +45,7 @@ from .server_config import ServerConfig
 from .server_feeds import Feed
 from .server_metrics import EngineCollector, ServerMetrics
 from .server_requests import BadRequest, parse_generation, read_json, slo_hints
-from .server_responses import TOKEN_JSON, completion_json, stream_frames
+from .server_responses import TOKEN_JSON, completion_json, output_text, stream_frames
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAST_SLICE_S = 0.005  # fast mode: longest stretch of simulation between event-loop turns
@@ -284,8 +284,11 @@ class EngineServer:
             next(self._ids), self.now(), prompt, q.output, ttft, tpot, prio, max_tokens=mt
         )
         if self.engine.cache is not None:
-            # the prompt's full blocks, named as the router's prefix index names them
-            r.hashes = block_hashes(prompt_pieces(body, chat), self.engine.block_size)
+            # the full blocks of the prompt and then of the answer it will generate (vLLM caches
+            # generated blocks too: the conversation's next turn, which carries this answer,
+            # hits on them), named as the router's prefix index names a prompt's blocks
+            pieces = sequence_pieces(body, chat, output_text(r.id, q.output))
+            r.hashes = block_hashes(pieces, self.engine.block_size)
         g = _Gen(r, q.stream)
         r.tag = g
         kvp = body.get("kv_transfer_params")

@@ -20,7 +20,9 @@ class ServerConfig:
     max_num_batched_tokens: int | None = None
     num_blocks: int | None = None
     max_model_len: int = 131072
-    enable_prefix_caching: bool = True  # vLLM V1's automatic prefix caching (prompt blocks)
+    enable_prefix_caching: bool = (
+        True  # vLLM V1's automatic prefix caching (prompt and answer blocks)
+    )
     default_max_tokens: int = 16  # OpenAI's completions default
     eos_mean: float = 0.0  # mean natural output length without ignore_eos; 0: never stop early
     slo_ttft: float = 2.0  # defaults for requests stating none (seconds)

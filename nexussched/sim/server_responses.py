@@ -17,11 +17,16 @@ TOKEN_JSON = [json.dumps(" " + w).encode() for w in _WORDS]
 _TOK_TEXT = [" " + w for w in _WORDS]
 
 
+def output_text(rid: int, n: int) -> str:
+    """The text of request `rid`'s first n output tokens (what its stream sends, token by token)."""
+    return "".join(_TOK_TEXT[(rid * 13 + j * 7) % len(_TOK_TEXT)] for j in range(n))
+
+
 def completion_json(
     r: SimRequest, uid: str, created: int, model: str, reason: str, chat: bool, with_cache: bool
 ) -> dict:
     """A finished request's non-streaming answer, as vLLM writes it."""
-    text = "".join(_TOK_TEXT[(r.id * 13 + j * 7) % len(_TOK_TEXT)] for j in range(r.output))
+    text = output_text(r.id, r.output)
     usage = {
         "prompt_tokens": r.prompt,
         "total_tokens": r.prompt + r.output,
