@@ -84,6 +84,19 @@ def test_cached_prefix_skips_prefill_compute_but_is_attended_and_held_in_kv():
     assert eng.free_blocks == eng.total_blocks  # cached blocks are free (evictable) when idle
 
 
+def test_a_planner_sees_a_waiting_requests_cached_prefix_as_computed():
+    # vLLM's scheduler finds a waiting request's cached prefix before it computes anything, so
+    # LENS (in vLLM, the plug-in asks the same lookup) plans only the tail it will compute
+    eng = EngineSim(get_profile("a100"))
+    ids = list(range(4))
+    run_engine(eng, [creq(0, chain(ids, 2000), 2000)])
+    eng.enqueue(creq(1, chain(ids, 2000), 2000), 100.0)
+    eng.enqueue(creq(2, chain([9], 500), 500), 100.0)  # nothing of it cached
+    waiting = {s.id: s for s in eng.step_state(100.0).prefills}
+    assert waiting[1].computed == (2000 - 1) // BS * BS and waiting[1].need == 2000 - 1984
+    assert waiting[2].computed == 0 and waiting[2].need == 500
+
+
 def test_sharing_requests_hold_the_common_prefix_once():
     eng = EngineSim(get_profile("a100"), config=EngineConfig(num_blocks=400))
     h = chain([1, 2], 1024)

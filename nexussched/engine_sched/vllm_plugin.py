@@ -183,12 +183,28 @@ class _LensMixin:
         )
 
     # ---- the planner's view of vLLM's queues ---------------------------------------------------
+    def _lens_cached(self, req) -> int:
+        """Tokens of a waiting request (nothing computed yet) its prefix cache holds now: vLLM
+        looks them up only when it admits the request, so LENS asks the same side-effect-free
+        lookup (the coordinator's, which get_computed_blocks wraps) and costs only the tail
+        vLLM will compute. 0 where caching is off or this vLLM lacks the lookup."""
+        kvm = self.kv_cache_manager
+        if req.num_computed_tokens or not getattr(kvm, "enable_caching", False):
+            return 0
+        if getattr(req, "skip_reading_prefix_cache", False):
+            return 0
+        try:
+            hit = kvm.coordinator.find_longest_cache_hit(req.block_hashes, req.num_tokens - 1)
+            return int(hit[1])
+        except (AttributeError, TypeError, IndexError):
+            return 0
+
     def _lens_seq(self, req, running: bool) -> SeqState:
         cfg = self.lens_cfg
         return SeqState(
             req.request_id,
             req.num_prompt_tokens,
-            req.num_computed_tokens,
+            req.num_computed_tokens or (0 if running else self._lens_cached(req)),
             # Output placeholders are tokens of steps in flight (async scheduling): count them so
             # that `need` is what vLLM will schedule.
             req.num_output_tokens + req.num_output_placeholders,

@@ -325,8 +325,17 @@ class EngineSim(VllmScheduler, MacroSteps):
                 decodes.append(s)
             else:
                 prefills.append(s)
+        cache = self.cache
+        bs = self.block_size
         for r in self.waiting:
-            prefills.append(r.seq_state(False))
+            s = r.seq_state(False)
+            # its cached prefix counts as computed, as vLLM finds it before computing anything
+            # (the vLLM plug-in asks vLLM's lookup the same): a planner costs only the tail
+            if cache is not None and r.computed == 0 and r.hashes:
+                hit, _ = cache.match(r.hashes, (r.prompt + r.generated - 1) // bs)
+                if hit:
+                    s.computed = hit * bs
+            prefills.append(s)
         return StepState(
             now=now,
             decodes=decodes,
