@@ -10,8 +10,9 @@ Content is tracked as segments (a system prompt, one message, one reply) with un
 request's `prefix_hashes` name its tokens (prompt, then its reply) in `BLOCK`-token blocks,
 chained, so equal hashes mean equal prefixes, as in Mooncake's `hash_ids`.
 
-Sessions start as a Poisson process; a turn arrives a think time after the previous turn's
-expected reply (`reply_pace` s per output token). Spec: `synthetic:sessions[,key=value...]`.
+Sessions start as a Poisson process, from `warmup` seconds before the trace's start (the trace
+keeps turns from 0 on: a steady mix, not a ramp from no sessions); a turn arrives a think time
+after the previous turn's expected reply (`reply_pace` s per output token). Spec: `synthetic:sessions[,key=value...]`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class SessionMix:
     tool_time: float = 1.0  # mean s a tool call takes
     reply_pace: float = 0.03  # s per output token assumed for a reply's duration
     max_context: int = 32768  # a session ends before its context would pass this
+    # s of sessions already under way when the trace starts: sessions start from -warmup and
+    # only turns from 0 on are kept, so the window sees the steady mix of early and late turns
+    # (from a cold start, load and context lengths would grow through the whole window)
+    warmup: float = 300.0
 
     def __post_init__(self) -> None:
         if self.n <= 0 or self.systems <= 0 or self.max_context <= 0:
@@ -55,10 +60,12 @@ class SessionMix:
             raise ValueError(f"sessions: agent must be in [0, 1], got {self.agent!r}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name not in ("seed", "agent") and not (math.isfinite(v) and v > 0):
+            if f.name not in ("seed", "agent", "warmup") and not (math.isfinite(v) and v > 0):
                 raise ValueError(f"sessions: {f.name} must be a positive number, got {v!r}")
         if self.seed < 0:
             raise ValueError("sessions: seed must be >= 0")
+        if not (math.isfinite(self.warmup) and self.warmup >= 0):
+            raise ValueError(f"sessions: warmup must be >= 0 seconds, got {self.warmup!r}")
 
 
 class _Context:
@@ -103,7 +110,7 @@ def sessions_trace(mix: SessionMix, name: str = "synthetic:sessions") -> Trace:
     session_rate = mix.rate / mean_turns
     seg = mix.systems  # segment ids below this are the shared system prompts
     out: list[tuple[float, int, int, tuple[int, ...]]] = []
-    t = 0.0
+    t = -mix.warmup
     # sessions start in time order: once n requests arrived before the next session's start,
     # later sessions cannot be among the first n
     while len(out) < mix.n or t < float(np.partition([o[0] for o in out], mix.n - 1)[mix.n - 1]):
@@ -129,7 +136,8 @@ def sessions_trace(mix: SessionMix, name: str = "synthetic:sessions") -> Trace:
             prompt = ctx.tokens
             seg += 1
             ctx.add(seg, reply)
-            out.append((at, prompt, reply, tuple(ctx.hashes)))
+            if at >= 0.0:
+                out.append((at, prompt, reply, tuple(ctx.hashes)))
             pause = mix.tool_time if agent else mix.think
             at += reply * mix.reply_pace + float(rng.exponential(pause))
         t += float(rng.exponential(1.0 / session_rate))
