@@ -118,6 +118,11 @@ def run_pair(case: Case, policy: str, engine: str, iters: int) -> dict:
         "stable_at": at.get("stable"),
         "rate_at": at["rate_rps"],
         "points": len(sw.points),
+        # every run of the sweep: (rate scale, attainment, stable, hit rate)
+        "curve": [
+            (sc, pt["slo_attainment"], pt.get("stable"), pt.get("prefix_hit_rate"))
+            for sc, pt in sw.points
+        ],
         "wall_s": time.perf_counter() - t0,
     }
 
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-oracle", action="store_true", help="skip prefix_oracle")
     ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--routers", default=",".join(ROUTERS), help="routers to sweep (prism first)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
     names = list(CASES) if args.scenario == "all" else args.scenario.split(",")
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown scenario(s) {', '.join(bad)}; known: {', '.join(CASES)}")
     engines = [e for e in args.engines.split(",") if e]
-    policies = list(ROUTERS) + ([] if args.no_oracle else [ORACLE])
+    policies = [p for p in args.routers.split(",") if p] + ([] if args.no_oracle else [ORACLE])
     jobs = [(CASES[n], p, e, args.iters) for n in names for e in engines for p in policies]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
