@@ -107,6 +107,20 @@ def test_prism_predicts_the_hit_and_prefers_the_engine_holding_the_prefix():
     assert off.uses_prefix is False and pol.uses_prefix is True
 
 
+def test_prism_sends_a_request_home_to_its_prefix_while_that_still_meets_its_slo():
+    views = [View("a"), View("b")]
+    h = tuple(range(200))  # 3,200 tokens
+    picks = {}
+    for aff in (True, False):
+        pol = make_policy("prism", prefix_affinity=aff)
+        home = pol.route(info(0, h, prompt=3300), views, 0.0)  # still prefilling there
+        req = info(1, h + (999,), prompt=3300)
+        t_home, t_cold = (pol.predict(req, i, 0.0)[0] for i in (home, 1 - home))
+        assert t_cold < t_home < 2.0 - 0.5  # the idle engine is sooner; home meets the SLO
+        picks[aff] = pol.route(req, views, 0.0) == home
+    assert picks == {True: True, False: False}
+
+
 def test_prism_kv_need_leaves_out_prompt_blocks_requests_in_flight_there_hold():
     pol = make_policy("prism")
     views = [View("a"), View("b")]

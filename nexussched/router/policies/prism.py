@@ -122,6 +122,13 @@ class Prism(PrismPredictor, RoutingPolicy):
         self._tpot_ref += (req.slo_tpot - self._tpot_ref) * 0.01
         best = wait_best = -1
         best_t = best_room = wait_t = INF
+        # prefix affinity: the engine with room that meets the SLO (with slack) and holds most
+        aff = hits is not None and cfg.prefix_affinity
+        margin = cfg.ttft_margin
+        on_time = r.deadline - now - cfg.slack
+        home = -1
+        home_key: tuple[bool, int, float] = (False, -1, 0.0)
+        home_t = INF
         eng = self._eng
         jitter = cfg.jitter
         hold_pace = cfg.hold_for_pace
@@ -158,6 +165,10 @@ class Prism(PrismPredictor, RoutingPolicy):
                 room = (slack_t - V) if paced else (now - U)
                 if t < best_t - 1e-3 or (t <= best_t + 1e-3 and room > best_room):
                     best, best_t, best_room = i, t, room
+                if aff:
+                    key = (t * margin <= on_time, hits[i], -t)  # type: ignore[index]
+                    if key > home_key:
+                        home, home_key, home_t = i, key, t
             else:
                 # when it would have room (one that is TPOT-full waits for decodes to finish)
                 d = V - slack_t if paced else 0.0
@@ -180,6 +191,8 @@ class Prism(PrismPredictor, RoutingPolicy):
                     f"predicted TTFT {t:.2f}s exceeds the {req.slo_ttft:.2f}s SLO on every engine",
                     max(cfg.retry_after, t - req.slo_ttft),
                 )
+        if home >= 0 and home != best and (home_key[0] or now + best_t * margin > r.deadline):
+            best, best_t = home, home_t
         if best >= 0 and not (
             hits is not None
             and self.holds

@@ -54,6 +54,12 @@ class PrismConfig:
     # blocks sent there (sized by the engine's num_gpu_blocks) and fold it into the predicted
     # prefill time: only the uncached tail is computed, attending to the cached prefix.
     prefix_aware: bool = True
+    # Among engines predicted to meet a request's TTFT SLO with `slack` to spare, send it to the
+    # one predicted to hold most of its prompt (least prefill: capacity left for the requests
+    # after it, and a session's later turns stay with its cached context), ties by predicted
+    # TTFT; where none would meet it, to the one holding most (a late request costs least there).
+    # Off: always the soonest.
+    prefix_affinity: bool = True
     # Where engines publish KV events (vLLM's BlockStored / BlockRemoved; engine-sim and the
     # simulator do), the index follows them: exact evictions instead of an LRU guess.
     kv_events: bool = True
