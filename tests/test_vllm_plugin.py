@@ -451,6 +451,14 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
         f"{sent[1]} times: PRISM re-bound {sum(sent) - sum(done)} before their first byte)"
     )
     assert sum(done) == 80  # every request served once
+    # what PRISM learned of each engine's speed, for a request of this test's typical size (a
+    # 325-token prompt beside 2 decodes, then 24 decode steps in a batch of 3)
+    typical = [
+        m.predict([(325, 0)], 2, 2 * 340) + 24 * m.predict((), 3, 3 * 340)
+        for m in (policy.model(0), policy.model(1))
+    ]
+    print(f"learned time of a typical request: vLLM {typical[0] * 1000:.0f} ms, engine-sim l4 "
+          f"{typical[1] * 1000:.0f} ms")  # fmt: skip
     samples = shadow_feed.scrapes[0].samples
     m_err = mape(shadow.model(0), last)[0] if shadow.model(0).fitted else float("nan")
     print(
