@@ -222,19 +222,35 @@ async def _busy(session, url: str) -> bool:
     return any(b["inflight"] > 0 for b in await backends(session, url))
 
 
-async def test_splitwise_mode_refuses_membership_changes_with_409(redis_proc, hosts, session):
-    a = await hosts(engine())
-    b = await hosts(engine())
-    p = SchedulerParams(name="splitwise", port=redis_proc.port, topic="s", keepalive=1.5)
-    r = await hosts(router([a.url, b.url], p.validate(), api_key=KEY))
+async def test_splitwise_mode_a_joining_backend_takes_a_role_and_a_decode_node_leaves(
+    redis_proc, hosts, session
+):
+    a, b, c = [await hosts(engine(max_num_seqs=8)) for _ in range(3)]
+    p = SchedulerParams(
+        name="splitwise", port=redis_proc.port, topic="s", keepalive=1.5, lease=1.0,
+        sync_period=0.2,
+    )  # fmt: skip
+    r = await hosts(router([a.url, b.url], p.validate(), api_key=KEY))  # P, D
+    d = dispatcher(r)
     async with session.post(
-        r.url + "/backends", json={"url": "http://127.0.0.1:9"}, headers=AUTH
+        r.url + "/backends", json={"url": c.url, "name": "c"}, headers=AUTH
     ) as x:
-        assert x.status == 409
-        assert "mode 'splitwise'" in (await x.json())["error"]["message"]
-    async with session.delete(r.url + f"/backends/{name_of(a.url)}", headers=AUTH) as x:
-        assert x.status == 409
-    assert len(await backends(session, r.url)) == 2
+        assert x.status == 201
+    assert await wait_until(lambda: len(d.workers) == 3 and sum(n.alive for n in d.view) == 3)
+    roles = {n.url: n.role for n in d.view}
+    assert roles == {a.url: "prefill", b.url: "decode", c.url: "decode"}  # a tie: decode
+
+    # the decode node b leaves: the prefill node hands every request to c
+    async with session.delete(r.url + f"/backends/{name_of(b.url)}", headers=AUTH) as x:
+        assert x.status == 202
+    assert await wait_until(lambda: len(d.workers) == 2)
+    assert await wait_until(lambda: not any(n.alive and n.url == b.url for n in d.view))
+    on_b, on_c = [await engine_finished(session, e.url) for e in (b, c)]
+    res = await asyncio.gather(*(complete(session, r.url, 8, headers=AUTH) for _ in range(6)))
+    assert [x.status for x in res] == [200] * 6 and all(len(x.tokens) == 8 for x in res)
+    assert await engine_finished(session, b.url) == on_b
+    assert await engine_finished(session, c.url) == on_c + 6
+    assert d.counters["handoffs"] == 6
 
 
 # ---- the watched backends file ---------------------------------------------------------------

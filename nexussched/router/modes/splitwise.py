@@ -1,6 +1,7 @@
 """`--scheduler-name splitwise`: FastDeploy's prefill/decode disaggregation over the plane.
 
-Backends have roles (`--scheduler-roles P,D,D`; default: the first half prefill). The replica
+Backends have roles (`--scheduler-roles P,D,D`; default: the first half prefill; a backend that
+joins while it runs takes the role fewer members have, decode on a tie). The replica
 that receives a request picks a prefill node and a decode node from the registry by blurred least
 load (FastDeploy's choice: prefill load in prompt tokens, decode load in requests; nodes report
 every `sync_period` seconds, and a replica adds its own assignments since the last report) and
@@ -47,7 +48,8 @@ PREFILL_KV_PARAMS = {
 class SplitwiseDispatcher(PlaneDispatcher):
     steals = False
     mode_name = "splitwise"
-    membership = False  # a node's role (prefill or decode) is fixed at start by its index
+    # backends may join and leave (as in global mode); a joining one's role is _joining_role's
+    membership = True
 
     def __init__(self, params: SchedulerParams) -> None:
         super().__init__(params)
@@ -64,7 +66,18 @@ class SplitwiseDispatcher(PlaneDispatcher):
         self._tasks.append(asyncio.create_task(self._sync_loop()))
 
     def role_of(self, idx: int) -> str:
-        return self.roles[idx] if self.roles else "mixed"
+        if not self.roles:
+            return "mixed"
+        while len(self.roles) <= idx:  # backends that joined while running
+            self.roles.append(self._joining_role())
+        return self.roles[idx]
+
+    def _joining_role(self) -> str:
+        """The role fewer of the member backends have (ties: decode); kept for good, also if
+        it leaves and comes back (the registry gives it its old index)."""
+        backends = self.router.backends
+        members = [r for i, r in enumerate(self.roles) if not backends[i].retired]
+        return "prefill" if members.count("prefill") < members.count("decode") else "decode"
 
     # ---- loads -------------------------------------------------------------------------------
     def node_info(self, w: NodeWorker) -> NodeInfo:
@@ -80,7 +93,9 @@ class SplitwiseDispatcher(PlaneDispatcher):
         and refresh this replica's view of every node."""
         reg = self.plane.registry
         scores = await self.plane.loads.scores()
-        for w in self.workers.values():
+        # a copy: the registry round may take a node away while this awaits Redis (the loop
+        # died of "dictionary changed size during iteration" and the view froze)
+        for w in list(self.workers.values()):
             info = self.node_info(w)
             queued = int(scores.get(w.name, 0))
             if w.role == "prefill":
