@@ -11,9 +11,10 @@ from multidict import CIMultiDict
 
 
 class FakeBackend:
-    def __init__(self, status: int = 200, tokens: int = 3) -> None:
+    def __init__(self, status: int = 200, tokens: int = 3, compress: bool = False) -> None:
         self.status = status  # what /v1/completions answers
         self.tokens = tokens
+        self.compress = compress  # gzip/deflate answers when the request accepts them
         self.hits = 0
         self.headers: list[CIMultiDict] = []
         self.host: Host | None = None
@@ -23,7 +24,9 @@ class FakeBackend:
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_get("/health", self._health)
         app.router.add_get("/v1/models", self._models)
-        return app  # no /metrics: the router checks liveness through /health
+        if self.compress:  # a /metrics that compresses when asked (as prometheus_client's does)
+            app.router.add_get("/metrics", self._metrics)
+        return app  # otherwise no /metrics: the router checks liveness through /health
 
     async def start(self) -> FakeBackend:
         self.host = await Host(self.app()).start()
@@ -53,7 +56,16 @@ class FakeBackend:
             "choices": [{"index": 0, "text": "x" * n, "finish_reason": "length"}],
             "usage": {"prompt_tokens": 2, "completion_tokens": n, "total_tokens": n + 2},
         }
-        return web.Response(body=json.dumps(body), content_type="application/json")
+        resp = web.Response(body=json.dumps(body), content_type="application/json")
+        if self.compress:
+            resp.enable_compression()  # as the request's Accept-Encoding allows
+        return resp
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = "vllm:num_requests_running 3.0\nvllm:num_requests_waiting 1.0\n"
+        resp = web.Response(text=text, content_type="text/plain")
+        resp.enable_compression()
+        return resp
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")

@@ -481,6 +481,26 @@ async def test_access_log_line_per_request_and_request_ids_end_to_end(hosts, ses
         await fake.stop()
 
 
+async def test_an_engine_that_compresses_is_read_and_relayed_in_plain_form(hosts, session):
+    # the router relays bodies as they come (no decompression): it must not invite compression,
+    # neither of answers nor of scraped metrics
+    fake = await FakeBackend(tokens=4, compress=True).start()
+    try:
+        r = await hosts(router([fake.url], None, api_key=KEY))
+        assert await wait_until(_all_healthy(session, r.url, 1))
+        st, body, h = await post(session, r.url)
+        assert st == 200 and body["usage"]["completion_tokens"] == 4
+        assert fake.headers[-1]["Accept-Encoding"] == "identity"
+
+        async def scraped() -> bool:  # its /metrics (compressed when asked) is read too
+            (b,) = await backends(session, r.url)
+            return b["healthy"] and (b["num_running"], b["num_waiting"]) == (3, 1)
+
+        assert await wait_until(scraped)
+    finally:
+        await fake.stop()
+
+
 def test_access_log_fields_are_one_safe_line():
     from nexussched.router.access_log import access_line, token_events, usage_tokens
 

@@ -142,11 +142,14 @@ class Router(UpstreamIO):
             limit=s.max_connections, limit_per_host=0, keepalive_timeout=4.0, ttl_dns_cache=300
         )
         # keepalive below uvicorn's 5 s so a pooled connection is not reused as the server drops it
+        # bodies are relayed as they come (auto_decompress off), so no engine may compress them
+        # (aiohttp asks for gzip/deflate unless told; a prometheus_client /metrics then gzips)
         self.session = aiohttp.ClientSession(
             connector=conn,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             timeout=self._timeout,
+            headers={"Accept-Encoding": "identity"},
         )
         await self.registry.start(self.session)
         await self.dispatcher.start(self)
