@@ -67,6 +67,8 @@ def test_tiny_report_writes_markdown_tables_and_plots(tmp_path, traces_dir):
     assert set(res["cpu_s_by_scenario"]) == {"heterogeneous"}
     assert res["cpu_s_by_scenario"]["heterogeneous"] == pytest.approx(res["cpu_s"])
     assert all(r["cpu_s"] > 0 for r in het["pairs"]["prism+vllm_default"]["runs"])
+    split = res["cpu_s_by_scenario"]["heterogeneous"] / 60
+    assert f"worker(s); by scenario: heterogeneous {split:.1f})" in md
     dps = res["decision_throughput"]["decisions_per_s"]
     assert f"Decision throughput: {dps:,.0f} decisions/s" in md
     # the plots decode, at the size their headers state, and are drawn

@@ -86,6 +86,15 @@ def _split_note(sc: dict) -> str:
     return f" Splitwise runs its best prefill:decode split here: {k} prefill nodes." if k else ""
 
 
+def _cpu_split(res: dict) -> str:
+    """Where the CPU went, per scenario, costliest first (results.json: cpu_s_by_scenario)."""
+    by = res.get("cpu_s_by_scenario") or {}
+    if not by:
+        return ""
+    parts = [f"{k} {v / 60:.1f}" for k, v in sorted(by.items(), key=lambda kv: -kv[1])]
+    return "; by scenario: " + ", ".join(parts)
+
+
 def write_report(res: dict, cfg: ReportConfig, decision: dict | None) -> Path:
     from .plot_report import plot_goodput, plot_scenario
 
@@ -104,7 +113,7 @@ def write_report(res: dict, cfg: ReportConfig, decision: dict | None) -> Path:
         f"What ran: simulated cluster replays of {len(res['scenarios'])} scenarios x "
         f"{len(res['pairs'])} (routing policy, engine policy) pairs, {res['sim_runs']} runs in "
         f"{res['wall_s'] / 60:.1f} min ({res.get('cpu_s', 0) / 60:.1f} CPU-min on "
-        f"{res.get('workers', 1)} worker(s)). SLO attainment = share of requests meeting both "
+        f"{res.get('workers', 1)} worker(s){_cpu_split(res)}). SLO attainment = share of requests meeting both "
         f"their TTFT and TPOT SLO (a request that failed or never finished counts as missed); "
         f"goodput = the highest offered rate with attainment >= {GOODPUT:.0%}. A scenario's "
         f"operating point is the rate at which round_robin+vllm_default attains "
