@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -36,6 +37,7 @@ async def _stream_loop(
     t_warm: float,
     ttfts: list[float],
     errors: list[int],
+    done: list[int],
 ) -> None:
     import aiohttp
 
@@ -71,6 +73,7 @@ async def _stream_loop(
                         break
                     if first is None and b'"text":"' in chunk:
                         first = time.monotonic()
+                done[0] += 1
                 if first is not None and t0 >= t_warm:
                     ttfts.append(first - t0)
         except aiohttp.ClientError:
@@ -94,15 +97,33 @@ async def _client(
     url = f"http://127.0.0.1:{port}/v1/completions"
     ttfts: list[float] = []
     errors = [0]
+    done = [0]  # every request answered, warm-up included (the router's CPU served them all)
     t_warm = time.monotonic() + warmup
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
         await asyncio.gather(
             *[
-                _stream_loop(s, url, bodies, i, t_warm + seconds, t_warm, ttfts, errors)
+                _stream_loop(s, url, bodies, i, t_warm + seconds, t_warm, ttfts, errors, done)
                 for i in range(streams)
             ]
         )
-    return {"ttft": ttfts, "errors": errors[0]}
+    return {"ttft": ttfts, "errors": errors[0], "done": done[0]}
+
+
+def _held(port: int) -> int:
+    """Requests the router held back (late binding), from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("nexussched_router_held_total"):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used, from /proc (Linux)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_client(port: int, a: argparse.Namespace) -> dict:
@@ -175,6 +196,7 @@ def main() -> None:
         for k, ep in enumerate(eps)
     ]
     sides: list[tuple[str, int]] = [("direct", eps[0])] if a.engines == 1 else []
+    pids: dict[str, int] = {}
     try:
         for ep in eps:
             wait_http(f"http://127.0.0.1:{ep}/health")
@@ -183,19 +205,28 @@ def main() -> None:
             mode = ["--mode", "prism"] if pol == "prism" else []
             backends = [x for ep in eps for x in ("--backend", f"http://127.0.0.1:{ep}")]
             procs.append(start(["router", *backends, *mode, "--policy", pol], rp))
+            pids[pol] = procs[-1].pid
             wait_http(f"http://127.0.0.1:{rp}/health")
             sides.append((pol, rp))
         res: dict[str, list[float]] = {name: [] for name, _ in sides}
         errs = {name: 0 for name, _ in sides}
+        # the router's CPU per request: what machine load does not change (unlike TTFT)
+        cpu = {name: 0.0 for name, _ in sides}
+        done = {name: 0 for name, _ in sides}
         phase_p50: dict[str, list[float]] = {name: [] for name, _ in sides}
         for i in range(a.phases * len(sides)):
             name, port = sides[i % len(sides)]
+            c0 = proc_cpu(pids[name]) if name in pids else 0.0
             r = run_client(port, a)
+            if name in pids:
+                cpu[name] += proc_cpu(pids[name]) - c0
+            done[name] += r["done"]
             res[name] += r["ttft"]
             errs[name] += r["errors"]
             phase_p50[name].append(
                 float(np.percentile(r["ttft"], 50)) * 1000 if r["ttft"] else np.nan
             )
+        held = {name: _held(port) for name, port in sides if name in pids}
     finally:
         stop(procs)
     ref = sides[0][0]
@@ -206,7 +237,7 @@ def main() -> None:
     )
     print(
         f"{'path':<14}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p90 ms':>10}{'p99 ms':>10}"
-        f"{'p50 ratio':>11}{'p99 ratio':>11}"
+        f"{'p50 ratio':>11}{'p99 ratio':>11}{'router CPU-ms/req':>19}"
     )
     base = np.array(res[ref]) * 1000
     for name, _ in sides:
@@ -219,7 +250,10 @@ def main() -> None:
             f"{np.percentile(x, 90):>10.2f}{np.percentile(x, 99):>10.2f}"
             f"{np.percentile(x, 50) / np.percentile(base, 50):>11.3f}"
             f"{np.percentile(x, 99) / np.percentile(base, 99):>11.3f}"
+            + (f"{cpu[name] / max(1, done[name]) * 1000:>19.3f}" if name in pids else f"{'-':>19}")
         )
+    print("requests held at the router: " + ", ".join(f"{n} {h}" for n, h in held.items()))
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     print(
         "p50 per round (ms): "
         + "; ".join(f"{n} " + ", ".join(f"{v:.1f}" for v in phase_p50[n]) for n, _ in sides)

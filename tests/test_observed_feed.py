@@ -9,7 +9,7 @@ import numpy as np
 
 from nexussched.perfmodel import PerfModel, StepRecord
 from nexussched.router import vllm_metrics as vm
-from nexussched.router.observed_feed import EngineWatch, MetricsWatch, count_tokens
+from nexussched.router.observed_feed import EngineWatch, MetricsWatch, ObservedFeed, count_tokens
 from nexussched.router.policies import Prism
 from nexussched.router.prism_live import PrismDispatcher
 from tests.test_prism_live import MODEL, complete, start_router, wait_healthy
@@ -23,6 +23,28 @@ def test_count_tokens_skips_role_usage_and_done():
     assert count_tokens(role + tok) == 1
     assert count_tokens(tok + usage + b"data: [DONE]\n\n") == 1
     assert count_tokens(b"") == 0
+
+
+def test_engines_taught_by_telemetry_are_not_watched():
+    # learn=auto: engine 0 publishes telemetry, engine 1 does not; only engine 1's streams are
+    # tracked (tracking engine 0's would cost every relayed chunk and teach nothing)
+    policy = Prism()
+    feed = ObservedFeed(policy, 2, only=lambda idx: idx == 1)
+    tok = b'data: {"choices":[{"index":0,"text":"a"}]}\n\n'
+    for idx in (0, 1):
+        for k in range(4):
+            feed.sent(idx, (idx, k), 100, 0.0)
+        for t in range(1, 30):
+            for k in range(4):
+                feed.chunk(idx, (idx, k), t * 0.02 + k * 1e-5, tok)
+    assert len(feed.engines[0].flights) == 0 and feed.engines[0].n_clusters == 0
+    assert len(feed.engines[1].flights) == 4 and feed.engines[1].n_clusters > 20
+    assert feed.engines[1].steps > 0 and policy.model(1).samples > 0
+    assert policy.model(0).samples == 0
+    for idx in (0, 1):
+        for k in range(4):
+            feed.done(idx, (idx, k), 1.0)
+    assert not feed.engines[1].flights
 
 
 class _Engine:

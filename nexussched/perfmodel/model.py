@@ -381,6 +381,13 @@ def fit_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return sol / col
 
 
+def load_solver() -> None:
+    """Import the NNLS solver now. A router calls this before it serves: the first refit would
+    otherwise import scipy on the event loop, stalling every request for ~0.4 s (seconds on a
+    loaded machine)."""
+    import scipy.optimize  # noqa: F401
+
+
 def _nnls_gram(G: np.ndarray, k: int) -> np.ndarray:
     """NNLS of min ||A x - b|| given only G = [A b]'[A b] (its Cholesky triangle)."""
     from scipy.optimize import nnls  # imported here: scipy costs ~0.4 s at CLI start-up

@@ -382,14 +382,18 @@ class ObservedFeed:
             self.engines.append(self._watch(len(self.engines)))
         return self.engines[idx]
 
-    # Router.watch hooks (called on the request path: constant time each)
+    # Router.watch hooks (called on the request path: constant time each). An engine taught by
+    # its own telemetry is not watched at all (its requests are never tracked, so their chunks
+    # cost a dict lookup): watching it would cost every relayed chunk for nothing learned.
     def sent(self, idx: int, rid: object, prompt: int, t: float) -> None:
-        if self.streams:
+        if self.streams and self._learns(idx):
             self._at(idx).sent(rid, prompt, t)
 
     def chunk(self, idx: int, rid: object, t: float, data: bytes) -> None:
         if self.streams:
-            self._at(idx).chunk(rid, t, count_tokens(data))
+            w = self._at(idx)
+            if rid in w.flights:
+                w.chunk(rid, t, count_tokens(data))
 
     def done(self, idx: int, rid: object, t: float) -> None:
         if self.streams:

@@ -140,6 +140,7 @@ class PolicyDispatcher(Dispatcher):
             raise router.no_backend(call.model) from None
         router.metrics.observe_decision(time.perf_counter() - t)
         if idx is None:
+            router.metrics.held.inc()
             fut = asyncio.get_running_loop().create_future()
             self._held[call.info.id] = fut
             for i, b in enumerate(router.backends):

@@ -82,6 +82,10 @@ class PrismDispatcher(PolicyDispatcher):
         await super().start(router)
         p = self.policy
         learns = hasattr(p, "observe")
+        if learns:
+            from ..perfmodel.model import load_solver
+
+            load_solver()  # not at the first refit, on the event loop, while requests wait
         telemetry = learns and self.learn in ("auto", "telemetry")
         if self.redis_url:
             import redis.asyncio as aioredis

@@ -102,6 +102,11 @@ class RouterMetrics:
         self.moves = Counter(
             "nexussched_router_moves", "Requests re-bound by the policy", registry=r
         )
+        self.held = Counter(
+            "nexussched_router_held",
+            "Requests the policy held at the router (late binding) before sending them on",
+            registry=r,
+        )
         self.decision = Histogram(
             "nexussched_router_routing_decision_seconds",
             "Time the policy took to choose a backend",
