@@ -3,8 +3,11 @@
 One EngineSim runs behind `/v1/completions` and `/v1/chat/completions` (SSE streaming or not),
 `/v1/models`, `/health` and `/metrics` with vLLM's metric names, so a router and its policies see
 what they would see in front of vLLM. Steps take their simulated time times `time_scale` of wall
-time; `time_scale = 0` is fast mode (no pacing: each burst of work is simulated at once, macro
-steps included, yielding to the event loop every few milliseconds), for throughput tests.
+time, on the engine's own clock: a busy engine's next step starts where the last one ended even
+when this process woke late (starved of CPU on a loaded machine), as a GPU would not lose that
+time, but never before a request it admits had arrived. `time_scale = 0` is fast mode (no pacing:
+each burst of work is simulated at once, macro steps included, yielding to the event loop every
+few milliseconds), for throughput tests.
 
 Tokens: a prompt string counts ~4 characters per token (deterministic), a list of token ids counts
 its length; chat messages add 4 tokens each. Generated text is synthetic words. Without
@@ -108,6 +111,8 @@ class EngineServer:
         self._vt = 0.0  # fast mode's simulated clock
         self._wake = asyncio.Event()
         self._in_step = False
+        self._last_end: float | None = None  # end of the last step while busy (engine clock)
+        self.lag_recovered = 0.0  # s of late wake-ups the engine's clock did not lose
         self._aborts: list[SimRequest] = []
         self._driver: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
@@ -155,6 +160,7 @@ class EngineServer:
         eng = self.engine
         while True:
             if not eng.running and not eng.waiting:
+                self._last_end = None  # idle: the next step starts when work comes
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -165,8 +171,21 @@ class EngineServer:
 
     async def _real_step(self, eng: EngineSim) -> None:
         now = self.now()
-        end = eng.start_step(now, now)  # horizon now: one step at a time (tokens stream live)
+        start = now
+        last = self._last_end
+        if last is not None and last >= now:
+            start = last  # the timer woke early: a step never starts before the last one ended
+        elif last is not None:
+            # Busy through a late wake-up (this process starved of CPU on a loaded machine, or
+            # busy relaying tokens): the engine's own clock does not lose that time, as a GPU
+            # would not. The next step starts where the last ended, or once the newest request
+            # it may admit had arrived (never before an arrival: causality).
+            newest = max((r.enqueue_time for r in eng.waiting), default=last)
+            start = max(last, min(newest, now))
+            self.lag_recovered += now - start
+        end = eng.start_step(start, start)  # horizon: one step at a time (tokens stream live)
         if end is None:  # nothing fits: wait for a change
+            self._last_end = None
             self._wake.clear()
             await self._wake.wait()
             return
@@ -177,6 +196,7 @@ class EngineServer:
         finally:
             done = eng.finish_step()
             self._in_step = False
+        self._last_end = end
         self._after_step(done)
 
     async def _fast_burst(self, eng: EngineSim) -> None:
