@@ -60,6 +60,7 @@ class PolicyDispatcher(Dispatcher):
         self._held: dict[object, asyncio.Future] = {}
         self._flights: dict[object, _Flight] = {}
         self._tasks: list[asyncio.Task] = []
+        self.kv_feed = None  # KvEventFeed (router/kv_feed.py), for policies that follow KV events
 
     @classmethod
     def from_settings(cls, settings: RouterSettings, **kwargs: object) -> PolicyDispatcher:
@@ -76,6 +77,12 @@ class PolicyDispatcher(Dispatcher):
             self._tasks.append(asyncio.create_task(self._offer_loop(p.tick_interval or 0.05)))
         if p.tick_interval:
             self._tasks.append(asyncio.create_task(self._tick_loop(p.tick_interval)))
+        if getattr(p, "follows_kv_events", False):
+            # the engines' KV events keep a prefix-aware policy's index exact, as in the simulator
+            from .kv_feed import KvEventFeed
+
+            self.kv_feed = KvEventFeed(p.kv_event, router.backends, router.session)
+            self._tasks.append(asyncio.create_task(self.kv_feed.run()))
 
     async def close(self) -> None:
         for t in self._tasks:

@@ -93,6 +93,11 @@ class PrismPredictor:
         if e.model.coef is not e.coef:
             e.refresh()
 
+    @property
+    def follows_kv_events(self) -> bool:
+        """Whether kv_event() is used (the live router polls engines' KV events only then)."""
+        return self.cfg.prefix_aware and self.cfg.kv_events
+
     def kv_event(self, idx: int, kind: str, hashes: Sequence[int]) -> None:
         """A KV event of engine `idx`: it cached ("stored") or evicted ("removed") these blocks."""
         if not (self.cfg.prefix_aware and self.cfg.kv_events):
