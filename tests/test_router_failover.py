@@ -46,8 +46,10 @@ def cluster(spawn):
         port=rport,
         wait=False,
     )
-    # 0.2 s of wall per simulated second: a 400-token request takes about a second
-    engines = [spawn("engine-sim", "--time-scale", "0.2", port=p, wait=False) for p in ports]
+    # 0.5 s of wall per simulated second: a 400-token request takes 2-3 s, even on a loaded
+    # machine (engine-sim keeps its own clock, so a starved engine no longer runs slower), long
+    # enough for 15 streams to start before the kill
+    engines = [spawn("engine-sim", "--time-scale", "0.5", port=p, wait=False) for p in ports]
     for p in (*engines, router):
         p.wait_ready()
     return router, engines
