@@ -8,7 +8,8 @@ engine-sims and are compared with round robin (the tail on equal engines). PRISM
 (`--mode prism`, learning from the engines' step telemetry).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_overhead.py [--streams 64] [--phases 4]
-        [--policies round_robin,least_load,prism] [--engines 1]
+        [--policies round_robin,least_load,prism] [--engines 1]   (a policy may carry knobs:
+        prism:kv_events=false)
 """
 
 from __future__ import annotations
@@ -120,6 +121,42 @@ def _held(port: int) -> int:
     return 0
 
 
+def engine_ttft_buckets(ports: list[int]) -> dict[float, float]:
+    """The engines' vllm:time_to_first_token_seconds buckets (cumulative counts by upper bound),
+    summed. engine-sim measures TTFT on its own clock (arrival at the engine to the step that
+    sampled the first token), which a loaded machine does not stretch: where requests queued,
+    not how late the router and client processes ran."""
+    import urllib.request
+
+    out: dict[float, float] = {}
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("vllm:time_to_first_token_seconds_bucket"):
+                    le = line.split('le="', 1)[1].split('"', 1)[0]
+                    b = float("inf") if le == "+Inf" else float(le)
+                    out[b] = out.get(b, 0.0) + float(line.split()[-1])
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Quantile q of the observations between two bucket snapshots (linear within a bucket)."""
+    bounds = sorted(after)
+    cum = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = cum[-1] if cum else 0.0
+    if total <= 0:
+        return float("nan")
+    want = q * total
+    lo, prev = 0.0, 0.0
+    for b, c in zip(bounds, cum, strict=True):
+        if c >= want:
+            if b == float("inf"):
+                return lo
+            return lo + (b - lo) * (want - prev) / max(c - prev, 1e-12)
+        lo, prev = b, c
+    return lo
+
+
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) a process has used, from /proc (Linux)."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -202,9 +239,13 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{ep}/health")
         for pol in policies:
             rp = free_port()
-            mode = ["--mode", "prism"] if pol == "prism" else []
+            # NAME or NAME:key=value:key=value (the policy's --policy-arg knobs, e.g.
+            # prism:kv_events=false)
+            name, *knobs = pol.split(":")
+            mode = ["--mode", "prism"] if name == "prism" else []
+            args = [x for k in knobs for x in ("--policy-arg", k)]
             backends = [x for ep in eps for x in ("--backend", f"http://127.0.0.1:{ep}")]
-            procs.append(start(["router", *backends, *mode, "--policy", pol], rp))
+            procs.append(start(["router", *backends, *mode, "--policy", name, *args], rp))
             pids[pol] = procs[-1].pid
             wait_http(f"http://127.0.0.1:{rp}/health")
             sides.append((pol, rp))
@@ -213,11 +254,17 @@ def main() -> None:
         # the router's CPU per request: what machine load does not change (unlike TTFT)
         cpu = {name: 0.0 for name, _ in sides}
         done = {name: 0 for name, _ in sides}
+        # TTFT on the engines' own clocks, per phase (load-robust: where requests queued)
+        eng_q: dict[str, dict[float, list[float]]] = {n: {0.5: [], 0.99: []} for n, _ in sides}
         phase_p50: dict[str, list[float]] = {name: [] for name, _ in sides}
         for i in range(a.phases * len(sides)):
             name, port = sides[i % len(sides)]
             c0 = proc_cpu(pids[name]) if name in pids else 0.0
+            e0 = engine_ttft_buckets(eps)
             r = run_client(port, a)
+            e1 = engine_ttft_buckets(eps)
+            for q in (0.5, 0.99):
+                eng_q[name][q].append(bucket_quantile(e0, e1, q) * 1000)
             if name in pids:
                 cpu[name] += proc_cpu(pids[name]) - c0
             done[name] += r["done"]
@@ -252,6 +299,13 @@ def main() -> None:
             f"{np.percentile(x, 99) / np.percentile(base, 99):>11.3f}"
             + (f"{cpu[name] / max(1, done[name]) * 1000:>19.3f}" if name in pids else f"{'-':>19}")
         )
+    print(
+        "engine-side TTFT (engine clock, from the engines' histograms; median over rounds) "
+        + "; ".join(
+            f"{n} p50 {np.nanmedian(eng_q[n][0.5]):.1f} ms p99 {np.nanmedian(eng_q[n][0.99]):.1f} ms"
+            for n, _ in sides
+        )
+    )
     print("requests held at the router: " + ", ".join(f"{n} {h}" for n, h in held.items()))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     print(
