@@ -264,3 +264,24 @@ def test_llmd_weighted_scores_queue_depth_and_kv_use():
     views[1].healthy = False
     assert w.route(info(0), views, 0.0) == 2
     assert "llmd_weighted" in POLICIES
+
+
+def test_kv_sent_since_a_scrape_counts_until_the_next_scrape_not_the_next_tick():
+    """Ticks come every 50 ms, scrapes every 0.5 s: a tick between scrapes sees the same gauge,
+    which cannot hold what was sent after it was read, so PRISM keeps counting that."""
+    p = Prism(late_binding=False)
+    views = [View("a")]  # scraped at t=0: KV 0% in use
+    teach(p, 0, 1.0)
+    p.tick(views, 0.0)
+    for k in range(4):
+        assert p.route(info(k, prompt=2000, t=0.1), views, 0.1) == 0
+    e = p._eng[0]
+    sent = e.kv_load()
+    assert sent >= 4 * 2000
+    p.tick(views, 0.15)
+    p.tick(views, 0.2)
+    assert e.kv_load() == sent  # same scrape: the requests sent since still count
+    views[0].kv_usage, views[0].last_scrape = 0.02, 0.5  # a new scrape that counted them
+    assert p.route(info(9, prompt=1000, t=0.55), views, 0.55) == 0
+    p.tick(views, 0.6)
+    assert e.kv_load() == pytest.approx(0.02 * e.kv_tokens + e.flights[9].kv)

@@ -51,7 +51,7 @@ class EngineState:
 
     __slots__ = ("model", "coef", "c0", "c1", "c2", "c3", "c4", "n", "ctx", "base", "pw", "pd",
                  "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
-                 "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_new", "paced",
+                 "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_at", "kv_new", "paced",
                  "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf",
                  "live")  # fmt: skip
 
@@ -94,8 +94,9 @@ class EngineState:
         self.dctx = 0.0
         self.nn = 0
         self.nctx = 0.0
-        # KV: the engine's reported use (tick) plus what was sent since
+        # KV: the engine's reported use as of its last scrape (at kv_at) plus what was sent since
         self.kv_seen = -1.0
+        self.kv_at: float | None = -INF
         self.kv_new = 0.0
         self.refresh()
 
@@ -126,6 +127,16 @@ class EngineState:
         self.nn = 0
         self.nctx = 0.0
         self._rebase()
+
+    def kv_sent_since(self, ts: float) -> float:
+        """KV tokens of the requests in flight here that were sent after `ts` (a scrape that
+        could not count them yet)."""
+        kv = 0.0
+        for r in reversed(self.flights.values()):
+            if r.bound <= ts:
+                break
+            kv += r.kv
+        return kv
 
     def kv_load(self) -> float:
         """Predicted KV tokens in use: reported use plus what was sent since, else own count."""

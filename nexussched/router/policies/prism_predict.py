@@ -224,8 +224,14 @@ class PrismPredictor:
             e = self._eng[i]
             kv = v.kv_usage
             if kv is not None and e.kv_tokens < INF:
-                e.kv_seen = float(kv)
-                e.kv_new = 0.0
+                # Only a new scrape resets what was sent since: a tick between scrapes sees the
+                # same gauge, which does not yet hold the requests sent after it was read.
+                ts = v.last_scrape
+                if ts is None:
+                    e.kv_seen, e.kv_new = float(kv), 0.0
+                elif ts != e.kv_at:
+                    e.kv_seen, e.kv_at = float(kv), ts
+                    e.kv_new = e.kv_sent_since(ts)
             if not self._router_paced(e):
                 if e.shared:
                     continue  # the replicas' shared clock holds every replica's backlog
