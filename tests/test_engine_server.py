@@ -337,3 +337,31 @@ def test_next_turn_of_a_chat_hits_on_the_previous_answer(engine, client):
     blocks = min((p1 + out - 1) // 16, (p1 + 4 + len(text_pieces(answer))) // 16)
     assert second.usage.prompt_tokens_details.cached_tokens == blocks * 16
     assert blocks * 16 > p1  # more than the first prompt: part of the answer was cached
+
+
+async def test_router_telemetry_feed_reads_at_most_limit_records_per_poll_and_jumps_to_the_newest(
+    engine, client
+):
+    """An engine that steps faster than the router's feed reads (or a long history on a first
+    poll) is sampled: each poll takes at most `limit` records, then goes on from the newest."""
+    from types import SimpleNamespace
+
+    from nexussched.router.telemetry_feed import TelemetryFeed
+
+    client.completions.create(
+        model=MODEL, prompt=list(range(100)), max_tokens=60, extra_body={"ignore_eos": True}
+    )
+    _, _, h = get(engine.url + "/telemetry?since=0&limit=0")
+    total = int(h["X-Telemetry-Total"])
+    assert total >= 60
+    seen: list[int] = []
+    backend = SimpleNamespace(url=engine.url, healthy=True)
+    async with aiohttp.ClientSession() as s:
+        feed = TelemetryFeed(lambda i, rec: seen.append(rec.step), [backend], s, limit=16)
+        assert await feed.poll_once() == 16  # the oldest kept ones
+        assert feed.skipped == total - 32
+        assert await feed.poll_once() == 16  # then the newest 16, nothing in between
+        assert await feed.poll_once() == 0
+    assert len(set(seen)) == 32  # none twice
+    assert seen[16:] == sorted(seen[16:]) and seen[-1] == feed.last_step[0]
+    assert seen[16] - seen[15] == total - 31  # the jump skipped exactly what `skipped` says

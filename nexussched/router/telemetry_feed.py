@@ -31,10 +31,15 @@ class TelemetryFeed:
         session: aiohttp.ClientSession,
         interval: float = TELEMETRY_POLL,
         retry_s: float = 30.0,
-        limit: int = 5000,
+        limit: int = 256,
         skip: Callable[[int], bool] | None = None,
     ) -> None:
-        """`skip(idx)`: True for a backend taught another way (its Redis stream)."""
+        """`skip(idx)`: True for a backend taught another way (its Redis stream).
+
+        At most `limit` records per backend and poll: an engine that steps faster than that
+        (`limit` / `interval` steps a second; 1,280 by default, beyond any real engine) or a
+        long history on a first poll is sampled, not read whole: the feed jumps to its newest
+        records (`skipped` counts the rest), so learning never costs the router more than that."""
         self.observe = observe
         self.backends = backends
         self.session = session
@@ -48,6 +53,7 @@ class TelemetryFeed:
         self.last_step: dict[int, int] = {}  # highest step number observed per backend
         self.skip = skip
         self.records = 0
+        self.skipped = 0  # records left unread because the feed fell `limit` behind
 
     def serves(self, idx: int) -> bool:
         return idx in self._served
@@ -84,10 +90,15 @@ class TelemetryFeed:
                 return 0
             text = await resp.text()
             nxt = resp.headers.get("X-Telemetry-Next")
+            total = resp.headers.get("X-Telemetry-Total")
         if self.skip is not None and self.skip(idx):
             return 0  # its stream was found while this poll was in flight: the stream teaches it
         self._served.add(idx)
         self._since[url] = int(nxt) if nxt is not None else since
+        if nxt is not None and total is not None and int(total) - int(nxt) > self.limit:
+            # more than a poll's worth still unread: go on from the newest `limit` records
+            self._since[url] = int(total) - self.limit
+            self.skipped += self._since[url] - int(nxt)
         if self.skip is not None and self.skip(idx):
             return 0  # taught another way since this poll began (its stream holds these too)
         lines = text.splitlines()
