@@ -35,13 +35,7 @@ class VllmScheduler(KvBlocks):
                     break
             if i >= len(running):
                 break  # r itself was preempted
-            self.free_blocks -= extra
-            r.blocks += extra
-            if cache is not None:
-                if extra:
-                    cache.take(extra)
-                if r.hashes and (r.computed + n) // bs > r.sealed:
-                    self._seal(r, r.computed + n)
+            self._grow(r, n, extra, cache, bs)
             batch.append((r, n))
             budget -= n
             i += 1
@@ -149,13 +143,18 @@ class VllmScheduler(KvBlocks):
                 self.waiting.remove(r)
                 waiting_ids.discard(rid)
                 running.append(r)
-            self.free_blocks -= extra
-            r.blocks += extra
-            if cache is not None:
-                if extra:
-                    cache.take(extra)
-                if r.hashes and (r.computed + n) // bs > r.sealed:
-                    self._seal(r, r.computed + n)
+            self._grow(r, n, extra, cache, bs)
             batch.append((r, n))
             budget -= n
         self._batch = batch
+
+    def _grow(self, r, n: int, extra: int, cache, bs: int) -> None:
+        """Give r the `extra` KV blocks its next `n` tokens need, and seal the prompt blocks they
+        complete into the prefix cache."""
+        self.free_blocks -= extra
+        r.blocks += extra
+        if cache is not None:
+            if extra:
+                cache.take(extra)
+            if r.hashes and (r.computed + n) // bs > r.sealed:
+                self._seal(r, r.computed + n)
