@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from .policies.view import TELEMETRY_POLL
+from .telemetry_feed import poll_forever
 
 log = logging.getLogger("nexussched.router")
 
@@ -92,11 +93,4 @@ class KvEventFeed:
         return n
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the feed must never take the router down
-                log.warning("kv event feed: %r", e)
-            await asyncio.sleep(self.interval)
+        await poll_forever(self.poll_once, self.interval, "kv event feed")

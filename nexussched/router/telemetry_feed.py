@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
@@ -21,6 +21,19 @@ from ..perfmodel.telemetry import StepRecord
 from .policies.view import TELEMETRY_POLL
 
 log = logging.getLogger("nexussched.router")
+
+
+async def poll_forever(poll: Callable[[], Awaitable[object]], interval: float, what: str) -> None:
+    """Call `poll` every `interval` seconds until cancelled; a failed poll is logged, never
+    raised: a feed must not take the router down."""
+    while True:
+        try:
+            await poll()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("%s: %r", what, e)
+        await asyncio.sleep(interval)
 
 
 class TelemetryFeed:
@@ -118,11 +131,4 @@ class TelemetryFeed:
         return n
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.poll_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # the feed must never take the router down
-                log.warning("telemetry feed: %r", e)
-            await asyncio.sleep(self.interval)
+        await poll_forever(self.poll_once, self.interval, "telemetry feed")
