@@ -18,6 +18,7 @@ from aiohttp import web
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .errors import APIError
+from .h1client import H1Response
 from .inflight import BackendRuns
 from .policies import RequestInfo
 from .prom import RouterMetrics
@@ -48,7 +49,7 @@ class ProxyCall:
 class Upstream:
     """An upstream response whose first body bytes (or whole body, when not streaming) arrived."""
 
-    resp: aiohttp.ClientResponse
+    resp: H1Response  # status, content_type, read(), readany(), release(), close()
     first: bytes
     idx: int
 

@@ -33,6 +33,7 @@ from .backends import BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, StreamWatch
 from .errors import APIError, bad_request
+from .h1client import H1Pool, Timeouts
 from .hygiene import Guard
 from .inflight import BackendRuns
 from .membership import BackendsAdmin, BackendsFileWatcher
@@ -89,16 +90,13 @@ class Router(UpstreamIO):
         self.watch: StreamWatch | None = None  # sees relayed streams (PRISM's observed learning)
         self._ids = itertools.count(1)
         self._rids = RequestIds()
-        self._timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout, connect=settings.connect_timeout
-        )
+        self._timeouts = Timeouts(settings.request_timeout, settings.connect_timeout)
         # streams also give up after idle_timeout without a byte (a stalled engine); a
         # non-streaming answer legitimately sends nothing until it is done
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=settings.request_timeout,
-            connect=settings.connect_timeout,
-            sock_read=settings.idle_timeout,
+        self._stream_timeouts = Timeouts(
+            settings.request_timeout, settings.connect_timeout, settings.idle_timeout
         )
+        self.pool: H1Pool | None = None  # the data plane's keep-alive connections
         self.runs = BackendRuns()  # requests running on each backend (stopped when it leaves)
         self.registry.on_change.append(self._backend_changed)
         self.access = AccessPolicy(settings.api_key, settings.metrics_api_key)
@@ -106,7 +104,7 @@ class Router(UpstreamIO):
         self._views: dict[str, tuple[int, Sequence]] = {}
         self._known: tuple[int, set[str]] = (-1, set())
         self._failures: dict[int, str] = {}
-        self._urls: dict = {}  # (backend url, path) -> parsed URL (upstream.py)
+        self._heads: dict = {}  # (backend url, path) -> request head (upstream.py)
 
     def app(self) -> web.Application:
         app = web.Application(
@@ -138,17 +136,18 @@ class Router(UpstreamIO):
 
     async def _startup(self, app: web.Application) -> None:
         s = self.settings
-        conn = aiohttp.TCPConnector(
-            limit=s.max_connections, limit_per_host=0, keepalive_timeout=4.0, ttl_dns_cache=300
-        )
-        # keepalive below uvicorn's 5 s so a pooled connection is not reused as the server drops it
-        # bodies are relayed as they come (auto_decompress off), so no engine may compress them
-        # (aiohttp asks for gzip/deflate unless told; a prometheus_client /metrics then gzips)
+        # requests go through the lean pool (h1client.py); probes, scrapes and feeds through an
+        # aiohttp session. Keep-alive below uvicorn's 5 s so a pooled connection is not reused
+        # as the server drops it
+        self.pool = H1Pool(limit=s.max_connections)
+        conn = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=4.0)
+        # no engine may compress what it sends (aiohttp asks for gzip/deflate unless told; a
+        # prometheus_client /metrics then gzips)
         self.session = aiohttp.ClientSession(
             connector=conn,
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
-            timeout=self._timeout,
+            timeout=aiohttp.ClientTimeout(total=s.request_timeout, connect=s.connect_timeout),
             headers={"Accept-Encoding": "identity"},
         )
         await self.registry.start(self.session)
@@ -164,6 +163,8 @@ class Router(UpstreamIO):
         await self.registry.stop()
         if self.session is not None:
             await self.session.close()
+        if self.pool is not None:
+            self.pool.close()
         flush_access()
 
     def _backend_changed(self, idx: int, up: bool) -> None:

@@ -1,22 +1,21 @@
 """The router's upstream side (a mixin of service.Router): sending a call to a backend until its
 first bytes arrive (`open_upstream`, raising BackendFailed when the request may go elsewhere)
 and relaying the answer to the client (`relay`; streams chunk by chunk, a break mid-stream ends
-with an SSE error event)."""
+with an SSE error event). Calls go through the lean keep-alive client of router/h1client.py."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from .access_log import token_events, usage_tokens
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, ProxyCall, StreamWatch, Upstream
 from .errors import APIError
+from .h1client import ConnectFailed, ConnectTimeout, H1Pool, IdleTimeout, Target, Timeouts
 from .prom import RouterMetrics
 
 
@@ -27,32 +26,38 @@ class _EventStream(web.StreamResponse):
     _send_headers_immediately = False
 
 
-_URLS_KEPT = 256  # parsed upstream URLs kept (two paths per backend; cleared past this)
+_HEADS_KEPT = 256  # request heads kept (two paths per backend; cleared past this)
 
 
 class UpstreamIO:
-    """open_upstream and relay, on the Router's session, settings, registry and metrics."""
+    """open_upstream and relay, on the Router's pool, settings, registry and metrics."""
 
     # set by service.Router
     settings: RouterSettings
     registry: BackendRegistry
     backends: list[Backend]
     metrics: RouterMetrics
-    session: aiohttp.ClientSession | None
+    pool: H1Pool | None
     watch: StreamWatch | None
-    _timeout: aiohttp.ClientTimeout
-    _stream_timeout: aiohttp.ClientTimeout
-    _urls: dict[tuple[str, str], URL]
+    _timeouts: Timeouts
+    _stream_timeouts: Timeouts
+    _heads: dict[tuple[str, str], tuple[dict, Target, bytes]]
 
-    def _url(self, base: str, path: str) -> URL:
-        """The parsed URL of `path` on a backend (parsed once, not per request)."""
-        key = (base, path)
-        u = self._urls.get(key)
-        if u is None:
-            if len(self._urls) >= _URLS_KEPT:  # backends came and went: start over
-                self._urls.clear()
-            u = self._urls[key] = URL(base + path)
-        return u
+    def _head(self, b: Backend, path: str) -> tuple[Target, bytes]:
+        """Where `path` of a backend is and the head of a request to it (made once, not per
+        request; made again when the backend's headers change)."""
+        key = (b.url, path)
+        hit = self._heads.get(key)
+        if hit is None or hit[0] is not b.headers:
+            if len(self._heads) >= _HEADS_KEPT:  # backends came and went: start over
+                self._heads.clear()
+            target = Target.of(b.url)
+            lines = [f"POST {path} HTTP/1.1\r\n".encode(), target.host_line,
+                     b"Accept-Encoding: identity\r\n"]  # fmt: skip
+            # bodies are relayed as they come: no engine may compress them
+            lines += [f"{k}: {v}\r\n".encode("latin-1") for k, v in b.headers.items()]
+            hit = self._heads[key] = (b.headers, target, b"".join(lines))
+        return hit[1], hit[2]
 
     def backend_failed(self, e: BackendFailed) -> None: ...  # service.Router's
 
@@ -97,44 +102,39 @@ class UpstreamIO:
     async def _open_upstream(self, call: ProxyCall, idx: int, body: bytes | None) -> Upstream:
         b = self.backends[idx]
         self.registry.sending(idx)
-        headers = b.headers if not call.forward_headers else {**b.headers, **call.forward_headers}
-        assert self.session is not None
-        try:
-            resp = await self.session.post(
-                self._url(b.url, call.path),
-                data=call.raw if body is None else body,
-                headers=headers,
-                timeout=self._stream_timeout if call.stream else self._timeout,
+        target, head = self._head(b, call.path)
+        if call.forward_headers:  # printable ASCII only (validation.forward_headers)
+            head += "".join(f"{k}: {v}\r\n" for k, v in call.forward_headers.items()).encode(
+                "utf-8", "surrogateescape"
             )
-        except aiohttp.ClientConnectorError as e:
-            raise BackendFailed(idx, f"cannot connect: {e.os_error.strerror or e}", True) from None
-        except aiohttp.ConnectionTimeoutError as e:
-            raise BackendFailed(idx, f"connect timed out: {e}") from None
-        except aiohttp.ServerTimeoutError:  # idle past idle_timeout before a byte: go elsewhere
-            raise BackendFailed(idx, self._idle_reason()) from None
-        except TimeoutError:  # the request's own time limit (aiohttp's timeout errors included)
-            raise self._timed_out(b) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
-            raise BackendFailed(idx, f"{type(e).__name__}: {e}") from None
+        assert self.pool is not None
         try:
-            if call.stream and resp.status == 200:
-                first = await resp.content.readany()
-                if not first:
-                    raise BackendFailed(idx, "stream ended before its first byte")
-            else:
-                first = await resp.read()
-        except aiohttp.ServerTimeoutError:
-            resp.close()
+            resp = await self.pool.request(
+                target,
+                head,
+                call.raw if body is None else body,
+                self._stream_timeouts if call.stream else self._timeouts,
+            )
+            try:
+                if call.stream and resp.status == 200:
+                    first = await resp.readany()
+                    if not first:
+                        raise BackendFailed(idx, "stream ended before its first byte")
+                else:
+                    first = await resp.read()
+            except BaseException:
+                resp.close()
+                raise
+        except ConnectFailed as e:
+            raise BackendFailed(idx, f"cannot connect: {e.strerror or e}", True) from None
+        except ConnectTimeout as e:
+            raise BackendFailed(idx, f"connect timed out: {e}") from None
+        except IdleTimeout:  # idle past idle_timeout before a byte: go elsewhere
             raise BackendFailed(idx, self._idle_reason()) from None
-        except TimeoutError:
-            resp.close()
+        except TimeoutError:  # the request's own time limit
             raise self._timed_out(b) from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
-            resp.close()
+        except OSError as e:
             raise BackendFailed(idx, f"{type(e).__name__}: {e}") from None
-        except BaseException:
-            resp.close()
-            raise
         self.registry.answered(idx, resp.status)
         return Upstream(resp, first, idx)
 
@@ -148,7 +148,7 @@ class UpstreamIO:
         if not (call.stream and resp.status == 200):
             if w is not None:
                 w.done(up.idx, call.info.id, time.monotonic())
-            ct = resp.headers.get("Content-Type", "application/json")
+            ct = resp.content_type or "application/json"
             resp.release()
             m.count(name, resp.status)
             m.observe_e2e(name, time.monotonic() - call.t0)
@@ -161,7 +161,7 @@ class UpstreamIO:
         out = _EventStream(
             status=200,
             headers={
-                "Content-Type": resp.headers.get("Content-Type", "text/event-stream"),
+                "Content-Type": resp.content_type or "text/event-stream",
                 "Cache-Control": "no-cache",
             },
         )
@@ -169,7 +169,6 @@ class UpstreamIO:
         try:
             await out.prepare(call.request)
             await out.write(up.first)
-            content = resp.content
             broke: BaseException | None = None
             events = token_events(up.first)
             prev = last = up.first
@@ -178,13 +177,8 @@ class UpstreamIO:
                 try:
                     while True:
                         try:
-                            chunk = await content.readany()
-                        except (
-                            TimeoutError,
-                            aiohttp.ClientConnectionError,
-                            aiohttp.ClientPayloadError,
-                            OSError,
-                        ) as e:
+                            chunk = await resp.readany()
+                        except (TimeoutError, OSError) as e:
                             broke = e
                             break
                         if not chunk:
@@ -209,7 +203,7 @@ class UpstreamIO:
                 await out.write(err.sse_event())
                 m.count(name, err.status)
             elif broke is not None:
-                if isinstance(broke, aiohttp.ServerTimeoutError):  # idle past --idle-timeout
+                if isinstance(broke, IdleTimeout):  # idle past --idle-timeout
                     self.backend_failed(BackendFailed(up.idx, self._idle_reason()))
                     err = APIError(
                         502,

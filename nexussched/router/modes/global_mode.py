@@ -28,7 +28,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from ...plane import (
@@ -437,7 +436,7 @@ class PlaneDispatcher(PlaneRegistry, Dispatcher):
         released = False
         try:
             writer.status = resp.status
-            writer.content_type = resp.headers.get("Content-Type", "")
+            writer.content_type = resp.content_type
             if not (p.stream and resp.status == 200):
                 resp.release()
                 released = True
@@ -449,13 +448,8 @@ class PlaneDispatcher(PlaneRegistry, Dispatcher):
             broke: BaseException | None = None
             while not writer.fenced:
                 try:
-                    data = await resp.content.readany()
-                except (
-                    aiohttp.ClientConnectionError,
-                    aiohttp.ClientPayloadError,
-                    OSError,
-                    TimeoutError,
-                ) as e:
+                    data = await resp.readany()
+                except (OSError, TimeoutError) as e:  # h1client's errors are both
                     broke = e
                     break
                 if not data:

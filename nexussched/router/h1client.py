@@ -1,0 +1,526 @@
+"""The router's data-plane client: pooled keep-alive HTTP/1.1 connections to the engines, on an
+asyncio Protocol, with a small response parser (status line, the few headers it needs,
+Content-Length or chunked bodies). Bodies and SSE chunks come out as received bytes: nothing is
+decoded, re-encoded or copied into per-request objects beyond the byte strings themselves.
+
+It replaces aiohttp's ClientSession on the request path, where it cost most of the router's CPU
+(a ClientRequest, a ClientResponse, header multidicts, tracing hooks and timers per request).
+Health probes, scrapes and feeds keep the aiohttp session: they are not per request.
+
+    pool = H1Pool(limit=0)
+    target = Target.of("http://127.0.0.1:8001")
+    resp = await pool.request(target, head, body, timeouts)   # head: the request's header lines
+    resp.status, resp.content_type
+    data = await resp.read()          # whole body        | chunk = await resp.readany()  (b"": end)
+    resp.release() / resp.close()     # back to the pool  | drop the connection (the engine aborts)
+
+Errors are OSError / TimeoutError subclasses: ConnectFailed (refused, unreachable), ConnectTimeout,
+IdleTimeout (no byte for `idle` s), TotalTimeout (the request's time limit), UpstreamBroken (the
+connection ended or sent something that is not HTTP/1.1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers
+HIGH_WATER = 1 << 20  # buffered body bytes above which the socket stops being read
+KEEPALIVE = (
+    4.0  # seconds an idle connection is kept (below uvicorn's 5 s: never reused as it closes)
+)
+
+
+class UpstreamBroken(ConnectionError):
+    """The connection ended early, or the engine sent something that is not HTTP/1.1."""
+
+
+class ConnectFailed(OSError):
+    """No connection could be made (refused, unreachable): the engine did no work."""
+
+
+class ConnectTimeout(TimeoutError):
+    pass
+
+
+class IdleTimeout(TimeoutError):
+    """No byte for `idle` seconds (a stalled engine)."""
+
+
+class TotalTimeout(TimeoutError):
+    """The request's own time limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    total: float  # whole request, from the call
+    connect: float
+    idle: float | None = None  # between bytes; None: no limit (a non-streaming answer waits)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a backend listens, and the header lines every request to it carries."""
+
+    host: str
+    port: int
+    tls: bool
+    host_line: bytes  # b"Host: h:p\r\n"
+
+    @classmethod
+    def of(cls, base_url: str) -> Target:
+        u = urlsplit(base_url)
+        tls = u.scheme == "https"
+        host = u.hostname or "127.0.0.1"
+        port = u.port or (443 if tls else 80)
+        shown = f"[{host}]" if ":" in host else host
+        return cls(host, port, tls, f"Host: {shown}:{port}\r\n".encode("idna"))
+
+
+# parser states
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; hands what arrives to the response being read on it."""
+
+    __slots__ = ("pool", "key", "transport", "lost", "reused", "idle_since", "resp")
+
+    def __init__(self, pool: H1Pool, key: Target) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.reused = 0  # requests served before the current one
+        self.idle_since = 0.0
+        self.resp: H1Response | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        r = self.resp
+        if r is None:  # bytes on an idle connection: it cannot be trusted again
+            self.close()
+            return
+        r._data(data)
+
+    def eof_received(self) -> bool:
+        r = self.resp
+        if r is not None:
+            r._eof(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.transport = None
+        self.pool._forget(self)
+        r = self.resp
+        if r is not None:
+            r._eof(exc)
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+        self.pool._forget(self)
+
+
+class H1Response:
+    """One response: its status line, the headers the router reads, and its body as it comes.
+    Owns its connection until the body ended (then the connection goes back to the pool)."""
+
+    __slots__ = (
+        "status", "content_type", "keep_alive", "_conn", "_state", "_buf", "_parts", "_buffered",
+        "_left", "_got", "_exc", "_waiter", "_want_all", "_paused", "_deadline", "_idle",
+    )  # fmt: skip
+
+    def __init__(self, conn: _Conn, idle: float | None) -> None:
+        self.status = 0
+        self.content_type = ""
+        self.keep_alive = True
+        self._conn: _Conn | None = conn
+        self._state = _HEAD
+        self._buf = b""  # unparsed bytes (head, chunk framing)
+        self._parts: list[bytes] = []  # body bytes not yet taken by the reader
+        self._buffered = 0
+        self._left = 0  # of the Content-Length, or of the current chunk
+        self._got = 0  # bytes received
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future | None = None
+        self._want_all = False
+        self._paused = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._idle = idle
+
+    # ---- from the connection -----------------------------------------------------------------
+    def _data(self, data: bytes) -> None:
+        self._got += len(data)
+        try:
+            self._feed(data)
+        except UpstreamBroken as e:
+            self._fail(e)
+            return
+        if self._state == _DONE:
+            self._finished()
+        elif self._buffered > HIGH_WATER and not self._paused:
+            c = self._conn
+            if c is not None and c.transport is not None:
+                self._paused = True
+                c.transport.pause_reading()
+        self._wake()
+
+    def _eof(self, exc: Exception | None) -> None:
+        if self._state == _DONE:
+            return
+        if self._state == _UNTIL_CLOSE and exc is None:
+            self._state = _DONE
+            self.keep_alive = False
+            self._finished()
+            self._wake()
+            return
+        if exc is not None:
+            why = f"{type(exc).__name__}: {exc}"
+        elif self._state == _HEAD:
+            why = "connection closed before a response" if not self._got else "truncated head"
+        else:
+            why = "connection closed mid-body"
+        self._fail(UpstreamBroken(why))
+
+    # ---- parsing -----------------------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        if self._buf:
+            data = self._buf + data
+            self._buf = b""
+        while data:
+            st = self._state
+            if st == _LENGTH or st == _CHUNK_DATA:
+                n = len(data)
+                left = self._left
+                if n <= left:
+                    self._parts.append(data)
+                    self._buffered += n
+                    self._left = left = left - n
+                    data = b""
+                else:
+                    self._parts.append(data[:left])
+                    self._buffered += left
+                    data = data[left:]
+                    self._left = left = 0
+                if left == 0:
+                    self._state = _DONE if st == _LENGTH else _CHUNK_CRLF
+            elif st == _HEAD:
+                end = data.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(data) > MAX_HEAD:
+                        raise UpstreamBroken("response head too large")
+                    self._buf = data
+                    return
+                self._head(data[:end])
+                data = data[end + 4 :]
+            elif st == _CHUNK_SIZE:
+                end = data.find(b"\r\n")
+                if end < 0:
+                    if len(data) > 1024:
+                        raise UpstreamBroken("bad chunk size line")
+                    self._buf = data
+                    return
+                try:
+                    size = int(data[:end].split(b";", 1)[0], 16)
+                except ValueError:
+                    raise UpstreamBroken("bad chunk size line") from None
+                data = data[end + 2 :]
+                if size:
+                    self._left = size
+                    self._state = _CHUNK_DATA
+                else:
+                    self._state = _TRAILER
+            elif st == _CHUNK_CRLF:
+                if len(data) < 2:
+                    self._buf = data
+                    return
+                if data[:2] != b"\r\n":
+                    raise UpstreamBroken("bad chunk end")
+                data = data[2:]
+                self._state = _CHUNK_SIZE
+            elif st == _TRAILER:
+                end = data.find(b"\r\n")
+                if end < 0:
+                    self._buf = data
+                    return
+                data = data[end + 2 :]
+                if end == 0:  # the blank line after the (usually empty) trailer
+                    self._state = _DONE
+            elif st == _UNTIL_CLOSE:
+                self._parts.append(data)
+                self._buffered += len(data)
+                data = b""
+            else:  # _DONE with bytes left over (a broken engine): never reuse this connection
+                self.keep_alive = False
+                return
+
+    def _head(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        first = lines[0]
+        if not first.startswith(b"HTTP/1.") or len(first) < 12:
+            raise UpstreamBroken(f"not an HTTP/1.x response: {first[:40]!r}")
+        try:
+            status = int(first[9:12])
+        except ValueError:
+            raise UpstreamBroken(f"bad status line {first[:40]!r}") from None
+        if 100 <= status < 200:  # an interim answer (100 Continue): the real one follows
+            return
+        self.status = status
+        self.keep_alive = first[7:8] == b"1"
+        length: int | None = None
+        chunked = False
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            n = name.strip().lower()
+            if n == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    raise UpstreamBroken("bad Content-Length") from None
+            elif n == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif n == b"content-type":
+                self.content_type = value.strip().decode("latin-1")
+            elif n == b"connection":
+                v = value.strip().lower()
+                if v == b"close":
+                    self.keep_alive = False
+                elif v == b"keep-alive":
+                    self.keep_alive = True
+        if status == 204 or status == 304:
+            self._state = _DONE
+        elif chunked:
+            self._state = _CHUNK_SIZE
+        elif length is not None:
+            self._left = length
+            self._state = _LENGTH if length else _DONE
+        else:  # the body runs until the engine closes the connection
+            self._state = _UNTIL_CLOSE
+            self.keep_alive = False
+
+    # ---- waiting -----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is None or w.done() or self._state == _HEAD:
+            return
+        if self._want_all and self._state != _DONE:
+            return
+        w.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._exc is None:
+            self._exc = exc
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_exception(self._exc)
+        self._drop()
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        w = self._waiter = loop.create_future()
+        idle = None if self._idle is None else loop.call_later(self._idle, self._on_idle, w)
+        try:
+            await w
+        finally:
+            self._waiter = None
+            if idle is not None:
+                idle.cancel()
+
+    def _on_idle(self, w: asyncio.Future) -> None:
+        if not w.done():
+            self._fail(IdleTimeout(f"no data for {self._idle:g} s"))
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        if self._state != _DONE:
+            self._fail(TotalTimeout("the request's time limit passed"))
+
+    async def _until_head(self) -> None:
+        while self._state == _HEAD:
+            if self._exc is not None:
+                raise self._exc
+            await self._wait()
+
+    # ---- the reader's side -------------------------------------------------------------------
+    async def read(self) -> bytes:
+        """The whole body."""
+        self._want_all = True
+        while self._state != _DONE:
+            if self._exc is not None:
+                raise self._exc
+            await self._wait()
+        return self._pop()
+
+    async def readany(self) -> bytes:
+        """The body bytes received so far, waiting for some; b"" at its end."""
+        while not self._parts:
+            if self._state == _DONE:
+                return b""
+            if self._exc is not None:
+                raise self._exc
+            await self._wait()
+        return self._pop()
+
+    def _pop(self) -> bytes:
+        parts = self._parts
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            c = self._conn
+            if c is not None and c.transport is not None:
+                c.transport.resume_reading()
+        return data
+
+    def release(self) -> None:
+        """Done with the response. Its connection went back to the pool when the body ended;
+        one still being read is closed."""
+        if self._conn is not None:
+            self._drop()
+
+    close = release  # a response read to its end keeps its (pooled) connection either way
+
+    # ---- the connection ----------------------------------------------------------------------
+    def _finished(self) -> None:
+        """The body ended: the connection is free again (pooled, or closed)."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        c = self._conn
+        if c is None:
+            return
+        self._conn = None
+        c.resp = None
+        if self._paused and c.transport is not None:
+            c.transport.resume_reading()
+        c.pool._done(c, self.keep_alive and not c.lost)
+
+    def _drop(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        c = self._conn
+        if c is None:
+            return
+        self._conn = None
+        c.resp = None
+        c.close()
+        c.pool._done(c, False)
+
+
+class H1Pool:
+    """Idle keep-alive connections per backend (the most recently used is taken first), with an
+    optional limit on connections in use (0: none)."""
+
+    def __init__(self, limit: int = 0, keepalive: float = KEEPALIVE) -> None:
+        self._idle: dict[Target, list[_Conn]] = {}
+        self._sem = asyncio.Semaphore(limit) if limit > 0 else None
+        self.keepalive = keepalive
+        self._ssl: ssl.SSLContext | None = None
+        self.opened = 0  # connections made (for tests and benchmarks)
+        self._closed = False
+
+    async def request(
+        self, target: Target, head: bytes, body: bytes, timeouts: Timeouts
+    ) -> H1Response:
+        """Send one request (`head`: the request line and headers up to, not including, the
+        blank line; Content-Length is added) and return once the response's head arrived."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.total
+        msg = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        sem = self._sem
+        retried = False
+        while True:
+            if sem is not None:
+                await sem.acquire()  # released by _done when the response lets go
+            try:
+                conn = self._take(target)
+                if conn is None:
+                    conn = await self._connect(target, timeouts.connect)
+            except BaseException:
+                if sem is not None:
+                    sem.release()
+                raise
+            resp = conn.resp = H1Response(conn, timeouts.idle)
+            resp._deadline = loop.call_at(deadline, resp._on_deadline)
+            try:
+                conn.transport.write(msg)  # type: ignore[union-attr]
+                await resp._until_head()
+            except UpstreamBroken:
+                if conn.reused and not resp._got and not retried:
+                    # a kept-alive connection the engine closed as we sent: try a fresh one
+                    retried = True
+                    continue
+                raise
+            except BaseException:
+                resp._drop()
+                raise
+            return resp
+
+    async def _connect(self, target: Target, timeout: float) -> _Conn:
+        loop = asyncio.get_running_loop()
+        conn = _Conn(self, target)
+        tls = None
+        if target.tls:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = self._ssl
+        try:
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(
+                    lambda: conn, target.host, target.port, ssl=tls,
+                    server_hostname=target.host if tls else None,
+                )  # fmt: skip
+        except TimeoutError:
+            raise ConnectTimeout(f"no connection within {timeout:g} s") from None
+        except OSError as e:
+            raise ConnectFailed(e.errno, e.strerror or str(e)) from None
+        self.opened += 1
+        return conn
+
+    def _take(self, target: Target) -> _Conn | None:
+        idle = self._idle.get(target)
+        if not idle:
+            return None
+        now = time.monotonic()
+        while idle and (idle[0].lost or now - idle[0].idle_since > self.keepalive):
+            idle.pop(0).close()  # the oldest first: expired ones leave from the bottom
+        while idle:
+            conn = idle.pop()
+            if not conn.lost and now - conn.idle_since <= self.keepalive:
+                conn.reused += 1
+                return conn
+            conn.close()
+        return None
+
+    def _done(self, conn: _Conn, reuse: bool) -> None:
+        if self._sem is not None:
+            self._sem.release()
+        if reuse and not self._closed:
+            conn.idle_since = time.monotonic()
+            self._idle.setdefault(conn.key, []).append(conn)
+        elif conn.transport is not None:
+            conn.transport.close()
+
+    def _forget(self, conn: _Conn) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close(self) -> None:
+        """Close every idle connection (those in use close as their responses end)."""
+        self._closed = True
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
