@@ -207,13 +207,17 @@ class BackendRegistry:
                 return i
         return None
 
-    def add(self, spec: BackendSpec) -> int:
-        """Bring a backend in (probed at once; in rotation when /health answers). A retired one
-        at the same URL comes back at its old index. ValueError if the URL or name is taken."""
+    def check_new(self, spec: BackendSpec) -> None:
+        """ValueError if a member backend has the spec's URL or name."""
         for b in self.backends:
             if not b.retired and (b.url == spec.url or b.name == spec.name):
                 what = "URL" if b.url == spec.url else "name"
                 raise ValueError(f"a backend with {what} {getattr(spec, what.lower())} is present")
+
+    def add(self, spec: BackendSpec) -> int:
+        """Bring a backend in (probed at once; in rotation when /health answers). A retired one
+        at the same URL comes back at its old index. ValueError if the URL or name is taken."""
+        self.check_new(spec)
         idx = next(
             (i for i, b in enumerate(self.backends) if b.retired and b.url == spec.url), None
         )

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--backends-file",
         metavar="FILE",
-        help="YAML or JSON list of backends; watched: entries added join, entries removed drain",
+        help="YAML or JSON list of backends; watched: entries added join, entries removed drain "
+        "(with --workers N > 1, POST/DELETE /backends write their change into it)",
     )
     p.add_argument(
         "--backends-file-poll",

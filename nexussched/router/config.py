@@ -102,8 +102,9 @@ def backend_entry(item: object, where: str) -> BackendSpec:
     return BackendSpec(url=url, name=str(name), api_key=key, models=tuple(models))
 
 
-def load_backends_file(path: str | Path) -> list[BackendSpec]:
-    """Read backends from YAML or JSON (by suffix; anything else is tried as YAML, a JSON superset)."""
+def load_backends_file(path: str | Path, allow_empty: bool = False) -> list[BackendSpec]:
+    """Read backends from YAML or JSON (by suffix; anything else is tried as YAML, a JSON superset).
+    allow_empty: an empty list is valid (a running router's file may lose its last entry)."""
     p = Path(path)
     try:
         text = p.read_text()
@@ -139,7 +140,7 @@ def load_backends_file(path: str | Path) -> list[BackendSpec]:
                 f"bad backends file {p}: unknown key(s) {', '.join(sorted(map(str, unknown)))}"
             )
         data = data.get("backends")
-    if not isinstance(data, list) or not data:
+    if not isinstance(data, list) or not (data or allow_empty):
         raise ValueError(f"bad backends file {p}: expected a non-empty list of backends")
     out = []
     for i, item in enumerate(data):

@@ -84,6 +84,8 @@ class Router(UpstreamIO):
             if settings.backends_file
             else None
         )
+        if settings.workers > 1 and self.watcher is not None:
+            self.admin.shared = self.watcher  # several workers meet in the file
         self._watch_task: asyncio.Task | None = None
         self.dispatcher = dispatcher
         self.session: aiohttp.ClientSession | None = None
@@ -347,10 +349,11 @@ class Router(UpstreamIO):
         await Guard.remember_stream(request, response)
 
     def _admin_refusal(self) -> str | None:
-        if self.settings.workers > 1:  # a request reaches one worker: change all through the file
+        if self.settings.workers > 1 and self.watcher is None:  # a request reaches one worker
             return (
                 f"with --workers {self.settings.workers} a change here would reach one worker; "
-                "change backends through --backends-file, which every worker watches"
+                "pass --backends-file FILE: POST and DELETE /backends then write the change into "
+                "it and every worker applies it"
             )
         return self._membership_refusal()
 
