@@ -60,6 +60,12 @@ class Timeouts:
     connect: float
     idle: float | None = None  # between bytes; None: no limit (a non-streaming answer waits)
 
+    @property
+    def tick(self) -> float:
+        """How often time limits are checked: a twentieth of the shortest, 10 ms to 1 s."""
+        shortest = min(self.total, self.idle) if self.idle is not None else self.total
+        return max(0.01, min(1.0, shortest / 20))
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
@@ -136,10 +142,10 @@ class H1Response:
 
     __slots__ = (
         "status", "content_type", "keep_alive", "_conn", "_state", "_buf", "_parts", "_buffered",
-        "_left", "_got", "_exc", "_waiter", "_want_all", "_paused", "_deadline", "_idle",
+        "_left", "_got", "_exc", "_waiter", "_want_all", "_paused", "_deadline", "_idle", "_last",
     )  # fmt: skip
 
-    def __init__(self, conn: _Conn, idle: float | None) -> None:
+    def __init__(self, conn: _Conn, timeouts: Timeouts, now: float) -> None:
         self.status = 0
         self.content_type = ""
         self.keep_alive = True
@@ -154,12 +160,16 @@ class H1Response:
         self._waiter: asyncio.Future | None = None
         self._want_all = False
         self._paused = False
-        self._deadline: asyncio.TimerHandle | None = None
-        self._idle = idle
+        # checked by the pool's sweep (no timer per request): time.monotonic() values
+        self._deadline = now + timeouts.total
+        self._idle = timeouts.idle
+        self._last = now  # the last byte received (or the request sent)
 
     # ---- from the connection -----------------------------------------------------------------
     def _data(self, data: bytes) -> None:
         self._got += len(data)
+        if self._idle is not None:
+            self._last = time.monotonic()
         try:
             self._feed(data)
         except UpstreamBroken as e:
@@ -325,24 +335,19 @@ class H1Response:
         self._drop()
 
     async def _wait(self) -> None:
-        loop = asyncio.get_running_loop()
-        w = self._waiter = loop.create_future()
-        idle = None if self._idle is None else loop.call_later(self._idle, self._on_idle, w)
+        w = self._waiter = asyncio.get_running_loop().create_future()
         try:
             await w
         finally:
             self._waiter = None
-            if idle is not None:
-                idle.cancel()
 
-    def _on_idle(self, w: asyncio.Future) -> None:
-        if not w.done():
-            self._fail(IdleTimeout(f"no data for {self._idle:g} s"))
-
-    def _on_deadline(self) -> None:
-        self._deadline = None
-        if self._state != _DONE:
+    def _check(self, now: float) -> None:
+        """The pool's sweep: fail a response past its time limit, or one whose reader waits
+        and that received nothing for `idle` seconds."""
+        if now >= self._deadline:
             self._fail(TotalTimeout("the request's time limit passed"))
+        elif self._idle is not None and self._waiter is not None and now - self._last >= self._idle:
+            self._fail(IdleTimeout(f"no data for {self._idle:g} s"))
 
     async def _until_head(self) -> None:
         while self._state == _HEAD:
@@ -393,27 +398,23 @@ class H1Response:
     # ---- the connection ----------------------------------------------------------------------
     def _finished(self) -> None:
         """The body ended: the connection is free again (pooled, or closed)."""
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
         c = self._conn
         if c is None:
             return
         self._conn = None
         c.resp = None
+        c.pool._live.discard(self)
         if self._paused and c.transport is not None:
             c.transport.resume_reading()
         c.pool._done(c, self.keep_alive and not c.lost)
 
     def _drop(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
         c = self._conn
         if c is None:
             return
         self._conn = None
         c.resp = None
+        c.pool._live.discard(self)
         c.close()
         c.pool._done(c, False)
 
@@ -429,14 +430,33 @@ class H1Pool:
         self._ssl: ssl.SSLContext | None = None
         self.opened = 0  # connections made (for tests and benchmarks)
         self._closed = False
+        # responses being read, swept every _tick s for time limits (one timer for all, not one
+        # per request: a uvloop timer per request cost 4% of the router's CPU)
+        self._live: set[H1Response] = set()
+        self._tick = 1.0
+        self._sweep_handle: asyncio.TimerHandle | None = None
+
+    def _arm(self, tick: float) -> None:
+        self._tick = min(self._tick, tick)
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self._sweep_handle = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        if not self._live:
+            return  # armed again by the next request
+        now = time.monotonic()
+        for r in list(self._live):
+            r._check(now)
+        self._sweep_handle = asyncio.get_running_loop().call_later(self._tick, self._sweep)
 
     async def request(
         self, target: Target, head: bytes, body: bytes, timeouts: Timeouts
     ) -> H1Response:
         """Send one request (`head`: the request line and headers up to, not including, the
         blank line; Content-Length is added) and return once the response's head arrived."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.total
+        now = time.monotonic()
         msg = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         sem = self._sem
         retried = False
@@ -451,8 +471,10 @@ class H1Pool:
                 if sem is not None:
                     sem.release()
                 raise
-            resp = conn.resp = H1Response(conn, timeouts.idle)
-            resp._deadline = loop.call_at(deadline, resp._on_deadline)
+            resp = conn.resp = H1Response(conn, timeouts, now)
+            self._live.add(resp)
+            if self._sweep_handle is None or timeouts.tick < self._tick:
+                self._arm(timeouts.tick)
             try:
                 conn.transport.write(msg)  # type: ignore[union-attr]
                 await resp._until_head()
@@ -524,3 +546,6 @@ class H1Pool:
             for conn in idle:
                 conn.close()
         self._idle.clear()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
