@@ -143,9 +143,13 @@ class H1Response:
     __slots__ = (
         "status", "content_type", "keep_alive", "_conn", "_state", "_buf", "_parts", "_buffered",
         "_left", "_got", "_exc", "_waiter", "_want_all", "_paused", "_deadline", "_idle", "_last",
+        "_loop",
     )  # fmt: skip
 
-    def __init__(self, conn: _Conn, timeouts: Timeouts, now: float) -> None:
+    def __init__(
+        self, conn: _Conn, timeouts: Timeouts, now: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._loop = loop  # (asyncio.get_running_loop() costs a getpid() system call)
         self.status = 0
         self.content_type = ""
         self.keep_alive = True
@@ -335,7 +339,7 @@ class H1Response:
         self._drop()
 
     async def _wait(self) -> None:
-        w = self._waiter = asyncio.get_running_loop().create_future()
+        w = self._waiter = self._loop.create_future()
         try:
             await w
         finally:
@@ -435,12 +439,14 @@ class H1Pool:
         self._live: set[H1Response] = set()
         self._tick = 1.0
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the first request
 
     def _arm(self, tick: float) -> None:
         self._tick = min(self._tick, tick)
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
-        self._sweep_handle = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+        assert self._loop is not None
+        self._sweep_handle = self._loop.call_later(self._tick, self._sweep)
 
     def _sweep(self) -> None:
         self._sweep_handle = None
@@ -449,7 +455,8 @@ class H1Pool:
         now = time.monotonic()
         for r in list(self._live):
             r._check(now)
-        self._sweep_handle = asyncio.get_running_loop().call_later(self._tick, self._sweep)
+        assert self._loop is not None
+        self._sweep_handle = self._loop.call_later(self._tick, self._sweep)
 
     async def request(
         self, target: Target, head: bytes, body: bytes, timeouts: Timeouts
@@ -457,6 +464,9 @@ class H1Pool:
         """Send one request (`head`: the request line and headers up to, not including, the
         blank line; Content-Length is added) and return once the response's head arrived."""
         now = time.monotonic()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         msg = b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
         sem = self._sem
         retried = False
@@ -471,7 +481,7 @@ class H1Pool:
                 if sem is not None:
                     sem.release()
                 raise
-            resp = conn.resp = H1Response(conn, timeouts, now)
+            resp = conn.resp = H1Response(conn, timeouts, now, loop)
             self._live.add(resp)
             if self._sweep_handle is None or timeouts.tick < self._tick:
                 self._arm(timeouts.tick)

@@ -35,10 +35,13 @@ class Guard:
         self.active: dict[asyncio.Task, web.Request] = {}
         self._stopping: set[asyncio.Task] = set()
         self.draining = False
+        # the serving loop (set at start-up): current_task(loop) spares
+        # asyncio.get_running_loop(), a getpid() system call on Python 3.11
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self.loop)
         try:
             self.access.check(request)
             if self.draining and request.path.startswith("/v1/") and request.method == "POST":

@@ -17,14 +17,15 @@ class _Running:
     """`with runs.running(idx):` (a class, not a generator context manager: it is on every
     request's path twice)."""
 
-    __slots__ = ("_on", "_task")
+    __slots__ = ("_on", "_task", "_loop")
 
-    def __init__(self, on: dict[asyncio.Task, int]) -> None:
+    def __init__(self, on: dict[asyncio.Task, int], loop: asyncio.AbstractEventLoop | None) -> None:
         self._on = on
         self._task: asyncio.Task | None = None
+        self._loop = loop
 
     def __enter__(self) -> None:
-        task = self._task = current_task()
+        task = self._task = current_task(self._loop)
         if task is not None:
             on = self._on
             on[task] = on.get(task, 0) + 1  # a task may register again inside (nested calls)
@@ -43,12 +44,15 @@ class BackendRuns:
     def __init__(self) -> None:
         self._on: dict[int, dict[asyncio.Task, int]] = {}  # idx -> task -> nesting depth
         self._why: dict[asyncio.Task, str] = {}
+        # the serving loop, once known: current_task(loop) spares asyncio.get_running_loop(),
+        # a getpid() system call on Python 3.11
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def running(self, idx: int) -> _Running:
         on = self._on.get(idx)
         if on is None:
             on = self._on[idx] = {}
-        return _Running(on)
+        return _Running(on, self.loop)
 
     def stop(self, idx: int, why: str) -> int:
         """Cancel every task running on backend idx; returns how many."""
@@ -62,7 +66,7 @@ class BackendRuns:
     def stopped(self, task: asyncio.Task | None = None) -> str | None:
         """Why `task` (default: the current one) was stopped by stop(); None if it was not. A
         stopped task is uncancelled here, so it may go on to answer its client."""
-        task = task or asyncio.current_task()
+        task = task or asyncio.current_task(self.loop)
         if task is None:
             return None
         why = self._why.pop(task, None)

@@ -138,6 +138,7 @@ class Router(UpstreamIO):
 
     async def _startup(self, app: web.Application) -> None:
         s = self.settings
+        self.guard.loop = self.runs.loop = asyncio.get_running_loop()
         # requests go through the lean pool (h1client.py); probes, scrapes and feeds through an
         # aiohttp session. Keep-alive below uvicorn's 5 s so a pooled connection is not reused
         # as the server drops it
