@@ -28,13 +28,14 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not come up in {timeout:.0f} s")
 
 
-def start(args: list[str], port: int) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def start(args: list[str], port: int, root: Path = ROOT) -> subprocess.Popen:
+    """`python -m nexussched.cli ARGS --port PORT` from the checkout at `root` (default: this one)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
     # stderr to a file, not a pipe nobody reads: the router's access log would fill a pipe and
     # block the router after a few hundred requests
     p = subprocess.Popen(
         [sys.executable, "-m", "nexussched.cli", *args, "--port", str(port)],
-        cwd=ROOT,
+        cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=tempfile.TemporaryFile(),

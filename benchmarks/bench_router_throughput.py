@@ -12,6 +12,9 @@ router's process measures only the router. engine-sim runs with --time-scale 0 (
         [--policy round_robin,least_load,prism] [--with-sglang] [--conns 64] [--streams 64]
         [--seconds 8]
 
+--baseline PATH also runs the router of another checkout (e.g. a git worktree of main) on the same
+engines and client, in the same run, for a before / after comparison.
+
 --with-sglang installs sglang-router (SGLang Model Gateway's router, Rust) into its own venv
 (.venv-sglang, made once) and runs it with the same policy; without the flag, or when the install
 fails, its row says why it is missing.
@@ -244,6 +247,11 @@ def main() -> None:
     p.add_argument("--with-sglang", action="store_true")
     p.add_argument("--sglang-venv", default=str(ROOT / ".venv-sglang"))
     p.add_argument("--router-arg", action="append", default=[], help="extra flag for ours")
+    p.add_argument(
+        "--baseline",
+        metavar="PATH",
+        help="another checkout of nexussched whose router also runs (rows marked 'baseline')",
+    )
     a = p.parse_args()
     policies = [x for x in a.policy.split(",") if x]
     engines = [free_port() for _ in range(a.engines)]
@@ -254,20 +262,27 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{ep}/health")
         direct = run_client(engines[0], a, stream=True)
         rows.append(("straight to one engine (streams)", None, ""))
+        trees = [("nexussched", ROOT)]
+        if a.baseline:
+            trees.insert(0, ("baseline", Path(a.baseline).resolve()))
         for pol in policies:
             mode = ["--mode", "prism"] if pol == "prism" else []
             for w in [int(x) for x in a.workers.split(",") if x]:
-                rp = free_port()
-                backends = [x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")]
-                r = start(["router", *backends, *mode, "--policy", pol, "--workers", str(w),
-                           *a.router_arg], rp)  # fmt: skip
-                try:
-                    wait_ready(rp)
-                    res = run_client(rp, a, stream=False, cpu_of=r.pid)
-                    res["stream"] = run_client(rp, a, stream=True)
-                    rows.append((f"nexussched {pol}, {w} worker{'s' if w > 1 else ''}", res, ""))
-                finally:
-                    stop([r])
+                for label, root in trees:
+                    rp = free_port()
+                    backends = [
+                        x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")
+                    ]
+                    r = start(["router", *backends, *mode, "--policy", pol, "--workers", str(w),
+                               *a.router_arg], rp, root)  # fmt: skip
+                    try:
+                        wait_ready(rp)
+                        res = run_client(rp, a, stream=False, cpu_of=r.pid)
+                        res["stream"] = run_client(rp, a, stream=True)
+                        name = f"{label} {pol}, {w} worker{'s' if w > 1 else ''}"
+                        rows.append((name, res, ""))
+                    finally:
+                        stop([r])
         py, why = sglang_python(a)
         if py is None:
             rows.append(("sglang-router", None, why))

@@ -84,8 +84,8 @@ async def test_custom_dispatcher(engines):
         async with aiohttp.ClientSession() as s:
             outs = await asyncio.gather(*[post(s, url) for _ in range(5)])
         assert all(o["usage"]["completion_tokens"] == 4 for o in outs)
-        assert router.metrics.requests.labels(router.backends[1].name, "200")._value.get() == 5
-        assert router.metrics.requests.labels(router.backends[0].name, "200")._value.get() == 0
+        assert router.metrics.answered(router.backends[1].name, 200) == 5
+        assert router.metrics.answered(router.backends[0].name, 200) == 0
     finally:
         await runner.cleanup()
 

@@ -207,3 +207,30 @@ def test_stated_slos_are_forwarded_in_vllm_xargs_for_the_engine_plugin():
     # the engine reads them back from vllm_xargs when the top level has none
     assert _slo({}, {"model": "m", "vllm_xargs": fwd["vllm_xargs"]}, 2.0, 0.1) == (0.5, 0.02, 2)
     assert _slo({}, {"model": "m"}, 2.0, 0.1) == (2.0, 0.1, 0)
+
+
+def test_router_histograms_and_counts_render_as_prometheus_would():
+    from types import SimpleNamespace
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from nexussched.router.prom import RouterMetrics
+
+    b = SimpleNamespace(name="e0", healthy=True, inflight=0, num_running=0, num_waiting=0,
+                        kv_usage=0.0)  # fmt: skip
+    m = RouterMetrics(lambda: [b])
+    for v in (0.001, 0.0011, 1.0, 100.0):  # on a bound counts in it (le), past the last: +Inf
+        m.observe_e2e("e0", v)
+    for status in (200, 200, 502):
+        m.count("e0", status)
+    fams = {f.name: f for f in text_string_to_metric_families(m.render().decode())}
+    e2e = {s.labels.get("le"): s.value for s in fams["nexussched_router_e2e_seconds"].samples
+           if s.name.endswith("_bucket")}  # fmt: skip
+    assert (e2e["0.001"], e2e["0.0025"], e2e["0.5"], e2e["1.0"], e2e["80.0"], e2e["+Inf"]) == (
+        1, 2, 2, 3, 3, 4,
+    )  # fmt: skip
+    total = [s for s in fams["nexussched_router_e2e_seconds"].samples if s.name.endswith("_sum")]
+    assert total[0].value == pytest.approx(101.0021)
+    req = {(s.labels["backend"], s.labels["status"]): s.value
+           for s in fams["nexussched_router_requests"].samples}  # fmt: skip
+    assert req == {("e0", "200"): 2, ("e0", "502"): 1} and m.answered("e0", 200) == 2
