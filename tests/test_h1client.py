@@ -266,3 +266,33 @@ async def test_the_connection_limit_holds_requests_until_one_is_free():
     finally:
         pool.close()
         server.close()
+
+
+async def test_bodies_larger_than_the_buffer_limit_arrive_whole():
+    big = bytes(range(256)) * (3 * 4096)  # 3 MiB, three times HIGH_WATER
+
+    async def answer(reader, writer, n: int):
+        if n == 1:  # a whole answer (read() waits for all of it)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+        else:  # a stream read slowly: reading pauses past the limit and resumes as it is taken
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(big), 65536):
+                part = big[i : i + 65536]
+                writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server, url, conns = await raw_server(answer)
+    pool = H1Pool()
+    try:
+        r = await pool.request(Target.of(url), head(), b"{}", Timeouts(30.0, 2.0))
+        assert await r.read() == big
+        r = await pool.request(Target.of(url), head(), b"{}", Timeouts(30.0, 2.0, idle=10.0))
+        got = []
+        while chunk := await r.readany():
+            got.append(chunk)
+            await asyncio.sleep(0.001)
+        assert b"".join(got) == big and conns == [2]
+    finally:
+        pool.close()
+        server.close()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers
-HIGH_WATER = 1 << 20  # buffered body bytes above which the socket stops being read
+HIGH_WATER = 1 << 20  # buffered bytes of a stream above which the socket stops being read
 KEEPALIVE = (
     4.0  # seconds an idle connection is kept (below uvicorn's 5 s: never reused as it closes)
 )
@@ -181,7 +181,7 @@ class H1Response:
             return
         if self._state == _DONE:
             self._finished()
-        elif self._buffered > HIGH_WATER and not self._paused:
+        elif self._buffered > HIGH_WATER and not self._paused and not self._want_all:
             c = self._conn
             if c is not None and c.transport is not None:
                 self._paused = True
