@@ -135,3 +135,33 @@ def test_several_workers_without_a_backends_file_refuse_changes(spawn):
         assert st == 409 and "--backends-file" in body["error"]["message"], body
     finally:
         r.stop()
+
+
+def test_edit_backends_file_keeps_format_and_mode_and_may_empty_it(tmp_path):
+    import os
+
+    from nexussched.router.backends_file import edit_backends_file
+    from nexussched.router.config import backend_entry, load_backends_file
+
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps([{"url": "http://10.0.0.1:8000", "name": "a"}]))
+    os.chmod(f, 0o600)
+    new = backend_entry({"url": "http://10.0.0.2:8000/v1", "api_key": "k", "models": ["m"]}, "x")
+    edit_backends_file(f, lambda specs: [*specs, new])
+    assert json.loads(f.read_text())["backends"][1] == {
+        "url": "http://10.0.0.2:8000", "name": "10.0.0.2:8000", "api_key": "k", "models": ["m"],
+    }  # fmt: skip
+    assert load_backends_file(f)[1] == new and (f.stat().st_mode & 0o777) == 0o600
+
+    def refuse(specs):
+        raise LookupError("no")
+
+    before = f.read_text()
+    with pytest.raises(LookupError):
+        edit_backends_file(f, refuse)
+    assert f.read_text() == before  # a change that raises writes nothing
+    edit_backends_file(f, lambda specs: [])
+    assert load_backends_file(f, allow_empty=True) == []
+    with pytest.raises(ValueError, match="non-empty"):
+        load_backends_file(f)  # at start an empty file is still an error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "b.json.lock"]
