@@ -131,3 +131,66 @@ def test_report_gives_splitwise_its_best_prefill_decode_split(tmp_path, traces_d
     k = sc["policy_kwargs"]["splitwise"]["prefill_nodes"]
     assert k in (2, 4, 6)  # a quarter, half or three quarters of the 8 engines
     assert f"{k} prefill nodes" in (out / "report.md").read_text()
+
+
+def _drive(job, attainment):
+    """Run a report job generator by hand: each task's run attains attainment(scale)."""
+    from nexussched.eval.jobs import Spawn
+
+    asked: list[float] = []
+    try:
+        got = job.send(None)
+        while True:
+            assert not isinstance(got, Spawn)
+            res = []
+            for task in got:
+                scale = task[4]
+                asked.append(scale)
+                res.append({"slo_attainment": attainment(scale), "stable": True})
+            got = job.send(res)
+    except StopIteration as stop:
+        return stop.value, asked
+
+
+@pytest.mark.parametrize("crossing", [0.07, 0.4, 0.93, 1.0, 1.37, 3.1, 7.5])
+def test_goodput_search_brackets_the_crossing_closely_in_a_few_runs(crossing):
+    """From the operating point (scale 1), the search finds a passing and a failing rate around
+    where a monotone curve crosses 90%, within 15%, in at most 9 runs (a fixed grid took 7-8
+    whatever the pair)."""
+    from nexussched.eval.report import (
+        GOODPUT,
+        ReportConfig,
+        Scenario,
+        _Ctx,
+        _goodput_from,
+        _pair_job,
+    )
+
+    def attain(scale: float) -> float:  # 90% at `crossing`, falling with rate
+        return min(1.0, GOODPUT * (crossing / scale) ** 0.5)
+
+    sc = Scenario("s", "t", 100, "a100:2", 2.0, 0.1, 1.0, "test")
+    ctx = _Ctx(ReportConfig(out=None), [("round_robin", "vllm_default")], lambda m: None)  # type: ignore[arg-type]
+    P, asked = _drive(_pair_job(ctx, sc, 100, "round_robin", "vllm_default", 1.0), attain)
+    assert asked[0] == 1.0 and len(asked) <= 9
+    lo, hi = _goodput_from(P)
+    assert lo is not None and hi is not None
+    assert lo <= crossing * (1 + 1e-9) < hi
+    assert hi / lo < 1.15, (lo, hi, sorted(asked))
+
+
+def test_full_replays_the_larger_mooncake_slice(tmp_path, traces_dir):
+    """The default report replays mooncake-conv's first 500 requests; --full its first 1,500."""
+    sizes = {}
+    for flag in ([], ["--full"]):
+        out = tmp_path / ("full" if flag else "default")
+        rc = main(
+            ["report", "--out", str(out), "--scenarios", "mooncake-conv",
+             "--policies", "round_robin", "--engine-policies", "vllm_default",
+             "--requests-scale", "0.1", "--bisect", "0", "--decisions", "0", "--workers", "1",
+             "--information-scenario", "none", *flag]
+        )  # fmt: skip
+        assert rc == 0
+        res = json.loads((out / "results.json").read_text())
+        sizes[bool(flag)] = res["scenarios"]["mooncake-conv"]["requests"]
+    assert sizes == {False: 50, True: 150}

@@ -63,8 +63,9 @@ def _trace(spec: str, n: int, traces_dir: str | None = None) -> Trace:
     return head(load_trace(spec, traces_dir), n)
 
 
-def _n_requests(sc: Scenario, scale: float) -> int:
-    return max(50, int(round(sc.requests * scale)))
+def _n_requests(sc: Scenario, scale: float, full: bool = False) -> int:
+    base = sc.full if full and sc.full else sc.requests
+    return max(50, int(round(base * scale)))
 
 
 def run_point(sc: Scenario, n: int, policy: str, engine: str, scale: float, seed: int,
@@ -175,20 +176,29 @@ def _split_job(ctx: _Ctx, sc: Scenario, n: int, op: float) -> Job:
 
 
 def _pair_job(ctx: _Ctx, sc: Scenario, n: int, p: str, e: str, op: float) -> Job:
-    """One pair's attainment-vs-rate curve on the grid, then its goodput: brackets below/above
-    the grid where needed, then bisection. Each step starts as soon as the last one is done."""
-    grid = [op * g for g in ctx.cfg.grid]
-    res = yield [ctx.task(sc, n, p, e, s) for s in grid]
-    P: dict[float, dict] = dict(zip(grid, res, strict=True))
-    for _ in range(3):
+    """One pair's goodput, searched from the operating point: the run there (the attainment
+    table's), then steps up while it passes or down while it fails until a passing and a failing
+    rate bracket the target, then `cfg.bisect` interpolated probes between them. Each step starts
+    as soon as the last one is done; the runs make the pair's curve.
+
+    About 4-5 runs a pair: a fixed grid around the operating point spent 7-8, most of them far
+    from the pair's own goodput (the report's cost is its number of runs)."""
+    P: dict[float, dict] = {}
+    (P[op],) = yield [ctx.task(sc, n, p, e, op)]
+    last: tuple[float, float] | None = None  # the step before, while going the same way
+    for _ in range(ctx.cfg.bracket):
         lo, hi = _goodput_from(P)
-        if lo is None and min(P) > op / 64:
-            s = min(P) / 2.0
+        if lo is None and min(P) > op / 16:
+            s0 = min(P)
+            f = 1.0 / _bracket_factor(ctx.cfg.step, s0, P[s0]["slo_attainment"], last)
         elif hi is None and lo is not None and max(P) < op * 8:
-            s = max(P) * 2.0
+            s0 = max(P)
+            f = _bracket_factor(ctx.cfg.step, s0, P[s0]["slo_attainment"], last)
         else:
             break
+        s = s0 * f
         (P[s],) = yield [ctx.task(sc, n, p, e, s)]
+        last = (s0, P[s0]["slo_attainment"])
     for _ in range(ctx.cfg.bisect):
         lo, hi = _goodput_from(P)
         if lo is None or hi is None:
@@ -196,6 +206,24 @@ def _pair_job(ctx: _Ctx, sc: Scenario, n: int, p: str, e: str, op: float) -> Job
         s = _next_probe(lo, P[lo]["slo_attainment"], hi, P[hi]["slo_attainment"])
         (P[s],) = yield [ctx.task(sc, n, p, e, s)]
     return P
+
+
+def _bracket_factor(
+    step: float, s: float, a: float, last: tuple[float, float] | None
+) -> float:  # fmt: skip
+    """How far (a factor > 1) the next bracketing step goes from scale s (attainment a).
+
+    With a point before it on the same side, the secant through both in log-rate aims 20% past
+    where attainment reaches the target, kept within step..step^2; else one step, two when a is
+    far from the target (under a third of it)."""
+    if last is not None:
+        s1, a1 = last
+        slope = (a - a1) / (math.log(s) - math.log(s1)) if s != s1 else 0.0
+        if slope < 0:  # attainment falls with rate, as it should
+            reach = abs((GOODPUT - a) / slope) * 1.2
+            return min(step * step, max(step, math.exp(reach)))
+        return step * step
+    return step * step if a < GOODPUT / 3 else step
 
 
 def _next_probe(lo: float, a_lo: float, hi: float, a_hi: float) -> float:
@@ -208,7 +236,7 @@ def _next_probe(lo: float, a_lo: float, hi: float, a_hi: float) -> float:
 
 
 def _scenario_job(ctx: _Ctx, sc: Scenario) -> Job:
-    n = _n_requests(sc, ctx.cfg.requests_scale)
+    n = _n_requests(sc, ctx.cfg.requests_scale, ctx.cfg.full)
     op, tried = yield from _search_job(ctx, sc, n)
     sc = yield from _split_job(ctx, sc, n, op)
     curves = yield Spawn([_pair_job(ctx, sc, n, p, e, op) for p, e in ctx.pairs])
@@ -246,7 +274,7 @@ def _information_job(ctx: _Ctx, sc: Scenario) -> Job:
     value_of_information.PAIRS under each of its settings (oracle/live view, exact/capped
     max_tokens). The search, the split and the runs under the report's own information are the
     matrix's (memoised), so this adds only the other settings' runs."""
-    n = _n_requests(sc, ctx.cfg.requests_scale)
+    n = _n_requests(sc, ctx.cfg.requests_scale, ctx.cfg.full)
     quiet = replace(ctx, say=lambda m: None)  # the scenario's own job reports the search
     op, _ = yield from _search_job(quiet, sc, n)
     sc = yield from _split_job(quiet, sc, n, op)

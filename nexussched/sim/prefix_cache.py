@@ -24,7 +24,10 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from functools import lru_cache
-from itertools import filterfalse, repeat
+from itertools import compress, filterfalse, repeat
+from operator import not_
+
+_minus_one = (-1).__add__  # c - 1, mapped in C
 
 BlockListener = Callable[[str, list[int]], None]  # ("stored" | "removed", block hashes)
 
@@ -173,9 +176,9 @@ class PrefixCache:
                     freed += 1
             return freed
         # Bulk, in C where it can be (a long prompt holds thousands of blocks)
-        left = [c - 1 for c in map(ref.__getitem__, tail_first)]
+        left = list(map(_minus_one, map(ref.__getitem__, tail_first)))
         ref.update(zip(tail_first, left, strict=True))
-        now_free = [h for h, c in zip(tail_first, left, strict=True) if c == 0]
+        now_free = list(compress(tail_first, map(not_, left)))
         self.lru.update(zip(now_free, repeat(None)))
         return anon + len(now_free)
 
