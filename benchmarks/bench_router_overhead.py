@@ -9,7 +9,7 @@ engine-sims and are compared with round robin (the tail on equal engines). PRISM
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_overhead.py [--streams 64] [--phases 4]
         [--policies round_robin,least_load,prism] [--engines 1]   (a policy may carry knobs:
-        prism:kv_events=false)
+        prism:kv_events=false; round_robin#2 runs round robin again as an A/A control)
 """
 
 from __future__ import annotations
@@ -110,6 +110,9 @@ async def _client(
     return {"ttft": ttfts, "errors": errors[0], "done": done[0]}
 
 
+TAIL_BOUNDS = (0.04, 0.06, 0.1)  # vLLM's TTFT bucket bounds (s) near round robin's p99
+
+
 def _held(port: int) -> int:
     """Requests the router held back (late binding), from its /metrics."""
     import urllib.request
@@ -155,6 +158,15 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
             return lo + (b - lo) * (want - prev) / max(c - prev, 1e-12)
         lo, prev = b, c
     return lo
+
+
+def bucket_share_over(before: dict[float, float], after: dict[float, float], bound: float) -> float:
+    """Share of the observations between two bucket snapshots above `bound` (a bucket bound):
+    exact, where a quantile inside a wide bucket is only interpolated."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    if total <= 0 or bound not in after:
+        return float("nan")
+    return 1.0 - (after[bound] - before.get(bound, 0.0)) / total
 
 
 def proc_cpu(pid: int) -> float:
@@ -236,18 +248,19 @@ def main() -> None:
     pids: dict[str, int] = {}
     try:
         for ep in eps:
-            wait_http(f"http://127.0.0.1:{ep}/health")
+            wait_http(f"http://127.0.0.1:{ep}/health", timeout=180.0)  # a loaded machine
         for pol in policies:
             rp = free_port()
             # NAME or NAME:key=value:key=value (the policy's --policy-arg knobs, e.g.
-            # prism:kv_events=false)
-            name, *knobs = pol.split(":")
+            # prism:kv_events=false); a #tag makes a second side of the same policy (its own
+            # router), e.g. round_robin#2: the A/A control that measures the noise of the table
+            name, *knobs = pol.split("#", 1)[0].split(":")
             mode = ["--mode", "prism"] if name == "prism" else []
             args = [x for k in knobs for x in ("--policy-arg", k)]
             backends = [x for ep in eps for x in ("--backend", f"http://127.0.0.1:{ep}")]
             procs.append(start(["router", *backends, *mode, "--policy", name, *args], rp))
             pids[pol] = procs[-1].pid
-            wait_http(f"http://127.0.0.1:{rp}/health")
+            wait_http(f"http://127.0.0.1:{rp}/health", timeout=180.0)
             sides.append((pol, rp))
         res: dict[str, list[float]] = {name: [] for name, _ in sides}
         errs = {name: 0 for name, _ in sides}
@@ -256,7 +269,13 @@ def main() -> None:
         done = {name: 0 for name, _ in sides}
         # TTFT on the engines' own clocks, per phase (load-robust: where requests queued)
         eng_q: dict[str, dict[float, list[float]]] = {n: {0.5: [], 0.99: []} for n, _ in sides}
+        # engine clock: share of requests whose TTFT passed a bucket bound (exact, per round)
+        eng_tail: dict[str, dict[float, list[float]]] = {
+            n: {b: [] for b in TAIL_BOUNDS} for n, _ in sides
+        }
         phase_p50: dict[str, list[float]] = {name: [] for name, _ in sides}
+        phase_p99: dict[str, list[float]] = {name: [] for name, _ in sides}
+        loads: list[float] = []
         for i in range(a.phases * len(sides)):
             name, port = sides[i % len(sides)]
             c0 = proc_cpu(pids[name]) if name in pids else 0.0
@@ -265,6 +284,8 @@ def main() -> None:
             e1 = engine_ttft_buckets(eps)
             for q in (0.5, 0.99):
                 eng_q[name][q].append(bucket_quantile(e0, e1, q) * 1000)
+            for bound in TAIL_BOUNDS:
+                eng_tail[name][bound].append(bucket_share_over(e0, e1, bound))
             if name in pids:
                 cpu[name] += proc_cpu(pids[name]) - c0
             done[name] += r["done"]
@@ -273,6 +294,10 @@ def main() -> None:
             phase_p50[name].append(
                 float(np.percentile(r["ttft"], 50)) * 1000 if r["ttft"] else np.nan
             )
+            phase_p99[name].append(
+                float(np.percentile(r["ttft"], 99)) * 1000 if r["ttft"] else np.nan
+            )
+            loads.append(os.getloadavg()[0])
         held = {name: _held(port) for name, port in sides if name in pids}
     finally:
         stop(procs)
@@ -306,6 +331,32 @@ def main() -> None:
             for n, _ in sides
         )
     )
+    if len(sides) > 1:
+        # each round runs every side once, back to back: a round's ratio pairs phases that saw
+        # nearly the same machine load, and the spread over rounds says what one run can tell
+        print(f"p99 ratio to {ref} per round (same round), min / median / max over rounds:")
+        for name, _ in sides[1:]:
+            cl = np.array(phase_p99[name]) / np.array(phase_p99[ref])
+            en = np.array(eng_q[name][0.99]) / np.array(eng_q[ref][0.99])
+            print(
+                f"  {name:<28} client {np.nanmin(cl):.3f} / {np.nanmedian(cl):.3f} / "
+                f"{np.nanmax(cl):.3f}   engine clock {np.nanmin(en):.3f} / {np.nanmedian(en):.3f}"
+                f" / {np.nanmax(en):.3f}   ({', '.join(f'{v:.2f}' for v in en)})"
+            )
+        print(
+            "engine clock, share of requests with TTFT over "
+            + " / ".join(f"{b * 1000:.0f}" for b in TAIL_BOUNDS)
+            + " ms (mean over rounds; per round):"
+        )
+        for name, _ in sides:
+            print(
+                f"  {name:<28} "
+                + " / ".join(f"{np.nanmean(eng_tail[name][b]):.2%}" for b in TAIL_BOUNDS)
+                + "   ("
+                + "; ".join(", ".join(f"{v:.2%}" for v in eng_tail[name][b]) for b in TAIL_BOUNDS)
+                + ")"
+            )
+        print(f"load average (1 min) over the phases: {min(loads):.1f}-{max(loads):.1f}")
     print("requests held at the router: " + ", ".join(f"{n} {h}" for n, h in held.items()))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     print(

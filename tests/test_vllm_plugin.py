@@ -12,8 +12,11 @@ the plug-in's publications and the router in front of vLLM, then
 2. runs decodes with a tight per-request TPOT target (sent as `vllm_xargs`) next to a long prompt
    and checks that LENS split that prompt into small chunks where vLLM's default would not (the
    server runs LENS with `bank_spend=0, deprioritize=False`, so every step is held to 85% of that
-   target);
-3. puts PRISM (a live router in this process, `--mode prism` with the Redis plane) in front of that
+   target); the decodes run until the long prompt is done, however late a busy machine lets it
+   arrive;
+3. repeats a prompt prefix: the plug-in's plan credits vLLM's prefix-cache hits before vLLM admits
+   the requests, and its counts of them reach the plane and a router's feed, equal to vLLM's;
+4. puts PRISM (a live router in this process, `--mode prism` with the Redis plane) in front of that
    vLLM and an engine-sim of another speed (l4 profile, real time), both publishing their step
    records to Redis Streams; it prints the vLLM engine's model error as the router learned it
    (against the plug-in's own step records) and each engine's share of the requests, and what a
@@ -274,6 +277,9 @@ def test_replay_through_router_is_planned_recorded_and_learned(stack):
     assert load is not None and load["steps"] > 0 and 0.0 <= load["kv_usage"] <= 1.0
 
 
+DECODE_TOKENS = 2000  # the tight decodes' max_tokens: they are stopped once the long prompt is done
+
+
 def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     rows = read_telemetry(stack["telemetry"])
     decode_only = [r["duration"] for r in rows if r["num_decodes"] and not r["prefill_chunks"]]
@@ -281,21 +287,17 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     import redis
 
     c = redis.Redis(port=stack["redis"].port, decode_responses=True)
-    model_step = read_model(c, TOPIC, ENGINE).predict((), 6, 6 * 250)  # as LENS will see them
+    # The decodes' step as LENS will see it at the longest context they may reach (6 decodes
+    # of a 100-token prompt and up to DECODE_TOKENS tokens): the target leaves room for a chunk
+    # however far they got before the long prompt came (at load 8-9 it came after 300 tokens).
+    model_step = read_model(c, TOPIC, ENGINE).predict((), 6, 6 * (100 + DECODE_TOKENS))
     # A target the decodes meet (measured and predicted), with little room beside them.
     tpot = round(1.5 * max(step, model_step), 4)
-    before = len(rows)
+    before = len(read_telemetry(stack["telemetry"]))
     url = stack["router"].url
 
-    async def run() -> list:
+    async def run() -> tuple[list[int], dict]:
         import aiohttp
-
-        async def post(body: dict, after: asyncio.Task | None = None) -> dict:
-            if after is not None:
-                await after
-            async with session.post(url + "/v1/completions", json=body) as r:
-                assert r.status == 200, await r.text()
-                return await r.json()
 
         async def decoding(n: int) -> None:
             """Until the engine runs n requests (a fixed delay was too short at load 9: the long
@@ -307,21 +309,36 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
                 await asyncio.sleep(0.05)
             raise AssertionError(f"vLLM never ran {n} requests at once")
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-            decodes = [
-                post({"model": MODEL, "prompt": [1000 + i + 7 * k for k in range(100)],
-                      "max_tokens": 300, "ignore_eos": True, "vllm_xargs": {"slo_tpot": tpot}})
-                for i in range(6)
-            ]  # fmt: skip
-            long = post(
-                {"model": MODEL, "prompt": [2000 + (7 * k) % 15000 for k in range(4000)],
-                 "max_tokens": 2, "ignore_eos": True, "vllm_xargs": {"slo_ttft": 30.0}},
-                after=asyncio.create_task(decoding(6)),
-            )  # fmt: skip
-            return await asyncio.gather(*decodes, long)
+        async def decode(i: int, done: asyncio.Event) -> int:
+            """A streamed decode that runs until the long prompt is done (or DECODE_TOKENS),
+            then leaves: its length is a count of the test's, not of how fast the CPU is."""
+            body = {"model": MODEL, "prompt": [1000 + i + 7 * k for k in range(100)],
+                    "max_tokens": DECODE_TOKENS, "ignore_eos": True, "stream": True,
+                    "vllm_xargs": {"slo_tpot": tpot}}  # fmt: skip
+            events = 0
+            async with session.post(url + "/v1/completions", json=body) as r:
+                assert r.status == 200, await r.text()
+                async for line in r.content:
+                    if line.startswith(b"data: {"):
+                        events += 1
+                    if done.is_set():
+                        break  # closing the stream aborts the request in vLLM
+            return events
 
-    res = asyncio.run(run())
-    assert all(r["usage"]["completion_tokens"] in (300, 2) for r in res)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+            done = asyncio.Event()
+            decodes = [asyncio.create_task(decode(i, done)) for i in range(6)]
+            await decoding(6)
+            body = {"model": MODEL, "prompt": [2000 + (7 * k) % 15000 for k in range(4000)],
+                    "max_tokens": 2, "ignore_eos": True, "vllm_xargs": {"slo_ttft": 30.0}}  # fmt: skip
+            async with session.post(url + "/v1/completions", json=body) as r:
+                assert r.status == 200, await r.text()
+                long = await r.json()
+            done.set()
+            return list(await asyncio.gather(*decodes)), long
+
+    events, long = asyncio.run(run())
+    assert long["usage"]["completion_tokens"] == 2
     time.sleep(1.0)
     rows = read_telemetry(stack["telemetry"])[before:]
     # Steps that ran the long prompt (the only one past 100 tokens) beside the tight decodes.
@@ -333,17 +350,120 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     sizes = [sum(n for n, _ in r["prefill_chunks"]) for r in mixed]
     predicted = float(np.median([r["predicted"] for r in mixed])) if mixed else float("nan")
     print(
-        f"decode step {step * 1000:.1f} ms (model {model_step * 1000:.1f} ms), TPOT target "
-        f"{tpot * 1000:.1f} ms: {len(mixed)} steps "
+        f"decode step {step * 1000:.1f} ms (model at {DECODE_TOKENS} tokens "
+        f"{model_step * 1000:.1f} ms), TPOT target {tpot * 1000:.1f} ms: the decodes had "
+        f"{min(events)}-{max(events)} tokens when the long prompt was done; {len(mixed)} steps "
         f"ran the long prompt beside the decodes, chunks {sizes[:12]}..., predicted "
         f"{predicted * 1000:.1f} ms (median)"
     )
+    # The decodes were still running when the long prompt was done (else no step could mix
+    # them: the test's premise, not LENS's doing).
+    assert max(events) < DECODE_TOKENS, events
     # vLLM's default (FCFS, 2048-token budget) runs 2042 of its tokens in one step beside the
     # decodes; LENS gives it only what fits in 85% of the decodes' TPOT target as its model sees it
     # (a CPU stall can make one step's budget look larger: the typical chunk is the claim).
     assert len(mixed) >= 3
     assert float(np.median(sizes)) <= 256 and max(sizes) < 2042
     assert predicted <= 0.85 * tpot * 1.1
+
+
+def test_prefix_cache_hits_are_planned_by_the_plugin_and_counted_on_the_plane(stack):
+    """A prompt prefix repeated: vLLM serves it from its prefix cache, the plug-in's plan credits
+    the cached tokens before vLLM admits the requests (its own side-effect-free lookup,
+    `find_longest_cache_hit`), so the planned chunks are the uncached tails and vLLM follows them;
+    the plug-in counts the hits and its load snapshot carries them over the plane to a router's
+    stream feed, equal to vLLM's own counters. Counts only: nothing here depends on timing."""
+    import redis
+    import redis.asyncio as aioredis
+
+    from nexussched.router import vllm_metrics as vm
+    from nexussched.router.stream_feed import StreamFeed
+    from nexussched.router.vllm_metrics import parse_vllm_metrics
+
+    server, url = stack["server"], stack["router"].url
+    bs = parse_vllm_metrics(_get(server.url + "/metrics", timeout=10.0)[1]).block_size
+    assert bs, "vLLM's /metrics has no block size (vllm:cache_config_info)"
+    n_prefix = 8 * bs  # whole blocks: the part a later prompt can find cached
+    prefix = [4000 + (11 * k) % 9000 for k in range(n_prefix)]
+    tails = [[25000 + 50 * j + k for k in range(bs // 2 + 3 + j)] for j in range(7)]
+    repeats = len(tails) - 1
+
+    def counters() -> dict[str, float]:
+        text = _get(server.url + "/metrics", timeout=10.0)[1]
+        return {"hits": metric(text, "vllm:prefix_cache_hits_total"),
+                "queries": metric(text, "vllm:prefix_cache_queries_total"),
+                "cached": parse_vllm_metrics(text).totals[vm.CACHED]}  # fmt: skip
+
+    async def post_all(prompts: list[list[int]]) -> list[dict]:
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+
+            async def post(prompt: list[int]) -> dict:
+                body = {"model": MODEL, "prompt": prompt, "max_tokens": 4, "ignore_eos": True}
+                async with session.post(url + "/v1/completions", json=body) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.json()
+
+            return await asyncio.gather(*(post(p) for p in prompts))
+
+    asyncio.run(post_all([prefix + tails[0]]))  # the first: computes the prefix, caches it
+    time.sleep(1.0)
+    before_rows = len(read_telemetry(stack["telemetry"]))
+    before = counters()
+    # the repeats arrive together: they wait in vLLM's queue, where the plan sees them
+    res = asyncio.run(post_all([prefix + t for t in tails[1:]]))
+    assert all(r["usage"]["completion_tokens"] == 4 for r in res)
+    time.sleep(1.5)  # the last steps' records, vLLM's counters and the idle engine's snapshot
+    after = counters()
+    rows = read_telemetry(stack["telemetry"])[before_rows:]
+    admitted = [r for r in rows if "prefix_hit" in r]
+    hit = sum(r["prefix_hit"] for r in admitted)
+    seen = sum(r["prefix_seen"] for r in admitted)
+    # each repeat's first chunk: its own tail, after the cached prefix
+    tail_chunks = sorted(n for r in rows for n, ctx in r["prefill_chunks"] if ctx == n_prefix)
+
+    c = redis.Redis(port=stack["redis"].port, decode_responses=True)
+    load = read_load(c, TOPIC, ENGINE)
+
+    async def router_view() -> dict:
+        """What a router replica's telemetry feed holds of this engine's load (the plane)."""
+        r = aioredis.from_url(f"redis://127.0.0.1:{stack['redis'].port}/0")
+        feed = StreamFeed(lambda i, rec: None, [_Named(ENGINE, server.url)], r, TOPIC,
+                          count=100_000)  # fmt: skip
+        try:
+            for _ in range(200):
+                if not await feed.poll_once() and 0 in feed.loads:
+                    break
+            return feed.loads.get(0, {})
+        finally:
+            await r.aclose()
+
+    seen_by_router = asyncio.run(router_view())
+    print(
+        f"prefix of {n_prefix} tokens ({bs}-token blocks) repeated {repeats} times: vLLM found "
+        f"{after['hits'] - before['hits']:.0f} of {after['queries'] - before['queries']:.0f} "
+        f"prompt tokens cached; the plug-in's plan credited {seen} before admission, vLLM admitted "
+        f"{hit} cached in {len(admitted)} steps (followed: {sum(r['followed'] for r in admitted)}); "
+        f"tail chunks {tail_chunks}; plane: prefix hits {load.get('prefix_hits')} of queries "
+        f"{load.get('prefix_queries')} (vLLM's counters {after['hits']:.0f} / "
+        f"{after['queries']:.0f}), router's feed {seen_by_router.get('prefix_hits')}"
+    )
+    assert after["hits"] - before["hits"] == repeats * n_prefix
+    assert after["cached"] - before["cached"] == repeats * n_prefix
+    # the plug-in saw what vLLM found, before vLLM looked, and planned only the tails
+    assert hit == seen == repeats * n_prefix
+    assert tail_chunks == sorted(len(t) for t in tails[1:])
+    assert all(r["planned"] and r["followed"] for r in admitted)
+    # its counts reach the plane, and a router reading it, equal to vLLM's own
+    assert load["prefix_hits"] == after["hits"] and load["prefix_queries"] == after["queries"]
+    assert seen_by_router.get("prefix_hits") == load["prefix_hits"]
+
+
+class _Named:
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
 
 
 def served(url: str) -> int:

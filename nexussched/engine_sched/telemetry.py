@@ -85,7 +85,10 @@ class StepSink:
         self.publisher = publisher
         self.steps = 0
 
-    def on_step(self, rec: StepRecord, extra: dict | None = None) -> None:
+    def on_step(self, rec: StepRecord, extra: dict | None = None, idle: bool = False) -> None:
+        """`idle`: this step left the engine with nothing to run. Its load snapshot then goes out
+        at once, not at the next period (no step would come to send it): the plane shows the idle
+        engine and the counts of its last work instead of the last busy snapshot."""
         m = self.model()
         predicted = m.predict(rec.prefill_chunks, rec.num_decodes, rec.decode_ctx_sum)
         self.learn(rec)
@@ -99,7 +102,7 @@ class StepSink:
         pub = self.publisher
         if pub is not None:
             pub.step(rec)
-            if pub.due():
+            if idle or pub.due():
                 pub.offer(m, self.steps, self.load())
 
     def close(self) -> None:

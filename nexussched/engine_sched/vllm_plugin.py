@@ -158,6 +158,9 @@ class _LensMixin:
         self.lens_clock = StepClock()
         self.lens_first_token: dict[str, float] = {}
         self.lens_stats = {"steps": 0, "planned": 0, "followed": 0, "plan_us_max": 0.0}
+        # prefix cache at admission, as vLLM's prefix_cache_{queries,hits}_total count it (new
+        # requests, not preempted ones): prompt tokens looked up and tokens found cached
+        self.lens_prefix = {"queries": 0, "hits": 0}
         self._lens_budget = self.max_num_scheduled_tokens
         out = None
         if cfg.telemetry_path:
@@ -272,9 +275,11 @@ class _LensMixin:
         plan = None
         plan_us = 0.0
         held: list = []
+        seen: dict[str, int] = {}  # waiting request -> cached tokens the plan credited it with
         if self.lens_cfg.plan and (self.running or self.waiting or self.kv_holding_waiting):
             t0 = time.perf_counter()
             state = self._lens_state(time.time())
+            seen = {p.id: p.computed for p in state.prefills if not p.running and p.computed}
             plan = self.lens.plan(state)
             if plan.order or state.decodes:
                 held = self._lens_apply(plan, state)
@@ -297,6 +302,13 @@ class _LensMixin:
                 "budget": plan.token_budget if plan is not None else self._lens_budget,
                 "followed": plan is not None and _followed(plan, out),
             }
+            if out.scheduled_new_reqs:
+                hits, queries, credited = self._lens_admitted(out, seen)
+                if hits or credited:
+                    # vLLM's prefix-cache hit for the requests it admitted this step, and what
+                    # the plan had credited them with (its own lookup before vLLM's)
+                    extra["prefix_hit"] = hits
+                    extra["prefix_seen"] = credited
             if plan is not None and not extra["followed"]:
                 # What was planned and what vLLM scheduled instead, for diagnosis.
                 got = out.num_scheduled_tokens
@@ -307,6 +319,22 @@ class _LensMixin:
                 }
             self.lens_clock.scheduled(out, time.monotonic(), rec, **extra)
         return out
+
+    def _lens_admitted(self, out, seen: dict[str, int]) -> tuple[int, int, int]:
+        """(cached tokens, prompt tokens, tokens the plan credited as cached) of the requests vLLM
+        admitted this step; preempted ones coming back are not counted, as in vLLM's stats."""
+        hits = queries = credited = 0
+        for nr in out.scheduled_new_reqs:
+            r = self.requests.get(nr.req_id)
+            if r is not None and r.num_preemptions > 0:
+                continue
+            hits += nr.num_computed_tokens
+            queries += len(nr.prompt_token_ids or ())
+            credited += seen.get(nr.req_id, 0)
+        px = self.lens_prefix
+        px["queries"] += queries
+        px["hits"] += hits
+        return hits, queries, credited
 
     def update_from_output(self, scheduler_output, model_runner_output):
         done = None
@@ -373,7 +401,8 @@ class _LensMixin:
         st["planned"] += bool(extra.get("planned"))
         st["followed"] += bool(extra.get("followed"))
         st["plan_us_max"] = max(st["plan_us_max"], float(extra.get("plan_us", 0.0)))
-        self.lens_sink.on_step(rec, extra)
+        idle = not (self.running or self.waiting or self.kv_holding_waiting)
+        self.lens_sink.on_step(rec, extra, idle)
 
     def _lens_load(self) -> dict:
         queued = 0
@@ -393,6 +422,8 @@ class _LensMixin:
             "queued_prefill_tokens": queued,
             "decode_ctx_sum": dctx,
             "steps": self.lens_stats["steps"],
+            "prefix_queries": self.lens_prefix["queries"],
+            "prefix_hits": self.lens_prefix["hits"],
             "t": time.time(),
         }
 

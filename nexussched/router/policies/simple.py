@@ -29,18 +29,27 @@ class RoundRobin(RoutingPolicy):
 class LeastLoad(RoutingPolicy):
     """Fewest queued + running requests, counted as of now rather than as of the last scrape.
 
-    An engine's load is its scraped running + waiting plus the requests this router sent it since
-    that scrape, less those that finished since (a scrape is up to SCRAPE_PERIOD old: without the
-    correction an engine whose requests just finished looks busy until the next scrape, and every
-    request herds onto the other one), and never below the router's own count in flight. Ties go
-    to a random engine among the least loaded (seeded), so equal engines fill evenly without the
-    lockstep of a rotating offset.
+    `signal="scrape"` (default): an engine's load is its scraped running + waiting plus the
+    requests this router sent it since that scrape, less those that finished since (a scrape is
+    up to SCRAPE_PERIOD old: without the correction an engine whose requests just finished looks
+    busy until the next scrape, and every request herds onto the other one), and never below the
+    router's own count in flight. `signal="inflight"`: the router's own count in flight only (what
+    one router in front of its engines knows exactly; other routers' requests are unseen).
+    Ties go to a random engine among the least loaded (seeded), so equal engines fill evenly
+    without the lockstep of a rotating offset. `sample=k` (k >= 2): the least loaded of k healthy
+    engines drawn at random ("power of k choices"); 0 compares them all.
     """
 
     name = "least_load"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, signal: str = "scrape", sample: int = 0) -> None:
+        if signal not in ("scrape", "inflight"):
+            raise ValueError(f"least_load signal must be 'scrape' or 'inflight', not {signal!r}")
+        if sample < 0 or sample == 1:
+            raise ValueError(f"least_load sample must be 0 (all engines) or >= 2, not {sample}")
         self._rng = random.Random(seed)
+        self._scraped = signal == "scrape"
+        self._sample = sample
         self._scrape: list[float | None] = []  # last_scrape each correction counts from
         self._delta: list[int] = []  # sends - finishes since that scrape
 
@@ -49,38 +58,46 @@ class LeastLoad(RoutingPolicy):
             self._scrape.append(None)
             self._delta.append(0)
 
+    def _load(self, i: int, e: EngineView) -> int:
+        if not self._scraped:
+            return e.inflight
+        ls = getattr(e, "last_scrape", None)
+        if ls != self._scrape[i]:
+            self._scrape[i] = ls
+            self._delta[i] = 0
+        load = e.num_running + e.num_waiting + self._delta[i]
+        inf = e.inflight
+        return inf if inf > load else load
+
     def route(self, req: RequestInfo, engines: Sequence[EngineView], now: float) -> int:
         n = len(engines)
         if len(self._delta) < n:
             self._grow(n)
-        scrape = self._scrape
-        delta = self._delta
+        rng = self._rng
+        cand: Sequence[int] = range(n)
+        if self._sample and n > self._sample:
+            up = [i for i in range(n) if engines[i].healthy]
+            if len(up) > self._sample:
+                cand = rng.sample(up, self._sample)
         best = -1
         best_load = 1 << 62
         ties = 0
-        for i in range(n):
+        for i in cand:
             e = engines[i]
             if not e.healthy:
                 continue
-            ls = getattr(e, "last_scrape", None)
-            if ls != scrape[i]:
-                scrape[i] = ls
-                delta[i] = 0
-            load = e.num_running + e.num_waiting + delta[i]
-            inf = e.inflight
-            if inf > load:
-                load = inf
+            load = self._load(i, e)
             if load < best_load:
                 best_load = load
                 best = i
                 ties = 1
             elif load == best_load:
                 ties += 1
-                if self._rng.random() * ties < 1.0:  # uniform among the ties (reservoir)
+                if rng.random() * ties < 1.0:  # uniform among the ties (reservoir)
                     best = i
         if best < 0:
             raise NoEngineAvailable("no healthy engine")
-        delta[best] += 1
+        self._delta[best] += 1
         return best
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
