@@ -4,8 +4,10 @@ One engine-sim (a100 profile, real time) and one router per policy in front of i
 client process keeps C streaming requests in flight (closed loop) and measures TTFT at the first
 content chunk. Phases cycle (direct, router with each policy, direct, ...) so drift in machine load
 hits every side. With `--engines N` (N > 1) there is no "direct": the routers front N equal
-engine-sims and are compared with round robin (the tail on equal engines). PRISM runs as deployed
-(`--mode prism`, learning from the engines' step telemetry).
+engine-sims and are compared with round robin (the tail on equal engines); each round runs every
+side once (in an order that rotates) and its p99 ratios pair phases of nearly the same machine
+load; a side named twice (round_robin#2) measures how far two runs of the same policy differ.
+PRISM runs as deployed (`--mode prism`, learning from the engines' step telemetry).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_overhead.py [--streams 64] [--phases 4]
         [--policies round_robin,least_load,prism] [--engines 1]   (a policy may carry knobs:
@@ -276,8 +278,16 @@ def main() -> None:
         phase_p50: dict[str, list[float]] = {name: [] for name, _ in sides}
         phase_p99: dict[str, list[float]] = {name: [] for name, _ in sides}
         loads: list[float] = []
-        for i in range(a.phases * len(sides)):
-            name, port = sides[i % len(sides)]
+        # One unmeasured phase per side first: the first phases of a run were the slowest of it
+        # (p50 1,159 ms against 25 ms after, on a loaded machine), and they fell on whichever
+        # side came first in every round, round robin's as the reference.
+        warm = argparse.Namespace(**{**vars(a), "seconds": min(a.seconds, 2.0)})
+        for _, port in sides:
+            run_client(port, warm)
+        n = len(sides)
+        for i in range(a.phases * n):
+            # each round starts one side later, so no side always follows the same one
+            name, port = sides[(i + i // n) % n]
             c0 = proc_cpu(pids[name]) if name in pids else 0.0
             e0 = engine_ttft_buckets(eps)
             r = run_client(port, a)

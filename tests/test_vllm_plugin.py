@@ -299,15 +299,26 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     async def run() -> tuple[list[int], dict]:
         import aiohttp
 
-        async def decoding(n: int) -> None:
-            """Until the engine runs n requests (a fixed delay was too short at load 9: the long
-            prompt was prefilled before the decodes ran, and no step mixed them)."""
-            for _ in range(6000):
+        async def decoding(tasks: list[asyncio.Task]) -> None:
+            """Until the engine runs the decodes (a fixed delay was too short at load 9: the long
+            prompt was prefilled before the decodes ran, and no step mixed them). A decode that
+            failed, or ended before the others started, is the error to show."""
+            running = 0.0
+            for _ in range(1500):
                 async with session.get(stack["server"].url + "/metrics") as r:
-                    if metric(await r.text(), "vllm:num_requests_running") >= n:
-                        return
-                await asyncio.sleep(0.05)
-            raise AssertionError(f"vLLM never ran {n} requests at once")
+                    running = metric(await r.text(), "vllm:num_requests_running")
+                if running >= len(tasks):
+                    return
+                for t in tasks:
+                    if t.done():
+                        t.result()  # raises what the decode met
+                        raise AssertionError(f"a decode ended after {t.result()} tokens, before "
+                                             f"vLLM ran all {len(tasks)}")  # fmt: skip
+                await asyncio.sleep(0.2)
+            raise AssertionError(
+                f"vLLM never ran {len(tasks)} requests at once (last: {running:.0f}); the "
+                f"router's log:\n{stack['router'].log_tail()}"
+            )
 
         async def decode(i: int, done: asyncio.Event) -> int:
             """A streamed decode that runs until the long prompt is done (or DECODE_TOKENS),
@@ -317,7 +328,7 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
                     "vllm_xargs": {"slo_tpot": tpot}}  # fmt: skip
             events = 0
             async with session.post(url + "/v1/completions", json=body) as r:
-                assert r.status == 200, await r.text()
+                assert r.status == 200, (r.status, await r.text())
                 async for line in r.content:
                     if line.startswith(b"data: {"):
                         events += 1
@@ -328,7 +339,7 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
             done = asyncio.Event()
             decodes = [asyncio.create_task(decode(i, done)) for i in range(6)]
-            await decoding(6)
+            await decoding(decodes)
             body = {"model": MODEL, "prompt": [2000 + (7 * k) % 15000 for k in range(4000)],
                     "max_tokens": 2, "ignore_eos": True, "vllm_xargs": {"slo_ttft": 30.0}}  # fmt: skip
             async with session.post(url + "/v1/completions", json=body) as r:
