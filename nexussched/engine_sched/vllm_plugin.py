@@ -13,7 +13,11 @@ synchronous `vllm.v1.core.sched.scheduler.Scheduler`:
   engines batch.
 With NEXUS_REDIS_URL set, both publish every step record and a load snapshot to the engine's Redis
 Stream and its fitted model to the plane (engine_sched/publish.py, one background thread), which
-every router replica reads (router/stream_feed.py). Only this module imports vLLM; nothing else in
+every router replica reads (router/stream_feed.py). The load snapshot carries the prefix cache's
+counts at admission (`prefix_queries`, `prefix_hits`: prompt tokens looked up and found cached, as
+vLLM's prefix_cache_*_total count them) and goes out at once when the engine goes idle; a step
+that admitted cached requests records `prefix_hit` (vLLM's) and `prefix_seen` (what the plan had
+credited them with, from the same lookup) in the JSONL telemetry. Only this module imports vLLM; nothing else in
 nexussched imports it.
 
 Each step, before vLLM's own `schedule()` runs, the plug-in builds a StepState from the running
