@@ -285,3 +285,62 @@ def test_kv_sent_since_a_scrape_counts_until_the_next_scrape_not_the_next_tick()
     assert p.route(info(9, prompt=1000, t=0.55), views, 0.55) == 0
     p.tick(views, 0.6)
     assert e.kv_load() == pytest.approx(0.02 * e.kv_tokens + e.flights[9].kv)
+
+
+def test_a_long_prompt_still_prefilling_keeps_its_engine_busy_until_its_first_token():
+    """vLLM admits first come first served and gives the running requests the token budget
+    first: while a long prompt is prefilled in chunks, what arrives after it waits. A scrape
+    counts that prompt as running, not waiting; PRISM must still count its prefill (it has had
+    no first token back) instead of taking the engine for free, and free it at the first token."""
+    p = Prism(late_binding=False, rebind=False)
+    teach(p, 0, 1.0)
+    teach(p, 1, 1.0)
+    views = [View("a"), View("b")]
+    p.place(info(0, prompt=40000, ttft=10.0), 0, 0.0)  # a long prompt on engine 0
+    for k in (1, 2, 3):  # engine 1 decodes three answers (their first tokens came back)
+        p.place(info(k, prompt=500), 1, 0.0)
+        p.on_first_token(k, 1, 0.1)
+    for v in views:  # the scrape: engine 0 runs its long prompt, nothing waits anywhere
+        v.last_scrape, v.num_waiting = 0.5, 0
+    views[0].num_running, views[1].num_running = 1, 3
+    p.tick(views, 0.5)
+    e0 = p._eng[0]
+    assert e0.U > 0.5 + 1.0  # the rest of the long prefill is still ahead of a newcomer
+    # so a short request goes to the engine with decodes, not behind the long prefill (before
+    # the fix the scrape pulled engine 0's clock back to the scrape, and its fewer decodes won)
+    assert p.route(info(4, prompt=800, t=0.6), views, 0.6) == 1
+    assert p.predict(info(5, prompt=800, t=0.6), 0, 0.6)[0] > 1.0
+    # its first token came back: its prefill is done, nothing is ahead of a newcomer there
+    p.on_first_token(0, 0, 1.0)
+    p.tick(views, 1.0)
+    assert e0.U <= 1.0 + 1e-9
+    assert p.predict(info(6, prompt=800, t=1.0), 0, 1.0)[0] < 0.5
+
+
+def test_a_prompt_no_engine_can_prefill_in_time_waits_for_spare_room():
+    """A prompt whose prefill alone outlasts its TTFT SLO on every engine (an idle one
+    included) cannot make it anywhere; sent at once it would hold up every request behind it
+    on an engine that admits first come first served. It waits at the router with the late
+    requests, and an engine that falls idle takes it. A cold model proves nothing: before an
+    engine's prefill speed is learned, such a prompt is routed as any other."""
+    cold = Prism()
+    views = [View("a"), View("b")]
+    huge = info(0, prompt=60000, ttft=1.0)
+    assert cold.route(huge, views, 0.0) is not None  # nothing learned yet: routed
+    p, off = Prism(), Prism(defer_hopeless=False)
+    for q in (p, off):
+        teach(q, 0, 1.0)
+        teach(q, 1, 1.0)
+        for idx in (0, 1):  # both engines busy
+            assert q.route(info(10 + idx, prompt=2000), views, 0.0) is not None
+    assert off.route(huge, views, 0.0) in (0, 1)  # off: sent at once
+    assert p.route(huge, views, 0.0) is None and p.held == 1
+    # a request that can still make its TTFT is not held back by it
+    assert p.route(info(1, prompt=2000, t=0.1), views, 0.1) in (0, 1)
+    assert p.held == 1
+    # engine 1 falls idle: it takes the late prompt
+    for k in (1, 10, 11):
+        if p._reqs[k].engine == 1:
+            p.on_finish(k, 1, 0.5)
+    got = [r.id for r in p.pull(1, views, 0.6)]
+    assert got == [0] and p.held == 0

@@ -193,6 +193,21 @@ class Prism(PrismPredictor, RoutingPolicy):
                 )
         if home >= 0 and home != best and (home_key[0] or now + best_t * margin > r.deadline):
             best, best_t = home, home_t
+        if (
+            self.holds
+            and cfg.defer_hopeless
+            and eng[best if best >= 0 else wait_best].paced
+            and now + self._min_prefill(r) * margin > r.deadline
+            and not any(e.n + e.rn == 0 and P < e.kv_tokens for e in eng[:n])
+        ):
+            # It cannot make its TTFT anywhere, and the engine it would go to admits first come
+            # first served (PRISM paces it): it would hold up everything sent there after it.
+            # It waits with the late ones, served from spare room. (An engine that orders its
+            # queue by TTFT slack, LENS, serves it last by itself: it goes there at once.)
+            r.hopeless = True
+            self._hopeless.append((r.key, r.prompt, r))
+            self._reqs[req.id] = r
+            return None
         if best >= 0 and not (
             hits is not None
             and self.holds
@@ -237,6 +252,7 @@ class Prism(PrismPredictor, RoutingPolicy):
         r.bound = now
         paced = self._router_paced(e)
         u = e.U if e.U > now else now
+        r.end = u + work
         if paced or u + work <= r.deadline:
             r.work = work
             e.U = u + work
@@ -368,6 +384,13 @@ class Prism(PrismPredictor, RoutingPolicy):
                     del self._reqs[req_id]
                     return True
         return False
+
+    def on_first_token(self, req_id: object, idx: int, now: float) -> None:
+        r = self._reqs.get(req_id)
+        if r is not None and not r.first:
+            r.first = True
+            if r.engine >= 0 and req_id in self._eng[r.engine].flights:
+                self._eng[r.engine].unfirst -= 1
 
     def on_finish(self, req_id: object, idx: int, now: float) -> None:
         r = self._reqs.pop(req_id, None)

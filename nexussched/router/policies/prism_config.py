@@ -60,6 +60,12 @@ class PrismConfig:
     # TTFT; where none would meet it, to the one holding most (a late request costs least there).
     # Off: always the soonest.
     prefix_affinity: bool = True
+    # A request that no engine could prefill within its TTFT SLO even with nothing queued ahead
+    # (a prompt too long for the SLO), bound for an engine PRISM paces (first come first served,
+    # as vLLM's default), waits at the router with the late ones and is served only from spare
+    # room (or after age_limit), so it does not delay the requests that can still make theirs.
+    # Off: it goes to the engine predicted to serve it soonest, as any request.
+    defer_hopeless: bool = True
     # Where engines publish KV events (vLLM's BlockStored / BlockRemoved; engine-sim and the
     # simulator do), the index follows them: exact evictions instead of an LRU guess.
     kv_events: bool = True

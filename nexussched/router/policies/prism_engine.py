@@ -19,7 +19,7 @@ class ReqState:
     """A request PRISM has seen: held at the router or in flight at an engine."""
 
     __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
-                 "pace", "bound", "hits", "kv")  # fmt: skip
+                 "pace", "bound", "hits", "kv", "end", "first")  # fmt: skip
 
     def __init__(self, info: RequestInfo, key: tuple, out: float) -> None:
         self.info = info
@@ -40,6 +40,8 @@ class ReqState:
         # there hold (a hit on those takes no new block; a hit on a cached block no request holds
         # does: vLLM counts such blocks free until a request references them again)
         self.kv = self.ctx
+        self.end = -INF  # when it was predicted to have prefilled, where it went (at binding)
+        self.first = False  # its first token has come back (the router relayed it)
 
     def hit(self, idx: int) -> int:
         h = self.hits
@@ -53,7 +55,7 @@ class EngineState:
                  "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
                  "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_at", "kv_new", "paced",
                  "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf",
-                 "live")  # fmt: skip
+                 "live", "unfirst")  # fmt: skip
 
     def __init__(self, model: PerfModel, idx: int = 0) -> None:
         self.idx = idx
@@ -84,6 +86,7 @@ class EngineState:
         self.kv_tokens = INF
         self.kv_used = 0.0
         self.flights: dict[object, ReqState] = {}  # in dispatch order
+        self.unfirst = 0  # of them, those whose first token has not come back
         # prompt blocks (RequestInfo.prefix_hashes) of the requests in flight here: how many
         # of them hold each (they share one cached block)
         self.live: dict[int, int] = {}
@@ -172,6 +175,8 @@ class EngineState:
     def add(self, r: ReqState) -> None:
         r.kv = kv = self.kv_need(r)
         self.flights[r.info.id] = r
+        if not r.first:
+            self.unfirst += 1
         self.n += 1
         self.ctx += r.ctx
         self.kv_used += kv
@@ -186,6 +191,8 @@ class EngineState:
     def drop(self, r: ReqState) -> None:
         if self.flights.pop(r.info.id, None) is None:
             return
+        if not r.first:
+            self.unfirst -= 1
         self.n -= 1
         self.ctx -= r.ctx
         self.kv_used -= r.kv
@@ -197,7 +204,7 @@ class EngineState:
             else:
                 live.pop(h, None)
         if self.n <= 0:
-            self.n, self.ctx, self.kv_used = 0, 0.0, 0.0
+            self.n, self.ctx, self.kv_used, self.unfirst = 0, 0.0, 0.0, 0
             live.clear()
         self._rebase()
 
@@ -234,15 +241,31 @@ class EngineState:
             return None
         k = int(v.num_waiting or 0)
         later: list[ReqState] = []
+        work = 0.0
         u = ts
+        # requests here with no first token yet, not yet looked at (their prefill time is
+        # trusted once the engine's pace is: before, the scrape alone tells)
+        left = self.unfirst if self.mixed >= MIXED_MIN else 0
         for r in reversed(self.flights.values()):
+            if left <= 0 and k <= 0 and r.bound <= ts:
+                break
+            if not r.first:
+                left -= 1
             if r.bound > ts:
                 later.append(r)
             elif k > 0:
-                u += r.work
+                work += r.work
                 k -= 1
-            else:
-                break
+            elif not r.first:
+                # Running, but no first token yet: its prompt is still being prefilled (a long
+                # one, in chunks), and vLLM's first-come-first-served scheduling gives the
+                # running ones the token budget first. The scrape counts it as running, not
+                # waiting, yet what waits starts after it: until its predicted end, or, as it
+                # had started by the scrape, its own prefill time after the scrape at most.
+                end = r.end if r.end < ts + r.work else ts + r.work
+                if end > u:
+                    u = end
+        u += work
         for r in reversed(later):
             u = (u if u > r.bound else r.bound) + r.work
         return u

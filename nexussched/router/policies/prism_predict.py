@@ -193,6 +193,20 @@ class PrismPredictor:
                     best = t
         return best
 
+    def _min_prefill(self, r: ReqState) -> float:
+        """Fastest prefill of r on any engine were it alone there: its compute (the uncached
+        tail) and one step (a lower bound on its TTFT whatever the load). 0 while an engine's
+        prefill speed is not yet learned (a cold model's prior proves nothing)."""
+        best = INF
+        for e in self._eng:
+            if e.mixed < MIXED_MIN:
+                return 0.0
+            if r.prompt < e.kv_tokens:
+                t = e.prefill_work(r.prompt, r.hit(e.idx)) + e.c4
+                if t < best:
+                    best = t
+        return best
+
     def _best_prefill(self, r: ReqState) -> float:
         """Fastest prefill of r on any engine, ignoring queues (a lower bound on its TTFT)."""
         best = INF
