@@ -200,10 +200,11 @@ class Prism(PrismPredictor, RoutingPolicy):
             and now + self._min_prefill(r) * margin > r.deadline
             and not any(e.n + e.rn == 0 and P < e.kv_tokens for e in eng[:n])
         ):
-            # It cannot make its TTFT anywhere, and the engine it would go to admits first come
-            # first served (PRISM paces it): it would hold up everything sent there after it.
-            # It waits with the late ones, served from spare room. (An engine that orders its
-            # queue by TTFT slack, LENS, serves it last by itself: it goes there at once.)
+            # It cannot make its TTFT anywhere, and the engine it would go to is one PRISM paces
+            # (its decodes do not keep their pace while prefills queue, as under vLLM's
+            # first-come-first-served batching): there it would hold up what is sent after it.
+            # It waits with the late ones, served from spare room. (An engine seen to keep its
+            # decodes' pace, a slack-ordered planner such as LENS, gets it at once.)
             r.hopeless = True
             self._hopeless.append((r.key, r.prompt, r))
             self._reqs[req.id] = r

@@ -61,8 +61,8 @@ class PrismConfig:
     # Off: always the soonest.
     prefix_affinity: bool = True
     # A request that no engine could prefill within its TTFT SLO even with nothing queued ahead
-    # (a prompt too long for the SLO), bound for an engine PRISM paces (first come first served,
-    # as vLLM's default), waits at the router with the late ones and is served only from spare
+    # (a prompt too long for the SLO), bound for an engine PRISM paces (see self_paced_itl; vLLM's
+    # default batching is), waits at the router with the late ones and is served only from spare
     # room (or after age_limit), so it does not delay the requests that can still make theirs.
     # Off: it goes to the engine predicted to serve it soonest, as any request.
     defer_hopeless: bool = True
