@@ -178,7 +178,8 @@ def _split_job(ctx: _Ctx, sc: Scenario, n: int, op: float) -> Job:
 def _pair_job(ctx: _Ctx, sc: Scenario, n: int, p: str, e: str, op: float) -> Job:
     """One pair's goodput, searched from the operating point: the run there (the attainment
     table's), then steps up while it passes or down while it fails until a passing and a failing
-    rate bracket the target, then `cfg.bisect` interpolated probes between them. Each step starts
+    rate bracket the target, then up to `cfg.bisect` interpolated probes between them while the
+    bracket is wider than `cfg.resolution` (a factor). Each step starts
     as soon as the last one is done; the runs make the pair's curve.
 
     About 4-5 runs a pair: a fixed grid around the operating point spent 7-8, most of them far
@@ -201,7 +202,7 @@ def _pair_job(ctx: _Ctx, sc: Scenario, n: int, p: str, e: str, op: float) -> Job
         last = (s0, P[s0]["slo_attainment"])
     for _ in range(ctx.cfg.bisect):
         lo, hi = _goodput_from(P)
-        if lo is None or hi is None:
+        if lo is None or hi is None or hi / lo <= ctx.cfg.resolution:
             break
         s = _next_probe(lo, P[lo]["slo_attainment"], hi, P[hi]["slo_attainment"])
         (P[s],) = yield [ctx.task(sc, n, p, e, s)]

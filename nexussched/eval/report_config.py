@@ -70,6 +70,7 @@ class ReportConfig:
     full: bool = False  # the larger slices (Scenario.full)
     step: float = STEP
     bracket: int = 10  # bracketing steps at most (op / 16 .. op x 8)
+    resolution: float = 1.08  # no more probes once passing and failing rates are this close
     bisect: int = 2  # goodput refinement steps (interpolated, see _next_probe)
     search: int = 8  # operating-point search runs at most
     workers: int = 0  # 0: one per CPU

@@ -47,6 +47,7 @@ class SimRequest:
     """Mutable per-request state; slots keep the hot loops cheap."""
 
     __slots__ = (
+        "_ss",
         "id",
         "arrival",
         "prompt",
@@ -98,6 +99,7 @@ class SimRequest:
         self.slo_ttft = slo_ttft
         self.slo_tpot = slo_tpot
         self.priority = priority
+        self._ss: SeqState | None = None  # seq_state()'s object
         self.computed = 0
         self.generated = 0
         self.blocks = 0
@@ -123,10 +125,18 @@ class SimRequest:
         self.cached = 0
 
     def seq_state(self, running: bool) -> SeqState:
-        # Positional (SeqState's field order): built for every sequence every planned step, and
-        # keyword construction is 2-3x slower.
+        """The planner's view of this request, one object per request refreshed in place: it
+        is asked for every sequence every planned step, and planners keep none between steps."""
         ft = self.first_token
-        return SeqState(
+        s = self._ss
+        if s is not None:
+            s.computed = self.computed
+            s.generated = self.generated
+            s.running = running
+            s.first_token_time = None if ft != ft else ft
+            return s
+        # Positional (SeqState's field order): keyword construction is 2-3x slower.
+        s = self._ss = SeqState(
             self.id,
             self.prompt,
             self.computed,
@@ -139,6 +149,7 @@ class SimRequest:
             self.priority,
             None if ft != ft else ft,
         )
+        return s
 
     @property
     def ended(self) -> bool:
