@@ -197,24 +197,25 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
     async def run() -> tuple[list[int], dict]:
         import aiohttp
 
+        started = [asyncio.Event() for _ in range(6)]
+
         async def decoding(tasks: list[asyncio.Task]) -> None:
-            """Until the engine runs the decodes (a fixed delay was too short at load 9: the long
-            prompt was prefilled before the decodes ran, and no step mixed them). A decode that
-            failed, or ended before the others started, is the error to show."""
-            running = 0.0
-            for _ in range(1500):
-                async with session.get(stack["server"].url + "/metrics") as r:
-                    running = metric(await r.text(), "vllm:num_requests_running")
-                if running >= len(tasks):
+            """Until every decode has streamed its first token, so vLLM runs them all (a fixed
+            delay was too short at load 9: the long prompt was prefilled before the decodes ran,
+            and no step mixed them). Counted here, not polled from vLLM's /metrics: at load 7
+            beside two CPU hogs that poll took the long prompt ~1,150 decode steps late. A decode
+            that failed, or ended before the others started, is the error to show."""
+            for _ in range(60000):
+                if all(e.is_set() for e in started):
                     return
                 for t in tasks:
                     if t.done():
                         t.result()  # raises what the decode met
                         raise AssertionError(f"a decode ended after {t.result()} tokens, before "
-                                             f"vLLM ran all {len(tasks)}")  # fmt: skip
-                await asyncio.sleep(0.2)
+                                             f"all {len(tasks)} had started")  # fmt: skip
+                await asyncio.sleep(0.01)
             raise AssertionError(
-                f"vLLM never ran {len(tasks)} requests at once (last: {running:.0f}); the "
+                f"only {sum(e.is_set() for e in started)} of {len(tasks)} decodes started; the "
                 f"router's log:\n{stack['router'].log_tail()}"
             )
 
@@ -230,6 +231,7 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
                 async for line in r.content:
                     if line.startswith(b"data: {"):
                         events += 1
+                        started[i].set()
                     if done.is_set():
                         break  # closing the stream aborts the request in vLLM
             return events
