@@ -110,6 +110,9 @@ class Dispatcher:
     router: RouterCore
     # whether backends may join and leave while it runs (router/membership.py)
     membership: bool = False
+    # whether every answer it returns is relay()'s or an APIError's (none prepares its own stream):
+    # then the API routes take the service's short way past aiohttp's dispatch (service.py)
+    relays: bool = False
 
     async def start(self, router: RouterCore) -> None:
         self.router = router

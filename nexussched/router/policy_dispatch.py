@@ -53,6 +53,7 @@ class PolicyDispatcher(Dispatcher):
     """
 
     membership = True  # engines are addressed through the registry: they may join and leave
+    relays = True  # every answer is relay()'s or an APIError's (service.Router._handle)
 
     def __init__(self, policy: RoutingPolicy) -> None:
         self.policy = policy

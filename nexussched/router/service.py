@@ -122,10 +122,33 @@ class Router(UpstreamIO):
             app.router.add_get(path, handler)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         app.on_response_prepare.append(self._prepare_response)  # one hook: one await per answer
+        if getattr(self.dispatcher, "relays", False):
+            # the two API routes skip aiohttp's URL dispatch and middleware chain (see _handle)
+            self._app_handle = app._handle
+            app._handle = self._handle  # type: ignore[method-assign]  # read by AppRunner/TestServer
         app.on_startup.append(self._startup)
         app.on_shutdown.append(self._drain)
         app.on_cleanup.append(self._cleanup)
         return app
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        """The app's request entry point: POST /v1/completions and /v1/chat/completions go straight
+        to the guard and their handler (no URL resolution, middleware chain or get_event_loop()
+        per request: aiohttp's Application._handle costs a getpid() system call on Python 3.11);
+        every other request (and one with an Expect header) takes the app's usual way. The answer
+        gets the request id here, as on_response_prepare gives it on the usual way (a relayed
+        stream gets it, and is kept for the drain, in relay())."""
+        path = request.path
+        if (path == COMPLETIONS or path == CHAT) and "Expect" not in request.headers:
+            out = await self.guard.middleware(
+                request, self._completions if path == COMPLETIONS else self._chat
+            )
+            if not out.prepared:
+                rid = request.get(REQUEST_ID)
+                if rid:
+                    out.headers["x-request-id"] = rid
+            return out
+        return await self._app_handle(request)
 
     async def _drain(self, app: web.Application) -> None:
         stopped = await self.guard.drain(self.settings.drain_timeout)

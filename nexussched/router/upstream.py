@@ -16,6 +16,8 @@ from .config import RouterSettings
 from .dispatch import BackendFailed, ProxyCall, StreamWatch, Upstream
 from .errors import APIError
 from .h1client import ConnectFailed, ConnectTimeout, H1Pool, IdleTimeout, Target, Timeouts
+from .hygiene import STREAM_KEY
+from .lean_response import WholeResponse
 from .prom import RouterMetrics
 
 
@@ -155,7 +157,9 @@ class UpstreamIO:
             if resp.status == 200:
                 call.tokens = usage_tokens(up.first)
                 call.complete = True
-            return web.Response(status=resp.status, body=up.first, headers={"Content-Type": ct})
+            out = WholeResponse(resp.status, ct, up.first)
+            out.headers["x-request-id"] = call.request_id
+            return out
         call.ttft = time.monotonic() - call.t0
         m.observe_ttft(name, call.ttft)
         out = _EventStream(
@@ -163,8 +167,10 @@ class UpstreamIO:
             headers={
                 "Content-Type": resp.content_type or "text/event-stream",
                 "Cache-Control": "no-cache",
+                "x-request-id": call.request_id,
             },
         )
+        call.request[STREAM_KEY] = out  # the drain ends a started stream with an error event
         clean = False
         try:
             await out.prepare(call.request)
