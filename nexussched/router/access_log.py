@@ -54,8 +54,17 @@ def _field(v: str, limit: int = 128) -> str:
     return json.dumps(v)
 
 
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v * 1000.0:.1f}"
+_SAFE: dict[str, str] = {}  # model and backend names as logged (a few, kept; bounded)
+
+
+def _named(v: str) -> str:
+    """_field of a model or backend name, remembered (the same few names on every line)."""
+    out = _SAFE.get(v)
+    if out is None:
+        if len(_SAFE) >= 1024:  # a client's model strings: start over rather than grow
+            _SAFE.clear()
+        out = _SAFE[v] = _field(v)
+    return out
 
 
 def access_line(
@@ -69,9 +78,10 @@ def access_line(
     stream: bool,
 ) -> str:
     return (
-        f"rid={_field(rid)} model={_field(model)} backend={_field(backend)} status={status} "
-        f"ttft_ms={_ms(ttft)} e2e_ms={_ms(e2e)} tokens={'-' if tokens is None else tokens} "
-        f"stream={int(stream)}"
+        f"rid={_field(rid)} model={_SAFE.get(model) or _named(model)} "
+        f"backend={_SAFE.get(backend) or _named(backend)} status={status} "
+        f"ttft_ms={'-' if ttft is None else f'{ttft * 1000.0:.1f}'} e2e_ms={e2e * 1000.0:.1f} "
+        f"tokens={'-' if tokens is None else tokens} stream={int(stream)}"
     )
 
 

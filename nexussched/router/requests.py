@@ -29,10 +29,8 @@ def _positive(v: object, what: str) -> float:
     return float(v)
 
 
-def _header_num(headers, name: str) -> float | None:
-    v = headers.get(name)
-    if v is None:
-        return None
+def _header_num(v: str, name: str) -> float:
+    """A header's positive number (400 naming the header otherwise)."""
     try:
         x = float(v)
     except ValueError:
@@ -50,10 +48,13 @@ def parse_slo(
     Headers `x-slo-ttft-ms` / `x-slo-tpot-ms` are milliseconds; body fields `slo_ttft` / `slo_tpot`
     are seconds (as in RequestInfo and traces) and take precedence; `priority` likewise (int).
     """
-    ttft = _header_num(headers, SLO_TTFT_HEADER)
-    tpot = _header_num(headers, SLO_TPOT_HEADER)
-    ttft = ttft / 1000.0 if ttft is not None else default_ttft
-    tpot = tpot / 1000.0 if tpot is not None else default_tpot
+    ttft, tpot = default_ttft, default_tpot
+    v = headers.get(SLO_TTFT_HEADER)
+    if v is not None:
+        ttft = _header_num(v, SLO_TTFT_HEADER) / 1000.0
+    v = headers.get(SLO_TPOT_HEADER)
+    if v is not None:
+        tpot = _header_num(v, SLO_TPOT_HEADER) / 1000.0
     if body.get("slo_ttft") is not None:
         ttft = _positive(body["slo_ttft"], "slo_ttft")
     if body.get("slo_tpot") is not None:

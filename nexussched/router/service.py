@@ -50,7 +50,7 @@ from .requests import (
     with_slo_xargs,
 )
 from .upstream import UpstreamIO
-from .validation import forward_headers, parse_json, read_body
+from .validation import OFFLOAD_BYTES, decode_json, forward_headers, parse_json, read_body
 
 log = logging.getLogger("nexussched.router")
 
@@ -279,8 +279,7 @@ class Router(UpstreamIO):
             self._known = (v, self.registry.known_models())
         return self._known[1]
 
-    async def _parse(self, request: web.Request, path: str) -> ProxyCall:
-        t0 = time.monotonic()
+    async def _parse(self, request: web.Request, path: str, t0: float) -> ProxyCall:
         if request.method != "POST":
             raise APIError(
                 405,
@@ -289,7 +288,8 @@ class Router(UpstreamIO):
             )
         s = self.settings
         raw = await read_body(request, s.max_body_bytes, s.body_timeout)
-        body = await parse_json(raw)
+        # parsed here, or on a worker thread when large (validation.parse_json)
+        body = decode_json(raw) if len(raw) <= OFFLOAD_BYTES else await parse_json(raw)
         model, stream, max_tokens = validate_body(path, body)
         known = self._known_models()
         if known and model not in known:
@@ -335,7 +335,7 @@ class Router(UpstreamIO):
         status = 499  # unless answered: the client left (the handler was cancelled)
         try:
             rid = self._rids.of(request)
-            call = await self._parse(request, path)
+            call = await self._parse(request, path, t0)
             call.request_id = rid
             call.forward_headers["x-request-id"] = rid
             out = await self.dispatcher.dispatch(call)

@@ -92,51 +92,47 @@ class UpstreamIO:
         return up
 
     async def _open_in_rotation(self, call: ProxyCall, idx: int, body: bytes | None) -> Upstream:
-        with self.runs.running(idx):
-            try:
-                return await self._open_upstream(call, idx, body)
-            except asyncio.CancelledError:
-                why = self.runs.stopped()
-                if why is None:
-                    raise
-                raise BackendFailed(idx, f"left rotation: {why}") from None
-
-    async def _open_upstream(self, call: ProxyCall, idx: int, body: bytes | None) -> Upstream:
         b = self.backends[idx]
         self.registry.sending(idx)
         target, head = self._head(b, call.path)
         if call.forward_headers:  # printable ASCII only (validation.forward_headers)
-            head += "".join(f"{k}: {v}\r\n" for k, v in call.forward_headers.items()).encode(
+            head += "".join([f"{k}: {v}\r\n" for k, v in call.forward_headers.items()]).encode(
                 "utf-8", "surrogateescape"
             )
         assert self.pool is not None
-        try:
-            resp = await self.pool.request(
-                target,
-                head,
-                call.raw if body is None else body,
-                self._stream_timeouts if call.stream else self._timeouts,
-            )
+        with self.runs.running(idx):
             try:
-                if call.stream and resp.status == 200:
-                    first = await resp.readany()
-                    if not first:
-                        raise BackendFailed(idx, "stream ended before its first byte")
-                else:
-                    first = await resp.read()
-            except BaseException:
-                resp.close()
-                raise
-        except ConnectFailed as e:
-            raise BackendFailed(idx, f"cannot connect: {e.strerror or e}", True) from None
-        except ConnectTimeout as e:
-            raise BackendFailed(idx, f"connect timed out: {e}") from None
-        except IdleTimeout:  # idle past idle_timeout before a byte: go elsewhere
-            raise BackendFailed(idx, self._idle_reason()) from None
-        except TimeoutError:  # the request's own time limit
-            raise self._timed_out(b) from None
-        except OSError as e:
-            raise BackendFailed(idx, f"{type(e).__name__}: {e}") from None
+                resp = await self.pool.request(
+                    target,
+                    head,
+                    call.raw if body is None else body,
+                    self._stream_timeouts if call.stream else self._timeouts,
+                )
+                try:
+                    if call.stream and resp.status == 200:
+                        first = await resp.readany()
+                        if not first:
+                            raise BackendFailed(idx, "stream ended before its first byte")
+                    else:
+                        first = await resp.read()
+                except BaseException:
+                    resp.close()
+                    raise
+            except asyncio.CancelledError:
+                why = self.runs.stopped()  # the backend left rotation: nothing sent, go elsewhere
+                if why is None:
+                    raise
+                raise BackendFailed(idx, f"left rotation: {why}") from None
+            except ConnectFailed as e:
+                raise BackendFailed(idx, f"cannot connect: {e.strerror or e}", True) from None
+            except ConnectTimeout as e:
+                raise BackendFailed(idx, f"connect timed out: {e}") from None
+            except IdleTimeout:  # idle past idle_timeout before a byte: go elsewhere
+                raise BackendFailed(idx, self._idle_reason()) from None
+            except TimeoutError:  # the request's own time limit
+                raise self._timed_out(b) from None
+            except OSError as e:
+                raise BackendFailed(idx, f"{type(e).__name__}: {e}") from None
         self.registry.answered(idx, resp.status)
         return Upstream(resp, first, idx)
 
