@@ -9,7 +9,7 @@ import json
 
 import pytest
 from fake_backend import FakeBackend
-from fastdeploy_harness import MODEL, router, wait_until
+from fastdeploy_harness import MODEL, engine, router, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 KEY = "sekret"
@@ -104,3 +104,42 @@ async def test_whole_answers_on_one_kept_connection_match_a_plain_response(hosts
         assert app_way == ["/v1/models"]  # a GET of an API route is the short way's 405
     finally:
         await fake.stop()
+
+
+async def _chunked(reader: asyncio.StreamReader) -> list[bytes]:
+    """The chunks of a chunked body, up to the last (empty) one."""
+    out = []
+    while True:
+        n = int((await reader.readuntil(b"\r\n"))[:-2], 16)
+        data = await reader.readexactly(n + 2)
+        if n == 0:
+            return out
+        assert data.endswith(b"\r\n")
+        out.append(data[:-2])
+
+
+async def test_a_relayed_stream_is_chunked_and_keeps_the_connection(hosts, session):
+    e = await hosts(engine(time_scale=0.0))
+    r = await hosts(router([e.url], None, api_key=KEY))
+    assert await wait_until(lambda: _healthy(session, r.url))
+    body = {"model": MODEL, "prompt": "hello", "max_tokens": 5, "stream": True}
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    for rid in ("s-1", "s-2"):  # two streams, one after the other on one connection
+        writer.write(_post("/v1/completions", body, extra=f"x-request-id: {rid}\r\n"))
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        assert head.startswith("HTTP/1.1 200 OK\r\n")
+        h = {k.lower(): v for k, _, v in (x.partition(": ") for x in head.split("\r\n")[1:-2])}
+        assert h["transfer-encoding"] == "chunked" and h["x-request-id"] == rid
+        assert h["content-type"].startswith("text/event-stream") and "connection" not in h
+        events = b"".join(await _chunked(reader)).split(b"\n\n")
+        data = [x for x in events if x.startswith(b"data: ") and x != b"data: [DONE]"]
+        assert len(data) == 5 and events[-2] == b"data: [DONE]"
+    writer.close()
+    # HTTP/1.0: not chunked; the body ends with the connection
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    writer.write(_post("/v1/completions", body, version="1.0"))
+    raw = await reader.read()
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK") and b"chunked" not in head.lower()
+    assert b"connection: close" in head.lower() and rest.rstrip().endswith(b"data: [DONE]")
+    writer.close()

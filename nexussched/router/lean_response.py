@@ -9,6 +9,7 @@ HTTP/1.0 client that asked to keep it), any header set before prepare() (the req
 
 from __future__ import annotations
 
+import asyncio
 from http import HTTPStatus
 
 from aiohttp import web
@@ -69,29 +70,18 @@ class WholeResponse(web.StreamResponse):
         if self._w_sent:
             return None
         self._w_sent = True
+        body = self._w_body
+        extra = f"Content-Length: {len(body)}\r\n".encode()
         ka = self._w_keep_alive
         if ka is None:
             ka = self._w_keep_alive = request.keep_alive
-        major, minor = request.version
-        body = self._w_body
-        head = [
-            b"HTTP/%d.%d %d %s\r\n"
-            % (major, minor, self._w_status, _REASONS.get(self._w_status, b"")),
-            f"Date: {rfc822_formatted_time()}\r\nContent-Length: {len(body)}\r\n".encode(),
-        ]
-        for k, v in self._w_headers.items():
-            head.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))  # as aiohttp
-        if not ka:
-            head.append(b"Connection: close\r\n")
-        elif (major, minor) < (1, 1):
-            head.append(b"Connection: keep-alive\r\n")
-        head.append(b"\r\n")
+        head = _head(request, self._w_status, self._w_headers, extra, ka)
         if request.method != "HEAD":
-            head.append(body)
+            head += body
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        transport.write(b"".join(head))
+        transport.write(head)
         await request.writer.drain()  # a slow reader: wait as aiohttp's own writer would
         return None
 
@@ -101,3 +91,125 @@ class WholeResponse(web.StreamResponse):
     async def write_eof(self, data: bytes = b"") -> None:
         if data:
             raise RuntimeError("a WholeResponse is sent whole: pass the body at construction")
+
+
+def _head(
+    request: web.BaseRequest, status: int, headers: dict[str, str], extra: bytes, ka: bool
+) -> bytes:
+    """The response head for `request`; `ka`: whether the connection is kept after it."""
+    major, minor = request.version
+    lines = [
+        b"HTTP/%d.%d %d %s\r\n" % (major, minor, status, _REASONS.get(status, b"")),
+        f"Date: {rfc822_formatted_time()}\r\n".encode(),
+        extra,
+    ]
+    for k, v in headers.items():
+        lines.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))  # as aiohttp
+    if not ka:
+        lines.append(b"Connection: close\r\n")
+    elif (major, minor) < (1, 1):
+        lines.append(b"Connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+_DRAIN_AFTER = 2**16  # bytes written between waits for a slow reader (aiohttp's own limit)
+
+
+class EventStream(web.StreamResponse):
+    """A relayed stream, chunked (HTTP/1.1) and written straight to the transport: the head goes
+    out with the first chunk, each chunk in one write, without aiohttp's payload writer per
+    chunk. To an HTTP/1.0 client the body is sent plain and the connection closed after it (as
+    aiohttp does). Like any StreamResponse to the server: prepare(), write(), write_eof()."""
+
+    def __init__(self, headers: dict[str, str], status: int = 200) -> None:
+        self._e_status = status
+        self._e_headers = headers
+        self._e_head = b""  # the head, until the first chunk takes it along
+        self._e_prepared = False
+        self._e_eof = False
+        self._e_chunked = True
+        self._e_keep_alive: bool | None = None
+        self._e_transport: asyncio.Transport | None = None
+        self._e_request: web.BaseRequest | None = None
+        self._e_sent = 0  # body bytes
+        self._e_unsent = 0  # bytes since the last wait for the reader
+        self._state: dict = {}  # StreamResponse's mapping (unused here)
+
+    @property
+    def status(self) -> int:
+        return self._e_status
+
+    @property
+    def reason(self) -> str:
+        return _REASONS.get(self._e_status, b"").decode()
+
+    @property
+    def headers(self) -> dict[str, str]:  # type: ignore[override]
+        return self._e_headers
+
+    @property
+    def body_length(self) -> int:
+        return self._e_sent
+
+    @property
+    def prepared(self) -> bool:
+        return self._e_prepared
+
+    @property
+    def keep_alive(self) -> bool | None:
+        return self._e_keep_alive
+
+    def force_close(self) -> None:
+        self._e_keep_alive = False
+
+    async def prepare(self, request: web.BaseRequest) -> None:  # type: ignore[override]
+        if self._e_prepared:
+            return None
+        self._e_prepared = True
+        self._e_request = request
+        self._e_transport = request.transport  # type: ignore[assignment]
+        self._e_chunked = request.version >= (1, 1)
+        extra = b"Transfer-Encoding: chunked\r\n" if self._e_chunked else b""
+        # an HTTP/1.0 body ends with the connection
+        ka = self._e_chunked and self._e_keep_alive is not False and request.keep_alive
+        self._e_keep_alive = ka
+        self._e_head = _head(request, self._e_status, self._e_headers, extra, ka)
+        return None
+
+    def _send(self, data: bytes) -> None:
+        t = self._e_transport
+        if t is None or t.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        t.write(data)
+        self._e_unsent += len(data)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+        if self._e_eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not self._e_prepared:
+            raise RuntimeError("Cannot call write() before prepare()")
+        n = len(data)
+        if not n:
+            return
+        self._e_sent += n
+        if self._e_chunked:
+            self._send(b"%s%x\r\n%s\r\n" % (self._e_head, n, data))
+        else:
+            self._send(self._e_head + bytes(data))
+        self._e_head = b""
+        if self._e_unsent > _DRAIN_AFTER:
+            self._e_unsent = 0
+            assert self._e_request is not None
+            await self._e_request.writer.drain()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._e_eof:
+            return
+        if not self._e_prepared:
+            raise RuntimeError("Cannot call write_eof() before prepare()")
+        if data:
+            await self.write(data)
+        self._e_eof = True
+        self._send(self._e_head + (b"0\r\n\r\n" if self._e_chunked else b""))
+        self._e_head = b""
