@@ -141,5 +141,5 @@ async def test_a_relayed_stream_is_chunked_and_keeps_the_connection(hosts, sessi
     raw = await reader.read()
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 OK") and b"chunked" not in head.lower()
-    assert b"connection: close" in head.lower() and rest.rstrip().endswith(b"data: [DONE]")
+    assert rest.rstrip().endswith(b"data: [DONE]")  # and the connection ended (read() returned)
     writer.close()

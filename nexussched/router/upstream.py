@@ -17,8 +17,18 @@ from .dispatch import BackendFailed, ProxyCall, StreamWatch, Upstream
 from .errors import APIError
 from .h1client import ConnectFailed, ConnectTimeout, H1Pool, IdleTimeout, Target, Timeouts
 from .hygiene import STREAM_KEY
-from .lean_response import EventStream, WholeResponse
+from .lean_response import WholeResponse
 from .prom import RouterMetrics
+
+
+class _EventStream(web.StreamResponse):
+    """A relayed stream: its headers go out with the first chunk, in one write (aiohttp's
+    StreamResponse otherwise sends them alone at prepare()). Kept on aiohttp's writer: a
+    stream written straight onto the transport measured no less CPU per stream and fewer
+    streams per second (README, the lean server path)."""
+
+    _send_headers_immediately = False
+
 
 _HEADS_KEPT = 256  # request heads kept (two paths per backend; cleared past this)
 
@@ -150,12 +160,13 @@ class UpstreamIO:
             return out
         call.ttft = time.monotonic() - call.t0
         m.observe_ttft(name, call.ttft)
-        out = EventStream(
-            {
+        out = _EventStream(
+            status=200,
+            headers={
                 "Content-Type": resp.content_type or "text/event-stream",
                 "Cache-Control": "no-cache",
                 "x-request-id": call.request_id,
-            }
+            },
         )
         call.request[STREAM_KEY] = out  # the drain ends a started stream with an error event
         clean = False
