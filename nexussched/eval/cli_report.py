@@ -56,9 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--full",
         action="store_true",
-        help="replay mooncake-conv's first 1,500 requests instead of 500 (its long prompts "
-        "make it the costliest scenario: about 2x the whole report's CPU; the default keeps the "
-        "report under 3 minutes on 2 cores)",
+        help="replay mooncake-conv's first 1,500 requests instead of 400 (its long prompts "
+        "make it the costliest scenario per request, and a run costs in proportion to its "
+        "requests; the default keeps the report under 3 minutes on 2 cores)",
     )
     p.add_argument("--workers", type=int, default=0, help="worker processes (default: one per CPU)")
     p.add_argument(

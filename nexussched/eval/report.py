@@ -100,11 +100,16 @@ def _task_key(task: tuple) -> tuple:
             engine, scale, seed, task[8])  # fmt: skip
 
 
-def _task_cost(task: tuple) -> float:
-    """A rough relative cost to start the longest runs first: requests x engines, long prompts
-    and late-binding/stealing policies costing more."""
+def _task_cost(task: tuple, seen: dict[str, tuple[float, int]] | None = None) -> float:
+    """A rough cost in CPU-s, to start the longest runs first so that cheap ones fill the end:
+    the scenario's mean run so far (`seen`: name -> (CPU-s, runs)), else requests x engines;
+    late-binding/stealing policies and LENS engines cost more."""
     sc, n, policy, engine = task[:4]
-    c = n * len(parse_cluster(sc.cluster)) * (1.0 + (sc.trace == "mooncake-conv"))
+    cpu, runs = (seen or {}).get(sc.name, (0.0, 0))
+    if runs:
+        c = cpu / runs
+    else:
+        c = 3e-5 * n * len(parse_cluster(sc.cluster)) * (1.0 + (sc.trace == "mooncake-conv"))
     return c * (1.5 if policy in ("prism", "global") else 1.0) * (1.3 if engine == "lens" else 1.0)
 
 
@@ -305,7 +310,17 @@ def run_matrix(cfg: ReportConfig) -> dict:
             last[0] = now
             say(f"  {done} runs done ({runner.cpu_s:.0f} CPU-s), {queued} queued or running")
 
-    runner = JobRunner(_run_task, cfg.workers, cost=_task_cost, progress=progress, key=_task_key)
+    seen: dict[str, tuple[float, int]] = {}
+
+    def cost(task: tuple) -> float:
+        # the scenarios' measured run costs (a sessions request costs ~6x an Azure one)
+        seen.clear()
+        for r in runner.cache.values():
+            c, k = seen.get(r["scenario"], (0.0, 0))
+            seen[r["scenario"]] = (c + r["cpu_s"], k + 1)
+        return _task_cost(task, seen)
+
+    runner = JobRunner(_run_task, cfg.workers, cost=cost, progress=progress, key=_task_key)
     say(f"{len(cfg.scenarios)} scenarios x {len(pairs)} pairs on {runner.workers} worker(s)")
     jobs = [_scenario_job(ctx, sc) for sc in cfg.scenarios]
     voi = [sc for sc in cfg.scenarios if sc.name == cfg.information_scenario]

@@ -39,14 +39,15 @@ class Scenario:
 # Slices: the first N requests of each trace. Shorter slices flatter every policy (a queue that
 # grows has less time to show; at 2,000 instead of 3,000 requests prism+lens's goodput on
 # heterogeneous read 31% higher), so the Azure-based ones stay long. Mooncake's long prompts cost
-# ~10x an Azure request to simulate: its default slice is 500 requests, which keeps the matrix
-# under 3 minutes on 2 cores; `report --full` replays the 1,500 of earlier reports (2.5x the CPU).
+# ~10x an Azure request to simulate: its default slice is 400 requests, which keeps the matrix
+# under 3 minutes on 2 cores; `report --full` replays the 1,500 of earlier reports (a run costs
+# in proportion to its requests).
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("azure-conv", "azure-conv", 3000, "a100:8", 2.0, 0.1, 15.6,
              "Azure LLM inference trace 2023, conversation (1.2k-token prompts, 211 out)"),
     Scenario("azure-code", "azure-code", 2000, "a100:8", 2.0, 0.1, 3.5,
              "Azure LLM inference trace 2023, code (2k-token prompts, 28 out; arrival CV 13)"),
-    Scenario("mooncake-conv", "mooncake-conv", 500, "a100:8", 10.0, 0.1, 1.0,
+    Scenario("mooncake-conv", "mooncake-conv", 400, "a100:8", 10.0, 0.1, 1.0,
              "Mooncake conversation trace, long context (12k-token prompts, p99 85k); shared "
              "prefixes from its hash_ids", full=1500),
     Scenario("bursty", "synthetic:bursty,n=2000,seed=1", 2000, "a100:8", 2.0, 0.1, 8.4,
@@ -70,7 +71,7 @@ class ReportConfig:
     full: bool = False  # the larger slices (Scenario.full)
     step: float = STEP
     bracket: int = 10  # bracketing steps at most (op / 16 .. op x 8)
-    resolution: float = 1.08  # no more probes once passing and failing rates are this close
+    resolution: float = 1.12  # no more probes once passing and failing rates are this close
     bisect: int = 2  # goodput refinement steps (interpolated, see _next_probe)
     search: int = 8  # operating-point search runs at most
     workers: int = 0  # 0: one per CPU
