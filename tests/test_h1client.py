@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 
 from nexussched.localproc import free_port
-from nexussched.router.h1client import (
+from nexussched.router.h1client import H1Pool
+from nexussched.router.h1types import (
     ConnectFailed,
-    H1Pool,
     IdleTimeout,
     Target,
     Timeouts,

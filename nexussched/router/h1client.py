@@ -24,66 +24,22 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+from .h1types import (
+    ConnectFailed,
+    ConnectTimeout,
+    IdleTimeout,
+    Target,
+    Timeouts,
+    TotalTimeout,
+    UpstreamBroken,
+)
 
 MAX_HEAD = 64 * 1024  # bytes of a response's status line and headers
 HIGH_WATER = 1 << 20  # buffered bytes of a stream above which the socket stops being read
 KEEPALIVE = (
     4.0  # seconds an idle connection is kept (below uvicorn's 5 s: never reused as it closes)
 )
-
-
-class UpstreamBroken(ConnectionError):
-    """The connection ended early, or the engine sent something that is not HTTP/1.1."""
-
-
-class ConnectFailed(OSError):
-    """No connection could be made (refused, unreachable): the engine did no work."""
-
-
-class ConnectTimeout(TimeoutError):
-    pass
-
-
-class IdleTimeout(TimeoutError):
-    """No byte for `idle` seconds (a stalled engine)."""
-
-
-class TotalTimeout(TimeoutError):
-    """The request's own time limit."""
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    total: float  # whole request, from the call
-    connect: float
-    idle: float | None = None  # between bytes; None: no limit (a non-streaming answer waits)
-
-    @property
-    def tick(self) -> float:
-        """How often time limits are checked: a twentieth of the shortest, 10 ms to 1 s."""
-        shortest = min(self.total, self.idle) if self.idle is not None else self.total
-        return max(0.01, min(1.0, shortest / 20))
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a backend listens, and the header lines every request to it carries."""
-
-    host: str
-    port: int
-    tls: bool
-    host_line: bytes  # b"Host: h:p\r\n"
-
-    @classmethod
-    def of(cls, base_url: str) -> Target:
-        u = urlsplit(base_url)
-        tls = u.scheme == "https"
-        host = u.hostname or "127.0.0.1"
-        port = u.port or (443 if tls else 80)
-        shown = f"[{host}]" if ":" in host else host
-        return cls(host, port, tls, f"Host: {shown}:{port}\r\n".encode("idna"))
 
 
 # parser states
@@ -400,27 +356,29 @@ class H1Response:
     close = release  # a response read to its end keeps its (pooled) connection either way
 
     # ---- the connection ----------------------------------------------------------------------
+    def _detach(self) -> _Conn | None:
+        """Unhook this response from its connection (None if it was already)."""
+        c = self._conn
+        if c is not None:
+            self._conn = None
+            c.resp = None
+            c.pool._live.discard(self)
+        return c
+
     def _finished(self) -> None:
         """The body ended: the connection is free again (pooled, or closed)."""
-        c = self._conn
+        c = self._detach()
         if c is None:
             return
-        self._conn = None
-        c.resp = None
-        c.pool._live.discard(self)
         if self._paused and c.transport is not None:
             c.transport.resume_reading()
         c.pool._done(c, self.keep_alive and not c.lost)
 
     def _drop(self) -> None:
-        c = self._conn
-        if c is None:
-            return
-        self._conn = None
-        c.resp = None
-        c.pool._live.discard(self)
-        c.close()
-        c.pool._done(c, False)
+        c = self._detach()
+        if c is not None:
+            c.close()
+            c.pool._done(c, False)
 
 
 class H1Pool:

@@ -33,7 +33,8 @@ from .backends import BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, Dispatcher, MaskedView, ProxyCall, StreamWatch
 from .errors import APIError, bad_request
-from .h1client import H1Pool, Timeouts
+from .h1client import H1Pool
+from .h1types import Timeouts
 from .hygiene import Guard
 from .inflight import BackendRuns
 from .membership import BackendsAdmin, BackendsFileWatcher

@@ -15,7 +15,8 @@ from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .dispatch import BackendFailed, ProxyCall, StreamWatch, Upstream
 from .errors import APIError
-from .h1client import ConnectFailed, ConnectTimeout, H1Pool, IdleTimeout, Target, Timeouts
+from .h1client import H1Pool
+from .h1types import ConnectFailed, ConnectTimeout, IdleTimeout, Target, Timeouts
 from .hygiene import STREAM_KEY
 from .lean_response import WholeResponse
 from .prom import RouterMetrics
