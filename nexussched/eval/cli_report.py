@@ -64,9 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bisect",
         type=int,
-        default=2,
-        help="goodput refinement runs per pair between the last passing and first failing rate "
-        "(default: %(default)s)",
+        default=4,
+        help="goodput refinement runs per pair at most between the last passing and first "
+        "failing rate; they stop once the two are within 12%% (default: %(default)s)",
     )
     p.add_argument(
         "--decisions",

@@ -183,8 +183,9 @@ def _split_job(ctx: _Ctx, sc: Scenario, n: int, op: float) -> Job:
 def _pair_job(ctx: _Ctx, sc: Scenario, n: int, p: str, e: str, op: float) -> Job:
     """One pair's goodput, searched from the operating point: the run there (the attainment
     table's), then steps up while it passes or down while it fails until a passing and a failing
-    rate bracket the target, then up to `cfg.bisect` interpolated probes between them while the
-    bracket is wider than `cfg.resolution` (a factor). Each step starts
+    rate bracket the target, then up to `cfg.bisect` probes between them (interpolated, and
+    every other one the midpoint) while the bracket is wider than `cfg.resolution` (a factor).
+    Each step starts
     as soon as the last one is done; the runs make the pair's curve.
 
     About 4-5 runs a pair: a fixed grid around the operating point spent 7-8, most of them far
@@ -205,11 +206,14 @@ def _pair_job(ctx: _Ctx, sc: Scenario, n: int, p: str, e: str, op: float) -> Job
         s = s0 * f
         (P[s],) = yield [ctx.task(sc, n, p, e, s)]
         last = (s0, P[s0]["slo_attainment"])
-    for _ in range(ctx.cfg.bisect):
+    for k in range(ctx.cfg.bisect):
         lo, hi = _goodput_from(P)
         if lo is None or hi is None or hi / lo <= ctx.cfg.resolution:
             break
-        s = _next_probe(lo, P[lo]["slo_attainment"], hi, P[hi]["slo_attainment"])
+        if k % 2:  # every other probe halves the bracket: a curve flat, then steep, draws
+            s = math.sqrt(lo * hi)  # interpolation short of its drop again and again
+        else:
+            s = _next_probe(lo, P[lo]["slo_attainment"], hi, P[hi]["slo_attainment"])
         (P[s],) = yield [ctx.task(sc, n, p, e, s)]
     return P
 
@@ -234,10 +238,10 @@ def _bracket_factor(
 
 def _next_probe(lo: float, a_lo: float, hi: float, a_hi: float) -> float:
     """Where attainment crosses the goodput target between a passing and a failing scale, by
-    interpolation in log-rate (kept inside the middle 60% so that each probe narrows the
+    interpolation in log-rate (kept inside the middle 40% so that each probe narrows the
     bracket): closer than plain bisection for the same number of runs."""
     f = (a_lo - GOODPUT) / (a_lo - a_hi) if a_lo > a_hi else 0.5
-    f = min(0.8, max(0.2, f))
+    f = min(0.7, max(0.3, f))
     return math.exp(math.log(lo) + f * (math.log(hi) - math.log(lo)))
 
 

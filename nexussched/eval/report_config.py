@@ -72,7 +72,7 @@ class ReportConfig:
     step: float = STEP
     bracket: int = 10  # bracketing steps at most (op / 16 .. op x 8)
     resolution: float = 1.12  # no more probes once passing and failing rates are this close
-    bisect: int = 2  # goodput refinement steps (interpolated, see _next_probe)
+    bisect: int = 4  # goodput refinement steps at most (interpolated, see _next_probe)
     search: int = 8  # operating-point search runs at most
     workers: int = 0  # 0: one per CPU
     seed: int = 0
