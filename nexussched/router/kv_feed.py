@@ -12,7 +12,6 @@ is asked again only after `retry_s`, and its index stays the router's own guess.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -21,7 +20,7 @@ from collections.abc import Callable, Sequence
 import aiohttp
 
 from .policies.view import TELEMETRY_POLL
-from .telemetry_feed import poll_forever
+from .telemetry_feed import poll_backends, poll_forever
 
 log = logging.getLogger("nexussched.router")
 
@@ -51,11 +50,7 @@ class KvEventFeed:
 
     async def poll_once(self) -> int:
         """Fetch new events from every healthy backend; returns how many were handed on."""
-        got = await asyncio.gather(
-            *(self._poll(i, b) for i, b in enumerate(self.backends) if b.healthy),
-            return_exceptions=True,
-        )
-        return sum(n for n in got if isinstance(n, int))
+        return await poll_backends(self._poll, self.backends)
 
     async def _poll(self, idx: int, backend) -> int:
         url = backend.url.rstrip("/")

@@ -36,6 +36,24 @@ async def poll_forever(poll: Callable[[], Awaitable[object]], interval: float, w
         await asyncio.sleep(interval)
 
 
+async def poll_backends(
+    poll: Callable[[int, object], Awaitable[int]],
+    backends: Sequence,
+    skip: Callable[[int], bool] | None = None,
+) -> int:
+    """`poll(idx, backend)` on every healthy backend not skipped, at once; the sum of what they
+    return (a failed one counts 0)."""
+    got = await asyncio.gather(
+        *(
+            poll(i, b)
+            for i, b in enumerate(backends)
+            if b.healthy and not (skip is not None and skip(i))
+        ),
+        return_exceptions=True,
+    )
+    return sum(n for n in got if isinstance(n, int))
+
+
 class TelemetryFeed:
     def __init__(
         self,
@@ -77,15 +95,7 @@ class TelemetryFeed:
 
     async def poll_once(self) -> int:
         """Fetch new records from every healthy backend; returns how many were observed."""
-        got = await asyncio.gather(
-            *(
-                self._poll(i, b)
-                for i, b in enumerate(self.backends)
-                if b.healthy and not (self.skip is not None and self.skip(i))
-            ),
-            return_exceptions=True,
-        )
-        return sum(n for n in got if isinstance(n, int))
+        return await poll_backends(self._poll, self.backends, self.skip)
 
     async def _poll(self, idx: int, backend) -> int:
         url = backend.url.rstrip("/")
