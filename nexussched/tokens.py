@@ -6,6 +6,7 @@ Routing and the mock engine need a size, not an exact count: text is ~4 characte
 from __future__ import annotations
 
 import hashlib
+import re
 
 
 def text_tokens(s: str) -> int:
@@ -34,9 +35,12 @@ def message_tokens(m: dict) -> int:
 DEFAULT_BLOCK_SIZE = 16  # vLLM's default KV block size (tokens)
 
 
+_PIECES = re.compile(".{1,4}", re.DOTALL)
+
+
 def text_pieces(s: str) -> list[str]:
     """The rough tokens of a text: 4-character pieces (as many as text_tokens counts)."""
-    return [s[i : i + 4] for i in range(0, len(s), 4)]
+    return _PIECES.findall(s)  # the same as [s[i : i + 4] for i in range(0, len(s), 4)], in C
 
 
 def message_pieces(m: dict) -> list[str]:
@@ -67,7 +71,7 @@ def prompt_pieces(body: dict, chat: bool) -> list[str | int]:
     if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
         p = p[0]
     if isinstance(p, str):
-        return list(text_pieces(p))
+        return text_pieces(p)  # a new list already
     if isinstance(p, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in p):
         return list(p)
     return []
@@ -92,11 +96,19 @@ def block_hashes(pieces: list[str | int], block_size: int = DEFAULT_BLOCK_SIZE) 
     """Chained 63-bit hashes of the full `block_size`-token blocks of `pieces`."""
     out: list[int] = []
     prev = b"nexussched"
+    blake = hashlib.blake2b
     for i in range(0, len(pieces) - block_size + 1, block_size):
-        blk = "\x1f".join(
-            (f"i{x}" if isinstance(x, int) else "s" + x) for x in pieces[i : i + block_size]
-        )
-        d = hashlib.blake2b(prev + blk.encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        out.append(int.from_bytes(d, "big") >> 1)
-        prev = d
+        chunk = pieces[i : i + block_size]
+        blk = None
+        if type(chunk[0]) is str:
+            # A text prompt's block, every piece a str: one join in C (the router hashes every
+            # request's prompt, PRISM's prefix index reads them), the same string as below.
+            try:
+                blk = "s" + "\x1fs".join(chunk)  # type: ignore[arg-type]
+            except TypeError:  # a token id among them
+                pass
+        if blk is None:
+            blk = "\x1f".join((f"i{x}" if isinstance(x, int) else "s" + x) for x in chunk)
+        prev = blake(prev + blk.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        out.append(int.from_bytes(prev, "big") >> 1)
     return tuple(out)
