@@ -250,5 +250,6 @@ class PolicyDispatcher(Dispatcher):
                         # the router learns how long the output was only now
                         policy.on_output(rid, call.tokens)
                     policy.on_finish(rid, idx, time.monotonic())
-                    if policy.holds:
+                    if policy.holds and (self._held or policy.held):
+                        # room freed here: hand over what waits (nothing held: nothing to do)
                         self._offer(idx)

@@ -106,7 +106,7 @@ class Prism(PrismPredictor, RoutingPolicy):
             self._engine(n - 1)
             self._sync(engines)
         cfg = self.cfg
-        out = self._expected_output(req)
+        out = self.lengths.expected_total(0, max(1, int(req.max_tokens)))  # _expected_output
         r = ReqState(req, self._key(req, out), out)
         P = r.prompt
         PP = P * P * 0.5
@@ -155,7 +155,12 @@ class Prism(PrismPredictor, RoutingPolicy):
                 t += rnd() * jitter
             qlim = qlim_p if paced else qlim_s
             # KV it adds there: a hit on blocks requests in flight there hold takes no new block
-            kv = rctx if hits is None or not hits[i] or not e.live else e.kv_need(r)
+            # (e.kv_need(r), inlined: this loop runs for every engine on every request)
+            if hits is None or not hits[i] or not e.live:
+                kv = rctx
+            else:
+                k = e.shared_tokens(req.prefix_hashes, hits[i])
+                kv = rctx - k if k < rctx else 0.0
             if e.n + e.rn == 0 or (
                 (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + kv
                 <= kvcap * e.kv_tokens
@@ -243,15 +248,22 @@ class Prism(PrismPredictor, RoutingPolicy):
         self._reqs[r.info.id] = r
 
     def _bind(self, r: ReqState, idx: int, now: float) -> None:
+        # Per request: EngineState.prefill_time / prefill_work, _share and _router_paced inlined
+        # (the same arithmetic in the same order, so the same floats).
         e = self._eng[idx]
         base = e.base + e.c2 + e.c3 * r.ctx
-        hit = r.hit(idx)
-        work = e.prefill_time(r.prompt, base, hit)
-        if self.cfg.prefix_aware and r.info.prefix_hashes:
-            self._prefix.add(idx, r.info.prefix_hashes)
+        h = r.hits
+        hit = h[idx] if h is not None and idx < len(h) else 0
+        p = r.prompt - hit
+        w = e.c0 * p + e.c1 * p * (hit + p * 0.5)  # its prefill compute (prefill_work)
+        busy = e.n + e.rn
+        work = (w / e.pi if busy and base > e.c4 else w) + base  # prefill_time
+        info = r.info
+        if info.prefix_hashes and self.cfg.prefix_aware:
+            self._prefix.add(idx, info.prefix_hashes)
         r.engine = idx
         r.bound = now
-        paced = self._router_paced(e)
+        paced = e.paced  # _router_paced(e)
         u = e.U if e.U > now else now
         r.end = u + work
         if paced or u + work <= r.deadline:
@@ -265,14 +277,18 @@ class Prism(PrismPredictor, RoutingPolicy):
             r.work = 0.0
         if paced:
             # pacing counts prefill compute; the decodes' own time is what the share protects
-            share = self._share(e, base, r.info.slo_tpot * self.cfg.tpot_margin)
-            r.pace = e.prefill_work(r.prompt, hit) / share
+            # (_share: the prefill share of wall time that keeps decodes within the TPOT cap)
+            if busy == 0:
+                share = 1.0
+            else:
+                share = max(self.cfg.min_share, 1.0 - base / (info.slo_tpot * self.cfg.tpot_margin))
+            r.pace = w / share
             e.V = (e.V if e.V > now else now) + r.pace
             e.dv += r.pace
         else:
             r.pace = 0.0
         e.add(r)
-        self._reqs[r.info.id] = r
+        self._reqs[info.id] = r
 
     def pull(self, idx: int, engines: Sequence[EngineView], now: float) -> list[RequestInfo]:
         if not self._held and not self._hopeless:

@@ -62,11 +62,12 @@ class PrismPredictor:
         e.seen_step(rec)
         tok = rec.prefill_tokens if rec.prefill_chunks else 0
         nd = rec.num_decodes
+        attn = rec.prefill_attn if nd and tok else 0.0  # once, for both uses below
         if nd:  # prefill time per step with decodes, over every such step (decode-only: none)
-            e.pf += ((e.c0 * tok + e.c1 * rec.prefill_attn if tok else 0.0) - e.pf) * 0.02
+            e.pf += ((e.c0 * tok + e.c1 * attn if tok else 0.0) - e.pf) * 0.02
         if nd and tok:
             a = 0.02 if e.mixed > 50 else 1.0 / (e.mixed + 1)
-            work = e.c0 * tok + e.c1 * rec.prefill_attn
+            work = e.c0 * tok + e.c1 * attn
             e.pw += (work - e.pw) * a
             e.pd += (rec.duration - e.pd) * a
             if e.pd > 0:
@@ -198,11 +199,16 @@ class PrismPredictor:
         tail) and one step (a lower bound on its TTFT whatever the load). 0 while an engine's
         prefill speed is not yet learned (a cold model's prior proves nothing)."""
         best = INF
+        P = r.prompt
+        h = r.hits
         for e in self._eng:
             if e.mixed < MIXED_MIN:
                 return 0.0
-            if r.prompt < e.kv_tokens:
-                t = e.prefill_work(r.prompt, r.hit(e.idx)) + e.c4
+            if P < e.kv_tokens:
+                # e.prefill_work(P, r.hit(e.idx)) + e.c4, inlined (every request asks this)
+                hit = h[e.idx] if h is not None and e.idx < len(h) else 0
+                n = P - hit
+                t = e.c0 * n + e.c1 * n * (hit + n * 0.5) + e.c4
                 if t < best:
                     best = t
         return best
