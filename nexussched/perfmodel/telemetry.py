@@ -42,18 +42,20 @@ class StepRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> StepRecord:
-        chunks = tuple((int(c), int(x)) for c, x in d.get("prefill_chunks", ()))
+        # positional, in field order: a router reads thousands of these a second
+        get = d.get
+        chunks = tuple((int(c), int(x)) for c, x in get("prefill_chunks", ()))
         return cls(
-            duration=float(d["duration"]),
-            prefill_chunks=chunks,
-            num_decodes=int(d.get("num_decodes", 0)),
-            decode_ctx_sum=int(d.get("decode_ctx_sum", 0)),
-            kv_blocks_used=int(d.get("kv_blocks_used", 0)),
-            num_waiting=int(d.get("num_waiting", 0)),
-            cached_tokens=int(d.get("cached_tokens", 0)),
-            t=float(d.get("t", 0.0)),
-            step=int(d.get("step", 0)),
-            engine=str(d.get("engine", "")),
+            float(d["duration"]),
+            chunks,
+            int(get("num_decodes", 0)),
+            int(get("decode_ctx_sum", 0)),
+            int(get("kv_blocks_used", 0)),
+            int(get("num_waiting", 0)),
+            int(get("cached_tokens", 0)),
+            float(get("t", 0.0)),
+            int(get("step", 0)),
+            str(get("engine", "")),
         )
 
 

@@ -1,0 +1,185 @@
+"""PRISM's per-request work made cheaper must decide exactly as before: each fast path here is
+checked against the plain code it replaces (the same hashes, the same index order, the same
+floats)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import OrderedDict
+
+from nexussched.router.policies import make_policy
+from nexussched.router.policies.base import RequestInfo
+from nexussched.router.policies.prefix_index import PrefixIndex
+from nexussched.tokens import block_hashes, prompt_pieces, text_pieces
+
+
+def _reference_block_hashes(pieces: list, block_size: int = 16) -> tuple[int, ...]:
+    """block_hashes as first written (one f-string per piece): the names engines know."""
+    out: list[int] = []
+    prev = b"nexussched"
+    for i in range(0, len(pieces) - block_size + 1, block_size):
+        blk = "\x1f".join(
+            (f"i{x}" if isinstance(x, int) else "s" + x) for x in pieces[i : i + block_size]
+        )
+        d = hashlib.blake2b(prev + blk.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        out.append(int.from_bytes(d, "big") >> 1)
+        prev = d
+    return tuple(out)
+
+
+def test_text_pieces_are_four_character_slices() -> None:
+    for s in ["", "a", "abcd", "abcde", "line\nbreak\n\n", "é" * 9, "x\ud800y" * 5, "ab" * 333]:
+        assert text_pieces(s) == [s[i : i + 4] for i in range(0, len(s), 4)]
+
+
+def test_block_hashes_match_the_reference_for_every_kind_of_prompt() -> None:
+    rng = random.Random(0)
+    bodies: list[tuple[dict, bool]] = []
+    for n in (0, 15, 63, 64, 65, 200, 1000):
+        text = "".join(rng.choice("ab \n\u00e9\u4e2d") for _ in range(n))
+        bodies.append(({"prompt": text}, False))
+        bodies.append(({"prompt": [text]}, False))
+        bodies.append(({"messages": [{"role": "system", "content": text}, {"role": "user",
+                        "content": [{"type": "text", "text": text[::-1]}]}]}, True))  # fmt: skip
+        bodies.append(({"prompt": [rng.randrange(50000) for _ in range(n)]}, False))
+    bodies.append(({"prompt": "lone \ud800 surrogate " * 20}, False))
+    for body, chat in bodies:
+        pieces = prompt_pieces(body, chat)
+        for bs in (1, 4, 16):
+            assert block_hashes(pieces, bs) == _reference_block_hashes(pieces, bs), body
+    # str and int pieces mixed in one block (and bools, which hash as ints)
+    mixed: list = ["ab", 7, "cd", True, 0, "ef"] * 8
+    for rot in range(6):
+        seq = mixed[rot:] + mixed[:rot]
+        assert block_hashes(seq, 16) == _reference_block_hashes(seq, 16)
+
+
+def _reference_add(lru: OrderedDict, cap: int | None, hashes: list[int]) -> None:
+    """PrefixIndex.add as a plain loop over the bulk path's definition."""
+    order = list(dict.fromkeys(reversed(hashes)))
+    order.reverse()
+    for h in order:
+        lru.pop(h, None)
+    for h in order:
+        lru[h] = None
+    while cap is not None and len(lru) > cap:
+        lru.popitem(last=False)
+
+
+def test_prefix_index_short_and_long_adds_keep_the_reference_order() -> None:
+    rng = random.Random(1)
+    for cap in (None, 5, 40):
+        idx = PrefixIndex(cap)
+        ref: OrderedDict = OrderedDict()
+        for _ in range(400):
+            n = rng.choice([0, 1, 2, 3, 16, 17, 40])
+            hashes = [rng.randrange(60) for _ in range(n)]  # repeats within one add, too
+            idx.add(0, hashes)
+            _reference_add(ref, cap, hashes)
+            assert list(idx._lru[0]) == list(ref)
+
+
+def _info(rid: int, text: str, now: float, max_tokens: int = 64, ttft: float = 1.0) -> RequestInfo:
+    hashes = block_hashes(prompt_pieces({"prompt": text}, False))
+    return RequestInfo(
+        rid, len(text) // 4, max_tokens, now, ttft, 0.05, 0, "m", prefix_hashes=hashes
+    )
+
+
+def _prism_with_history(seed: int):
+    rng = random.Random(seed)
+    p = make_policy("prism")
+
+    class View:
+        name, healthy, num_running, num_waiting, kv_usage = "e", True, 0, 0, 0.0
+        last_scrape, block_size, num_gpu_blocks = float("-inf"), 16, 4000
+        inflight = inflight_prompt_tokens = inflight_max_tokens = 0
+
+    views = [View(), View(), View()]
+    now = 10.0
+    prompts = ["shared system prompt " * rng.randint(1, 30) + str(k) * 40 for k in range(6)]
+    for i in range(300):
+        now += 0.003
+        text = rng.choice(prompts)
+        info = _info(i, text, now, rng.choice([8, 256]), rng.choice([0.3, 2.0]))
+        idx = p.route(info, views, now)
+        if idx is not None and rng.random() < 0.5:
+            p.on_finish(i, idx, now)
+    return p, views, now, prompts, rng
+
+
+def test_bind_books_the_same_work_and_pace_as_the_engine_formulas() -> None:
+    """_bind computes the prefill time, the pacing share and the prefill work inline: they must
+    equal EngineState.prefill_time / prefill_work and PrismPredictor._share to the last bit."""
+    from nexussched.router.policies.prism_engine import ReqState
+
+    for seed in range(4):
+        p, views, now, prompts, rng = _prism_with_history(seed)
+        for k in range(60):
+            text = rng.choice(prompts)
+            info = _info(10_000 + k, text, now)
+            r = ReqState(info, (0, 0.0), 32.0)
+            r.hits = p._hits(info, len(p._eng))
+            idx = rng.randrange(len(p._eng))
+            e = p._eng[idx]
+            base = e.base + e.c2 + e.c3 * r.ctx
+            hit = r.hit(idx)
+            want_work = e.prefill_time(r.prompt, base, hit)
+            share = p._share(e, base, info.slo_tpot * p.cfg.tpot_margin)
+            want_pace = e.prefill_work(r.prompt, hit) / share if e.paced else 0.0
+            u = max(e.U, now)
+            p._bind(r, idx, now)
+            assert r.end == u + want_work
+            assert r.pace == want_pace
+            assert r.work in (want_work, 0.0)
+
+
+def test_min_prefill_matches_the_engine_formula() -> None:
+    from nexussched.router.policies.prism_engine import INF, ReqState
+
+    p, views, now, prompts, rng = _prism_with_history(7)
+    for e in p._eng:
+        e.mixed = 50  # trusted pace: the bound is computed, not 0
+    for text in prompts:
+        info = _info(-1, text, now)
+        r = ReqState(info, (0, 0.0), 32.0)
+        r.hits = p._hits(info, len(p._eng))
+        want = INF
+        for e in p._eng:
+            if r.prompt < e.kv_tokens:
+                want = min(want, e.prefill_work(r.prompt, r.hit(e.idx)) + e.c4)
+        assert p._min_prefill(r) == want
+
+
+def test_telemetry_lines_parse_in_one_call_and_bad_lines_fall_back() -> None:
+    import json
+
+    from nexussched.perfmodel.telemetry import StepRecord
+    from nexussched.router.telemetry_feed import parse_lines
+
+    recs = [
+        StepRecord(
+            0.01 * (i + 1),
+            ((16, i), (3, 0)) if i % 2 else (),
+            i,
+            40 * i,
+            i,
+            i % 3,
+            0,
+            0.5 * i,
+            i,
+            "e",
+        )  # fmt: skip
+        for i in range(5)
+    ]
+    lines = [json.dumps(r.to_dict()) for r in recs]
+    docs = parse_lines(lines)
+    assert docs is not None and [StepRecord.from_dict(d) for d in docs] == recs
+    assert parse_lines([]) == []
+    assert parse_lines([*lines[:2], "{not json", lines[3]]) is None  # each line on its own then
+    assert parse_lines(["1, 2", lines[0]]) is None  # a line of two documents: no mapping
+    # from_dict keeps its conversions and defaults
+    r = StepRecord.from_dict({"duration": 1, "prefill_chunks": [[2.0, 3]], "num_decodes": 4.0})
+    assert r == StepRecord(1.0, ((2, 3),), 4)
+    assert type(r.duration) is float and type(r.prefill_chunks[0][0]) is int
