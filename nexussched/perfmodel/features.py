@@ -29,6 +29,8 @@ def batch_features(
 
 
 def record_features(rec: StepRecord) -> tuple[float, float, float, float, float]:
+    if not rec.prefill_chunks:  # a decode-only step (most of them): no sums over no chunks
+        return (0.0, 0.0, float(rec.num_decodes), float(rec.decode_ctx_sum), 1.0)
     return batch_features(rec.prefill_chunks, rec.num_decodes, rec.decode_ctx_sum)
 
 

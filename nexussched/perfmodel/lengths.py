@@ -78,11 +78,13 @@ class LengthEstimator:
         m = float(cap) if cap is not None else float("inf")
         if m <= g + 1:
             return m if m > g else float(g + 1)
-        if len(self._recent) < self.min_samples:
+        k = len(self._recent)
+        if k < self.min_samples:
             return m if cap is not None else float(max(g + 1, 2 * g))
-        xs = self._refresh()
+        # _refresh() and hit_share, inlined: every routed request asks this
+        xs = self._refresh() if self._new and self._new * 16 >= k else self._sorted
         n = len(xs)
-        p_hit = self.hit_share if cap is not None else 0.0
+        p_hit = (self._hits / k if k else 0.0) if cap is not None else 0.0
         i = bisect.bisect_right(xs, g)
         tail = n - i
         # weights of "runs to its cap" and "stops early, after g" given that it outlived g

@@ -69,7 +69,7 @@ class PerfModel:
     def observe_features(self, x: tuple[float, ...], duration: float) -> None:
         if duration <= 0 or not math.isfinite(duration):
             return  # a clock glitch must not poison the fit
-        if self.fitted:
+        if self._fitted_on > 0:  # self.fitted
             self._track_drift(x, duration)
         i = self._n % self.config.window
         self._X[i] = x

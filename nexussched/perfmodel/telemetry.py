@@ -44,7 +44,9 @@ class StepRecord:
     def from_dict(cls, d: dict) -> StepRecord:
         # positional, in field order: a router reads thousands of these a second
         get = d.get
-        chunks = tuple((int(c), int(x)) for c, x in get("prefill_chunks", ()))
+        pc = get("prefill_chunks", ())
+        # (tuple(pc) for an empty one: () for [], a TypeError for null, as the loop would give)
+        chunks = tuple([(int(c), int(x)) for c, x in pc]) if pc else tuple(pc)
         return cls(
             float(d["duration"]),
             chunks,

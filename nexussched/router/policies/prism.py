@@ -107,7 +107,10 @@ class Prism(PrismPredictor, RoutingPolicy):
             self._sync(engines)
         cfg = self.cfg
         out = self.lengths.expected_total(0, max(1, int(req.max_tokens)))  # _expected_output
-        r = ReqState(req, self._key(req, out), out)
+        if cfg.order == "edf":  # _key(req, out), inlined for the default order
+            r = ReqState(req, (req.priority, req.arrival + req.slo_ttft), out)
+        else:
+            r = ReqState(req, self._key(req, out), out)
         P = r.prompt
         PP = P * P * 0.5
         hits = None

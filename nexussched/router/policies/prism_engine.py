@@ -125,8 +125,9 @@ class EngineState:
 
     def seen_step(self, rec: StepRecord) -> None:
         """The batch of the engine's latest step: the decodes a new request would join."""
-        self.dn = rec.num_decodes + len(rec.prefill_chunks)
-        self.dctx = float(rec.decode_ctx_sum + sum(c + x for c, x in rec.prefill_chunks))
+        chunks = rec.prefill_chunks
+        self.dn = rec.num_decodes + len(chunks)
+        self.dctx = float(rec.decode_ctx_sum + (sum(c + x for c, x in chunks) if chunks else 0))
         self.nn = 0
         self.nctx = 0.0
         self._rebase()
@@ -173,7 +174,15 @@ class EngineState:
         return r.ctx - k if k < r.ctx else 0.0
 
     def add(self, r: ReqState) -> None:
-        r.kv = kv = self.kv_need(r)
+        # kv_need(r), inlined (once per request routed)
+        h = r.hits
+        hit = h[self.idx] if h is not None and self.idx < len(h) else 0
+        if hit <= 0:
+            kv = r.ctx
+        else:
+            k = self.shared_tokens(r.info.prefix_hashes, hit)
+            kv = r.ctx - k if k < r.ctx else 0.0
+        r.kv = kv
         self.flights[r.info.id] = r
         if not r.first:
             self.unfirst += 1

@@ -40,7 +40,7 @@ class PrismPredictor:
 
     def observe(self, idx: int, rec: StepRecord) -> None:
         """One step record of engine `idx`: refine its model and its observed pace."""
-        e = self._engine(idx)
+        e = self._eng[idx] if idx < len(self._eng) else self._engine(idx)
         e.steps += 1
         # Decode-only steps outnumber the rest by far (a long decode run is thousands of them):
         # thinning them keeps the prefill terms identifiable in the model's sliding window.
