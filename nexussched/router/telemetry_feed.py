@@ -140,15 +140,21 @@ class TelemetryFeed:
         lines = [ln for ln in text.splitlines() if ln]
         docs = parse_lines(lines)
         n = 0
-        for k, line in enumerate(lines):
-            try:
-                rec = StepRecord.from_dict(docs[k] if docs is not None else json.loads(line))
-            except (ValueError, KeyError, TypeError):
-                continue  # one bad record must not stop learning
-            self.observe(idx, rec)
-            if rec.step > self.last_step.get(idx, -1):
-                self.last_step[idx] = rec.step
-            n += 1
+        observe, from_dict = self.observe, StepRecord.from_dict
+        top = was = self.last_step.get(idx, -1)
+        try:
+            for k, line in enumerate(lines):
+                try:
+                    rec = from_dict(docs[k] if docs is not None else json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    continue  # one bad record must not stop learning
+                observe(idx, rec)
+                if rec.step > top:
+                    top = rec.step
+                n += 1
+        finally:
+            if top > was:  # the highest step observed (no await in the loop: none reads it)
+                self.last_step[idx] = top
         self.records += n
         return n
 
