@@ -27,7 +27,6 @@ import itertools
 import json
 import math
 import time
-import uuid
 import warnings
 
 import numpy as np
@@ -48,7 +47,8 @@ from .server_config import ServerConfig
 from .server_feeds import Feed
 from .server_metrics import EngineCollector, ServerMetrics
 from .server_requests import BadRequest, parse_generation, read_json, slo_hints
-from .server_responses import TOKEN_JSON, completion_json, output_text, stream_frames
+from .server_responses import completion_json, output_text, stream_frames
+from .server_stream import Gen, write_stream
 
 PROM_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FAST_SLICE_S = 0.005  # fast mode: longest stretch of simulation between event-loop turns
@@ -59,27 +59,6 @@ _KV_TYPES = {"stored": "BlockStored", "removed": "BlockRemoved"}
 
 def _kv_event_json(ev: tuple[str, list[int]]) -> dict:
     return {"type": _KV_TYPES[ev[0]], "block_hashes": ev[1]}
-
-
-class _Gen:
-    """A request's link between the engine loop and its HTTP handler."""
-
-    __slots__ = ("req", "stream", "seen", "fut", "done", "uid", "created")
-
-    def __init__(self, req: SimRequest, stream: bool) -> None:
-        self.req = req
-        self.stream = stream
-        # as vLLM: a random id (unique across engines and restarts) and the arrival's Unix time
-        self.uid = uuid.uuid4().hex
-        self.created = int(time.time())
-        self.seen = 0  # tokens handed to the client
-        self.fut: asyncio.Future | None = None
-        self.done = False
-
-    def wake(self) -> None:
-        f = self.fut
-        if f is not None and not f.done():
-            f.set_result(None)
 
 
 class EngineServer:
@@ -229,7 +208,7 @@ class EngineServer:
             g.done = True
             g.wake()
 
-    def _abort(self, g: _Gen) -> None:
+    def _abort(self, g: Gen) -> None:
         r = g.req
         if not math.isnan(r.finish):
             return
@@ -292,7 +271,7 @@ class EngineServer:
         return app
 
     # ---- request handling --------------------------------------------------------------------
-    def _admit(self, request: web.Request, body: dict, chat: bool) -> tuple[_Gen, str, str]:
+    def _admit(self, request: web.Request, body: dict, chat: bool) -> tuple[Gen, str, str]:
         q = parse_generation(body, chat, self.cfg, self.engine.max_model_len, self._rng)
         prompt, mt = q.prompt, q.max_tokens
         if not self.engine.fits(prompt, mt):
@@ -309,7 +288,7 @@ class EngineServer:
             # hits on them), named as the router's prefix index names a prompt's blocks
             pieces = sequence_pieces(body, chat, output_text(r.id, q.output))
             r.hashes = block_hashes(pieces, self.engine.block_size)
-        g = _Gen(r, q.stream)
+        g = Gen(r, q.stream)
         r.tag = g
         kvp = body.get("kv_transfer_params")
         if isinstance(kvp, dict) and kvp.get("do_remote_prefill") and prompt > 1:
@@ -331,13 +310,6 @@ class EngineServer:
         self.engine.enqueue(r, self.now())
         self._wake.set()
 
-    async def _wait(self, g: _Gen) -> None:
-        g.fut = asyncio.get_running_loop().create_future()
-        try:
-            await g.fut
-        finally:
-            g.fut = None
-
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         t0 = time.monotonic()
         try:
@@ -350,7 +322,7 @@ class EngineServer:
             if g.stream:
                 return await self._stream(request, g, model, reason, chat, body, t0)
             while not g.done:
-                await self._wait(g)
+                await g.wait()
         except BaseException:
             self._abort(g)
             raise
@@ -374,7 +346,7 @@ class EngineServer:
             body=json.dumps(out, separators=(",", ":")).encode(), content_type="application/json"
         )
 
-    def _finished(self, g: _Gen, reason: str, t0: float) -> None:
+    def _finished(self, g: Gen, reason: str, t0: float) -> None:
         now = time.monotonic()
         self._m_success_by[reason].inc()
         self._m_e2e.observe(now - t0)
@@ -382,7 +354,7 @@ class EngineServer:
     async def _stream(
         self,
         request: web.Request,
-        g: _Gen,
+        g: Gen,
         model: str,
         reason: str,
         chat: bool,
@@ -400,58 +372,11 @@ class EngineServer:
         )
         try:
             await resp.prepare(request)
-            await self._stream_body(resp, g, reason, chat, usage, head, pre, mid, last, t0)
+            await write_stream(resp, g, chat, usage, (head, pre, mid, last))
+            self._finished(g, reason, t0)
         except ConnectionResetError:  # the client went away between cancellation checks
             self._abort(g)
         return resp
-
-    async def _stream_body(
-        self,
-        resp: web.StreamResponse,
-        g: _Gen,
-        reason: str,
-        chat: bool,
-        usage: bool,
-        head: str,
-        pre: bytes,
-        mid: bytes,
-        last: bytes,
-        t0: float,
-    ) -> None:
-        r = g.req
-        if chat:  # vLLM opens a chat stream with the assistant role right away
-            await resp.write(
-                (
-                    "data: " + head + '{"index":0,"delta":{"role":"assistant",'
-                    '"content":""},"logprobs":null,"finish_reason":null}]}\n\n'
-                ).encode()
-            )
-        n_out = r.output
-        base = r.id * 13
-        nv = len(TOKEN_JSON)
-        while True:
-            gen = r.generated
-            if gen > g.seen:
-                parts = []
-                for j in range(g.seen, gen):
-                    parts.append(pre)
-                    parts.append(TOKEN_JSON[(base + j * 7) % nv])
-                    parts.append(last if j == n_out - 1 else mid)
-                g.seen = gen
-                await resp.write(b"".join(parts))
-            if g.done and g.seen >= n_out:
-                break
-            await self._wait(g)
-        if usage:
-            u = {
-                "prompt_tokens": r.prompt,
-                "total_tokens": r.prompt + n_out,
-                "completion_tokens": n_out,
-            }
-            await resp.write(("data: " + head + '],"usage":' + json.dumps(u) + "}\n\n").encode())
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
-        self._finished(g, reason, t0)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, chat=False)
