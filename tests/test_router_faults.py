@@ -113,6 +113,40 @@ async def test_sigterm_drains_then_ends_streams_with_an_error_event(spawn, sessi
     assert r.proc.returncode == 0
 
 
+async def test_sigterm_with_a_hung_engine_ends_its_streams_instead_of_waiting(spawn, session):
+    """SIGTERM while the only engine is hung (SIGSTOP: it accepts connections, answers nothing):
+    the drain checks the engines it waits on, takes the hung one out of rotation and stops its
+    streams, so the router exits long before --drain-timeout (was: it waited on streams that could
+    never finish, for the whole drain timeout or until three scrapes timed out). Scrapes are rare
+    here so that only the drain's check can find the engine hung."""
+    e = await asyncio.to_thread(spawn, "engine-sim", "--time-scale", "1")
+    r = await asyncio.to_thread(
+        spawn, "router", "--backend", e.url, "--drain-timeout", "600",
+        "--scrape-interval", "600", "--health-interval", "0.1",
+    )  # fmt: skip
+
+    async def healthy() -> bool:
+        async with session.get(r.url + "/health") as resp:
+            return resp.status == 200
+
+    assert await wait_until(healthy, timeout=20)
+    streams = [asyncio.create_task(complete(session, r.url, 3000, timeout=120)) for _ in range(3)]
+    await asyncio.sleep(0.5)  # all streaming
+    os.kill(e.proc.pid, signal.SIGSTOP)
+    try:
+        r.proc.send_signal(signal.SIGTERM)
+        res = await asyncio.gather(*streams)
+        # well inside the 600 s drain timeout: the drain did not wait for the hung engine
+        rc = await asyncio.to_thread(r.proc.wait, 60)
+    finally:
+        os.kill(e.proc.pid, signal.SIGCONT)
+    print(f"REPRO sigterm-hung-engine-3-streams: {[x.error for x in res]}")
+    assert rc == 0
+    for x in res:  # each told why, by an SSE error event, not cut or left hanging
+        assert x.status == 200 and x.tokens and not x.done, x
+        assert x.error and "while the router drained" in x.error, x.error
+
+
 async def test_restart_with_a_fixed_replica_id(redis_proc, session):
     """A replica restarted under the same --scheduler-replica-id must not collide with the
     request ids its previous life left in the plane (was: 500 duplicate)."""

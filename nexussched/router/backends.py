@@ -335,6 +335,31 @@ class BackendRegistry:
         if not ok:
             self.mark_down(idx, why)
 
+    async def watch_drain(self, busy: Callable[[int], int], every: float = 0.25) -> None:
+        """While the router drains (SIGTERM), until cancelled: every `every` s, check each backend
+        in rotation with requests in flight (`busy(idx) > 0`) and take out of rotation one whose
+        /health does not answer within the scrape timeout or fails, which stops its requests. A
+        timeout counts at once here (the scrape loop waits for three): a drain waits only for
+        requests that can still finish, and those on a hung or dead engine never do (they held
+        the drain for its whole timeout)."""
+        while True:
+            idxs = [i for i, b in enumerate(self.backends) if b.healthy and busy(i)]
+            await asyncio.gather(*(self._check_draining(i) for i in idxs))
+            await asyncio.sleep(every)
+
+    async def _check_draining(self, idx: int) -> None:
+        b = self.backends[idx]
+        assert self._session is not None
+        try:
+            async with self._session.get(b.url + "/health", timeout=self.scrape_timeout) as r:
+                why = "" if r.status == 200 else f"/health answered {r.status}"
+        except TimeoutError:
+            why = f"no answer to /health within {self.scrape_timeout.total:g} s"
+        except (aiohttp.ClientError, OSError) as e:
+            why = f"health check failed: {type(e).__name__}"
+        if why:
+            self.mark_down(idx, why + " while the router drained")
+
     def healthy_count(self) -> int:
         return sum(1 for b in self.backends if b.healthy)
 

@@ -152,7 +152,12 @@ class Router(UpstreamIO):
         return await self._app_handle(request)
 
     async def _drain(self, app: web.Application) -> None:
-        stopped = await self.guard.drain(self.settings.drain_timeout)
+        # an engine that stops answering meanwhile has its requests stopped (they cannot finish)
+        watch = asyncio.create_task(self.registry.watch_drain(self.runs.count))
+        try:
+            stopped = await self.guard.drain(self.settings.drain_timeout)
+        finally:
+            watch.cancel()
         if stopped:
             log.warning(
                 "drain: %d requests still running after %g s were stopped",
