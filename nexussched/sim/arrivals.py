@@ -3,11 +3,15 @@ at each arrival, the RequestInfo a live router would build for its policy."""
 
 from __future__ import annotations
 
+import itertools
+
 from ..router.policies.base import RequestInfo
 from ..router.policies.prefix_index import BLOCK_TOKENS
 from ..traces.types import Trace, TraceRequest
 from .prefix_cache import cached_block_chain
 from .request import SimRequest, declare
+
+_own = itertools.count(1)  # numbers the requests whose blocks name content of their own
 
 
 def sim_requests(
@@ -49,6 +53,15 @@ def arrival_info(r: SimRequest, tr: TraceRequest, block_size: int, caching: bool
             prefix = chain[: r.prompt // bs]
         else:
             prefix = cached_block_chain(src, tr.prefix_block, r.prompt, BLOCK_TOKENS)
+    elif caching:
+        # content the trace does not name is this request's own: its blocks are hashed and
+        # cached all the same, as vLLM (and engine-sim) hash every full block. They can hit
+        # only for the request itself, re-admitted after a preemption with its blocks not yet
+        # evicted; without them the simulator recomputed every preempted request in full
+        # where a live engine did not (round robin's l4 in the sim-to-live agreement).
+        base = next(_own) << 32  # a range of ids no other request's blocks take
+        r.hashes = range(base, base + (r.prompt + r.output) // block_size)
+        r.own_content = True
     return RequestInfo(
         r.id,
         r.prompt,

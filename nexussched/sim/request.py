@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ..engine_sched.plan import SeqState
 
@@ -76,6 +77,7 @@ class SimRequest:
         "held",
         "sealed",
         "cached",
+        "own_content",
     )
 
     def __init__(
@@ -119,10 +121,13 @@ class SimRequest:
         # prefix caching: hashes of the request's full blocks (prompt, then output where the
         # trace knows it), the cached blocks it references (in order), how many of its leading
         # blocks were offered to the cache, and its prompt tokens served from cache at admission
-        self.hashes: tuple[int, ...] = ()
+        self.hashes: Sequence[int] = ()
         self.held: list[int] = []
         self.sealed = 0
         self.cached = 0
+        # its hashes name content of its own (none the trace shares): no other request can hit
+        # its blocks, so they are offered to the cache when it frees them, not as they fill
+        self.own_content = False
 
     def seq_state(self, running: bool) -> SeqState:
         """The planner's view of this request, one object per request refreshed in place: it
