@@ -35,6 +35,7 @@ from .metrics import summarize
 from .replay import DEFAULT_CLIENT_TIMEOUT, SimSetup, simulate
 
 MODEL = "sim-llama-3-8b"
+AGREEMENT_BAR = 5.0  # points of SLO attainment, live vs simulated, per policy (issue 10)
 
 
 @dataclass
@@ -47,6 +48,10 @@ class Agreement:
     def gap(self) -> float:
         """Live minus simulated attainment, in points."""
         return 100.0 * (self.live["slo_attainment"] - self.sim["slo_attainment"])
+
+    @property
+    def agrees(self) -> bool:
+        return abs(self.gap) <= AGREEMENT_BAR
 
 
 def run_sim(
@@ -183,18 +188,49 @@ def sim_vs_live(
 
 
 def agreement_table(rows: list[Agreement]) -> str:
+    within = f"within {AGREEMENT_BAR:g}"
     lines = [
-        f"{'policy':<12}{'sim attain':>11}{'live attain':>12}{'gap pts':>9}"
+        f"{'policy':<12}{'sim attain':>11}{'live attain':>12}{'gap pts':>9}{within:>10}"
         f"{'sim TTFT p50':>13}{'live TTFT p50':>14}{'live failed':>12}"
     ]
     for r in rows:
         s, v = r.sim, r.live
         lines.append(
             f"{r.policy:<12}{s['slo_attainment']:>11.1%}{v['slo_attainment']:>12.1%}"
-            f"{r.gap:>+9.1f}{_ms(s.get('ttft_p50')):>13}{_ms(v.get('ttft_p50')):>14}"
-            f"{v.get('failed', 0):>12}"
+            f"{r.gap:>+9.1f}{'yes' if r.agrees else 'NO':>10}{_ms(s.get('ttft_p50')):>13}"
+            f"{_ms(v.get('ttft_p50')):>14}{v.get('failed', 0):>12}"
         )
     return "\n".join(lines)
+
+
+def rounds_table(rounds: list[list[Agreement]]) -> str:
+    """Per policy over repeated rounds (each a fresh seed on both sides): mean and range of the
+    simulated and live attainment and of the gap, and whether the mean gap is within the bar
+    (with how many rounds were)."""
+    by: dict[str, list[Agreement]] = {}
+    for rows in rounds:
+        for r in rows:
+            by.setdefault(r.policy, []).append(r)
+    within = f"|mean gap| <= {AGREEMENT_BAR:g}"
+    lines = [
+        f"{'policy':<12}{'sim attain mean [range]':>25}{'live attain mean [range]':>26}"
+        f"{'gap pts mean [range]':>24}  {within} (rounds within)"
+    ]
+    for policy, rs in by.items():
+        sim = [100.0 * r.sim["slo_attainment"] for r in rs]
+        live = [100.0 * r.live["slo_attainment"] for r in rs]
+        gaps = [r.gap for r in rs]
+        mean_gap = sum(gaps) / len(gaps)
+        ok = "yes" if abs(mean_gap) <= AGREEMENT_BAR else "NO"
+        lines.append(
+            f"{policy:<12}{_spread(sim, '.1f'):>25}{_spread(live, '.1f'):>26}"
+            f"{_spread(gaps, '+.1f'):>24}  {ok} ({sum(r.agrees for r in rs)}/{len(rs)})"
+        )
+    return "\n".join(lines)
+
+
+def _spread(xs: list[float], fmt: str) -> str:
+    return f"{sum(xs) / len(xs):{fmt}} [{min(xs):{fmt}}, {max(xs):{fmt}}]"
 
 
 def _ms(v: float | None) -> str:
