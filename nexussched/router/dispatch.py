@@ -18,7 +18,7 @@ from aiohttp import web
 from .backends import Backend, BackendRegistry
 from .config import RouterSettings
 from .errors import APIError
-from .h1client import H1Response
+from .h1response import H1Response
 from .inflight import BackendRuns
 from .policies import RequestInfo
 from .prom import RouterMetrics
