@@ -11,6 +11,9 @@ from typing import Any
 
 from aiohttp import web
 
+# (runner, host, port, reuse_port) -> the listening site; TCPSite unless an app has its own
+MakeSite = Callable[[web.AppRunner, str, int, bool], web.BaseSite]
+
 
 def run_event_loop(coro: Coroutine[Any, Any, Any]) -> Any:
     """asyncio.run, on uvloop when it is installed (less CPU per event; NEXUSSCHED_NO_UVLOOP=1
@@ -34,6 +37,7 @@ def serve_app(
     shutdown_timeout: float = 5.0,
     reuse_port: bool = False,
     keepalive_timeout: float | None = None,
+    make_site: MakeSite | None = None,
 ) -> int:
     """Serve until SIGINT/SIGTERM. A port in use (or any bind error) is a one-line ValueError.
 
@@ -50,7 +54,10 @@ def serve_app(
             **kw,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None)
+        if make_site is not None:
+            site = make_site(runner, host, port, reuse_port)
+        else:
+            site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as e:
@@ -78,6 +85,7 @@ def serve_workers(
     workers: int,
     shutdown_timeout: float = 5.0,
     keepalive_timeout: float | None = None,
+    make_site: MakeSite | None = None,
 ) -> int:
     """Serve `workers` processes on one port (SO_REUSEPORT: the kernel spreads connections over
     them). Each process builds its own app after the fork; SIGINT/SIGTERM to the first stops all.
@@ -85,7 +93,13 @@ def serve_workers(
     not a silent share with a stranger."""
     if workers <= 1:
         return serve_app(
-            make_app(), host, port, banner, shutdown_timeout, keepalive_timeout=keepalive_timeout
+            make_app(),
+            host,
+            port,
+            banner,
+            shutdown_timeout,
+            keepalive_timeout=keepalive_timeout,
+            make_site=make_site,
         )
     if port == 0:
         raise ValueError("--workers needs a fixed --port (the workers share it)")
@@ -110,6 +124,7 @@ def serve_workers(
                     shutdown_timeout,
                     True,
                     keepalive_timeout,
+                    make_site,
                 )
             finally:
                 os._exit(code)
@@ -123,6 +138,7 @@ def serve_workers(
             shutdown_timeout,
             True,
             keepalive_timeout,
+            make_site,
         )
     finally:
         for pid in children:

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from nexussched.aio import MakeSite
 from nexussched.localproc import free_port
-from nexussched.router.compose import create_app
+from nexussched.router.compose import create_app, router_site
 from nexussched.router.config import BackendSpec, RouterSettings
 from nexussched.router.modes import SchedulerParams
 from nexussched.sim.server import EngineServer, ServerConfig
@@ -23,10 +24,12 @@ MODEL = "sim-llama-3-8b"
 class Host:
     """An aiohttp app served on 127.0.0.1:<free port>."""
 
-    def __init__(self, app: web.Application) -> None:
+    def __init__(self, app: web.Application, site: MakeSite | None = None) -> None:
         self.app = app
         self.port = free_port()
         self.runner: web.AppRunner | None = None
+        self.make_site = site  # the site the command line would use (the router's raw server)
+        self.site: web.BaseSite | None = None
 
     @property
     def url(self) -> str:
@@ -37,7 +40,11 @@ class Host:
             self.app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
         )
         await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        if self.make_site is not None:
+            self.site = self.make_site(self.runner, "127.0.0.1", self.port, False)
+        else:
+            self.site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await self.site.start()
         return self
 
     async def stop(self) -> None:
@@ -61,7 +68,7 @@ async def router(backends: list[str], sched: SchedulerParams | None, **kw) -> Ho
         scrape_interval=0.05,
         **kw,
     )
-    h = Host(create_app(s))
+    h = Host(create_app(s), site=router_site)
     # the router binds its port before its dispatcher starts; give it its own address
     s.port = h.port
     return await h.start()

@@ -6,6 +6,7 @@ import each other; FastDeploy's modes and PRISM's dispatcher are imported only w
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from ..aio import serve_app, serve_workers
 from .config import RouterSettings
 from .dispatch import Dispatcher
 from .policy_dispatch import PolicyDispatcher
+from .raw_server import RawSite
 from .service import Router
 
 MODES: dict[str, Callable[..., Dispatcher]] = {
@@ -79,6 +81,30 @@ def create_app(settings: RouterSettings, dispatcher: Dispatcher | None = None) -
     return app
 
 
+def router_site(
+    runner: web.AppRunner, host: str, port: int, reuse_port: bool = False
+) -> web.BaseSite:
+    """The router's listening site: connections start on the raw server (raw_server.py) when its
+    dispatcher answers only through relay() (FastDeploy's modes prepare their own streams: plain
+    aiohttp for them). NEXUSSCHED_AIOHTTP_SERVER=1 serves everything with aiohttp (to compare)."""
+    router: Router = runner.app["router"]
+    reuse = reuse_port or None
+    plain = os.environ.get("NEXUSSCHED_AIOHTTP_SERVER")
+    if plain or not getattr(router.dispatcher, "relays", False):
+        return web.TCPSite(runner, host, port, backlog=4096, reuse_port=reuse)
+    s = router.settings
+    return RawSite(
+        runner,
+        router.serve_raw,
+        host,
+        port,
+        max_body=s.max_body_bytes,
+        header_timeout=s.header_timeout,
+        body_timeout=s.body_timeout,
+        reuse_port=reuse,
+    )
+
+
 def run_app(
     app: web.Application,
     host: str,
@@ -89,7 +115,15 @@ def run_app(
 ) -> int:
     """Serve until SIGINT/SIGTERM (the router drains in its on_shutdown hook first). A port in
     use (or any bind error) is a one-line ValueError."""
-    return serve_app(app, host, port, what, shutdown_timeout, keepalive_timeout=keepalive_timeout)
+    return serve_app(
+        app,
+        host,
+        port,
+        what,
+        shutdown_timeout,
+        keepalive_timeout=keepalive_timeout,
+        make_site=router_site,
+    )
 
 
 def run_router(settings: RouterSettings, what: str = "nexussched router") -> int:
@@ -109,4 +143,5 @@ def run_router(settings: RouterSettings, what: str = "nexussched router") -> int
         what,
         settings.workers,
         keepalive_timeout=settings.header_timeout,
+        make_site=router_site,
     )

@@ -40,6 +40,7 @@ from .inflight import BackendRuns
 from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
+from .raw_http import HAND_OFF, RawRequest
 from .request_ids import REQUEST_ID, RequestIds
 from .requests import (
     CHAT,
@@ -150,6 +151,19 @@ class Router(UpstreamIO):
                     out.headers["x-request-id"] = rid
             return out
         return await self._app_handle(request)
+
+    async def serve_raw(self, request: RawRequest) -> web.StreamResponse:
+        """The raw server's entry (raw_server.py): the API routes' short way, for a request it
+        parsed itself; HAND_OFF for one aiohttp must serve (a streamed answer)."""
+        out = await self.guard.middleware(
+            request,  # type: ignore[arg-type]  # what the guard and handlers read of a Request
+            self._completions if request.path == COMPLETIONS else self._chat,
+        )
+        if out is not HAND_OFF:
+            rid = request.get(REQUEST_ID)
+            if rid:
+                out.headers["x-request-id"] = rid
+        return out
 
     async def _drain(self, app: web.Application) -> None:
         # an engine that stops answering meanwhile has its requests stopped (they cannot finish)
@@ -293,7 +307,12 @@ class Router(UpstreamIO):
                 code="method_not_allowed",
             )
         s = self.settings
-        raw = await read_body(request, s.max_body_bytes, s.body_timeout)
+        if request.__class__ is RawRequest:  # read by the raw server, or refused unread
+            if request.refusal is not None:
+                raise request.refusal
+            raw = request.body
+        else:
+            raw = await read_body(request, s.max_body_bytes, s.body_timeout)
         # parsed here, or on a worker thread when large (validation.parse_json)
         body = decode_json(raw) if len(raw) <= OFFLOAD_BYTES else await parse_json(raw)
         model, stream, max_tokens = validate_body(path, body)
@@ -342,6 +361,9 @@ class Router(UpstreamIO):
         try:
             rid = self._rids.of(request)
             call = await self._parse(request, path, t0)
+            if call.stream and request.__class__ is RawRequest:
+                status = 0  # not answered here: aiohttp serves it (raw_server.py)
+                return HAND_OFF
             call.request_id = rid
             call.forward_headers["x-request-id"] = rid
             out = await self.dispatcher.dispatch(call)
@@ -352,7 +374,7 @@ class Router(UpstreamIO):
             status = e.status
             return e.response()
         finally:
-            if self.settings.access_log and access_log.isEnabledFor(logging.INFO):
+            if status and self.settings.access_log and access_log.isEnabledFor(logging.INFO):
                 self._log_access(request, call, status, t0)
 
     def _log_access(
