@@ -22,6 +22,8 @@ BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 4}
 
 def _post(body: dict | bytes, extra: str = "", path: str = "/v1/completions") -> bytes:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    if "uthorization" not in extra.lower():
+        extra += "Authorization: Bearer k1\r\n"  # (the key of the test that sets one)
     return (
         f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(raw)}\r\n{extra}\r\n"
@@ -65,8 +67,16 @@ async def fake():
 
 
 async def test_pipelined_and_split_requests_are_answered_in_order(hosts, session, fake):
-    r, raw = await _up(hosts, session, fake.url)
+    r, raw = await _up(hosts, session, fake.url, api_key="k1")
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    # the key is checked (the header's name in any case); a wrong one is a 401, kept alive
+    writer.write(_post(BODY, "authorization: Bearer k2\r\n"))
+    status, h, b = await _answer(reader)
+    assert status == 401 and json.loads(b)["error"]["code"] == "invalid_api_key"
+    writer.write(_post(BODY, "AUTHORIZATION: bearer k1\r\nx-request-id: key\r\n"))
+    status, h, b = await _answer(reader)
+    assert status == 200 and h["x-request-id"] == "key"
+    fake.hits = 0
     # three requests in one write, answered in the order sent, each with its own id
     writer.write(b"".join(_post(BODY, f"x-request-id: p-{i}\r\n") for i in range(3)))
     for i in range(3):
@@ -217,8 +227,9 @@ def test_parse_head_keep_alive_and_header_case():
         b"Content-Length:  17 \r\n"
     )
     assert cl == 17 and req.path == "/v1/chat/completions" and req.keep_alive
-    assert req.headers.get("Authorization") == "Bearer k" and "authorization" in req.headers
-    assert req.headers["X-REQUEST-ID"] == "one"  # the first of repeated headers, as aiohttp
+    # by lower-case name (the router looks them up so), the first of repeated ones as aiohttp
+    assert req.headers == {"connection": "Keep-Alive", "authorization": "Bearer k",
+                           "x-request-id": "one"}  # fmt: skip
     h11 = b"POST /v1/completions HTTP/1.1\r\nContent-Length: 0\r\n"
     assert parse_head(h11)[0].keep_alive
     assert not parse_head(h11 + b"Connection: close\r\n")[0].keep_alive

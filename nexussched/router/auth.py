@@ -53,7 +53,7 @@ class AccessPolicy:
         key = key if key is not None else self.api_key
         if not key:
             return True
-        return _matches(bearer_token(request.headers.get("Authorization", "")), key.encode())
+        return _matches(bearer_token(request.headers.get("authorization", "")), key.encode())
 
     def check(self, request: web.BaseRequest) -> None:
         """Raise a 401 unless the request may call its path."""

@@ -36,17 +36,8 @@ _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
 class RawHeaders(dict):
-    """A request's headers by lower-case name (the first of repeated ones); get() and `in` take
-    any case, as aiohttp's CIMultiDictProxy does."""
-
-    def get(self, key: str, default=None):  # type: ignore[override]
-        return dict.get(self, key.lower(), default)
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and dict.__contains__(self, key.lower())
-
-    def __getitem__(self, key: str) -> str:
-        return dict.__getitem__(self, key.lower())
+    """A request's headers by lower-case name (the first of repeated ones). The router looks
+    them up by lower-case name (aiohttp's headers take any case): a plain dict lookup each."""
 
 
 class RawRequest(dict):
@@ -99,7 +90,7 @@ def parse_head(head: bytes) -> tuple[RawRequest, int] | None:
     if cl is None:
         return None
     minor = 1 if parts[2] == b"HTTP/1.1" else 0
-    conn = dict.get(headers, "connection")
+    conn = headers.get("connection")
     if conn is None:
         keep = minor == 1
     else:

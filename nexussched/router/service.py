@@ -155,10 +155,8 @@ class Router(UpstreamIO):
     async def serve_raw(self, request: RawRequest) -> web.StreamResponse:
         """The raw server's entry (raw_server.py): the API routes' short way, for a request it
         parsed itself; HAND_OFF for one aiohttp must serve (a streamed answer)."""
-        out = await self.guard.middleware(
-            request,  # type: ignore[arg-type]  # what the guard and handlers read of a Request
-            self._completions if request.path == COMPLETIONS else self._chat,
-        )
+        # (its path is exactly one of the two: _serve reads it off the request)
+        out = await self.guard.middleware(request, self._serve)  # type: ignore[arg-type]
         if out is not HAND_OFF:
             rid = request.get(REQUEST_ID)
             if rid:
@@ -354,8 +352,10 @@ class Router(UpstreamIO):
             raw = with_slo_xargs(body, ttft, tpot, prio)
         return ProxyCall(request, path, raw, body, info, stream, model, t0, fwd)
 
-    async def _serve(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, path: str | None = None) -> web.StreamResponse:
         t0 = time.monotonic()
+        if path is None:
+            path = request.path
         call: ProxyCall | None = None
         status = 499  # unless answered: the client left (the handler was cancelled)
         try:

@@ -89,6 +89,8 @@ def decode_json(raw: bytes, max_depth: int = MAX_DEPTH) -> object:
     if nesting_depth_exceeds(raw, max_depth):
         raise bad_request(f"request body nests deeper than {max_depth} levels", code="invalid_json")
     try:
+        if raw[:1] == b"{" and raw[1:2] != b"\x00":  # UTF-8 (json.loads would detect it so)
+            return json.loads(raw.decode("utf-8", "surrogatepass"))
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:  # also int strings past Python's digit limit
         raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
