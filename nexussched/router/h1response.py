@@ -278,13 +278,6 @@ class H1Response:
             w.set_exception(self._exc)
         self._drop()
 
-    async def _wait(self) -> None:
-        w = self._waiter = self._loop.create_future()
-        try:
-            await w
-        finally:
-            self._waiter = None
-
     def _check(self, now: float) -> None:
         """The pool's sweep: fail a response past its time limit, or one whose reader waits
         and that received nothing for `idle` seconds."""
@@ -293,12 +286,6 @@ class H1Response:
         elif self._idle is not None and self._waiter is not None and now - self._last >= self._idle:
             self._fail(IdleTimeout(f"no data for {self._idle:g} s"))
 
-    async def _until_head(self) -> None:
-        while self._state == _HEAD:
-            if self._exc is not None:
-                raise self._exc
-            await self._wait()
-
     # ---- the reader's side -------------------------------------------------------------------
     async def read(self) -> bytes:
         """The whole body."""
@@ -306,7 +293,11 @@ class H1Response:
         while self._state != _DONE:
             if self._exc is not None:
                 raise self._exc
-            await self._wait()
+            w = self._waiter = self._loop.create_future()  # (inline: no frame per wake)
+            try:
+                await w
+            finally:
+                self._waiter = None
         return self._pop()
 
     async def readany(self) -> bytes:
@@ -316,7 +307,11 @@ class H1Response:
                 return b""
             if self._exc is not None:
                 raise self._exc
-            await self._wait()
+            w = self._waiter = self._loop.create_future()  # (inline: no frame per wake)
+            try:
+                await w
+            finally:
+                self._waiter = None
         return self._pop()
 
     def _pop(self) -> bytes:

@@ -125,6 +125,12 @@ class PolicyDispatcher(Dispatcher):
                     f.task.cancel()
 
     async def _choose(self, call: ProxyCall, tried: list[int]) -> int:
+        idx = self._route(call, tried)
+        return idx if idx is not None else await self._hold(call)
+
+    def _route(self, call: ProxyCall, tried: list[int]) -> int | None:
+        """The policy's pick (None: it holds the request; then _hold waits for its engine).
+        Not a coroutine: the usual request picks at once."""
         router = self.router
         views: Sequence = router.views_for(call.model)
         if tried:
@@ -147,18 +153,21 @@ class PolicyDispatcher(Dispatcher):
                 ) from None
             raise router.no_backend(call.model) from None
         router.metrics.observe_decision(time.perf_counter() - t)
-        if idx is None:
-            router.metrics.held.inc()
-            fut = asyncio.get_running_loop().create_future()
-            self._held[call.info.id] = fut
-            for i, b in enumerate(router.backends):
-                if b.healthy:
-                    self._offer(i)
-            try:
-                idx = await fut
-            finally:
-                self._held.pop(call.info.id, None)
         return idx
+
+    async def _hold(self, call: ProxyCall) -> int:
+        """Wait until the policy hands the held request an engine."""
+        router = self.router
+        router.metrics.held.inc()
+        fut = asyncio.get_running_loop().create_future()
+        self._held[call.info.id] = fut
+        for i, b in enumerate(router.backends):
+            if b.healthy:
+                self._offer(i)
+        try:
+            return await fut
+        finally:
+            self._held.pop(call.info.id, None)
 
     # ---- retries -----------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
@@ -189,7 +198,9 @@ class PolicyDispatcher(Dispatcher):
                 idx, forced = forced, None
             else:
                 try:
-                    idx = await self._choose(call, tried)
+                    idx = self._route(call, tried)
+                    if idx is None:
+                        idx = await self._hold(call)
                 except APIError as e:
                     raise (router.after_failure(tried[-1]) if tried else e) from None
             b = router.backends[idx]

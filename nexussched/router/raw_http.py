@@ -23,6 +23,8 @@ from http import HTTPStatus
 from aiohttp import web
 
 from .errors import APIError
+from .lean_response import WholeResponse
+from .request_ids import REQUEST_ID
 from .requests import CHAT, COMPLETIONS
 
 API_PATHS = {COMPLETIONS.encode(): COMPLETIONS, CHAT.encode(): CHAT}
@@ -101,33 +103,34 @@ def parse_head(head: bytes) -> tuple[RawRequest, int] | None:
     return RawRequest(path, minor, headers, keep), cl
 
 
-_date = [0, b""]
-
-
-def http_date(now: float) -> bytes:
-    """The Date header's value, formatted once a second."""
-    sec = int(now)
-    if _date[0] != sec:
-        _date[0] = sec
-        _date[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(sec)).encode()
-    return _date[1]
+_date = [0, b""]  # the Date header's value, formatted once a second
 
 
 def answer_bytes(request: RawRequest, out: web.StreamResponse, keep: bool) -> bytes:
     """The whole answer to `request`: a WholeResponse's or web.Response's status, headers and
-    body as one block."""
-    body = out.body
-    if not isinstance(body, bytes | bytearray):  # a payload object: not a whole answer
-        raise TypeError(f"cannot send {type(out).__name__} with body {type(body).__name__}")
-    status = out.status
+    body as one block, with the request's id when the answer has none."""
+    if type(out) is WholeResponse:  # the relayed answer: its fields, not its properties
+        status, headers, body = out._w_status, out._w_headers, out._w_body
+    else:
+        status, headers, body = out.status, out.headers, out.body
+        if not isinstance(body, bytes | bytearray):  # a payload object: not a whole answer
+            raise TypeError(f"cannot send {type(out).__name__} with body {type(body).__name__}")
+    now = time.time()
+    if _date[0] != int(now):
+        _date[0] = int(now)
+        _date[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
     minor = request.version[1]
     lines = [
         b"HTTP/1.%d %d %s\r\nDate: %s\r\nContent-Length: %d\r\n"
-        % (minor, status, _REASONS.get(status, b""), http_date(time.time()), len(body))
+        % (minor, status, _REASONS.get(status, b""), _date[1], len(body))
     ]
-    for k, v in out.headers.items():
+    for k, v in headers.items():
         if k.lower() not in _SKIP:
             lines.append(f"{k}: {v}\r\n".encode("utf-8", "surrogateescape"))
+    if "x-request-id" not in headers:
+        rid = request.get(REQUEST_ID)
+        if rid:
+            lines.append(f"x-request-id: {rid}\r\n".encode("utf-8", "surrogateescape"))
     if not keep:
         lines.append(b"Connection: close\r\n")
     elif minor == 0:

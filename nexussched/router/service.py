@@ -19,7 +19,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +37,7 @@ from .h1client import H1Pool
 from .h1types import Timeouts
 from .hygiene import Guard
 from .inflight import BackendRuns
+from .lean_response import WholeResponse
 from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
@@ -152,16 +153,11 @@ class Router(UpstreamIO):
             return out
         return await self._app_handle(request)
 
-    async def serve_raw(self, request: RawRequest) -> web.StreamResponse:
-        """The raw server's entry (raw_server.py): the API routes' short way, for a request it
-        parsed itself; HAND_OFF for one aiohttp must serve (a streamed answer)."""
-        # (its path is exactly one of the two: _serve reads it off the request)
-        out = await self.guard.middleware(request, self._serve)  # type: ignore[arg-type]
-        if out is not HAND_OFF:
-            rid = request.get(REQUEST_ID)
-            if rid:
-                out.headers["x-request-id"] = rid
-        return out
+    def serve_raw(self, request: RawRequest) -> Awaitable[web.StreamResponse]:
+        """The raw server's entry (raw_server.py): the guard's checks, then _serve (the path is
+        exactly one of the two API routes). The answer's request id is added as it is written
+        (raw_http.answer_bytes); HAND_OFF: aiohttp must serve it (a streamed answer)."""
+        return self.guard.middleware(request, self._serve)  # type: ignore[arg-type]
 
     async def _drain(self, app: web.Application) -> None:
         # an engine that stops answering meanwhile has its requests stopped (they cannot finish)
@@ -313,7 +309,15 @@ class Router(UpstreamIO):
             raw = await read_body(request, s.max_body_bytes, s.body_timeout)
         # parsed here, or on a worker thread when large (validation.parse_json)
         body = decode_json(raw) if len(raw) <= OFFLOAD_BYTES else await parse_json(raw)
+        return self._call(request, path, t0, raw, body)
+
+    def _call(
+        self, request: web.Request, path: str, t0: float, raw: bytes, body: object
+    ) -> ProxyCall:
+        """The ProxyCall of a parsed body (validated; OpenAI-style 4xx APIError otherwise)."""
+        s = self.settings
         model, stream, max_tokens = validate_body(path, body)
+        assert isinstance(body, dict)  # (validate_body checked it)
         known = self._known_models()
         if known and model not in known:
             raise APIError(
@@ -360,14 +364,21 @@ class Router(UpstreamIO):
         status = 499  # unless answered: the client left (the handler was cancelled)
         try:
             rid = self._rids.of(request)
-            call = await self._parse(request, path, t0)
+            if request.__class__ is RawRequest and not request.refusal:
+                raw = request.body  # all here: no coroutine to read it
+                if len(raw) <= OFFLOAD_BYTES:
+                    call = self._call(request, path, t0, raw, decode_json(raw))
+                else:
+                    call = self._call(request, path, t0, raw, await parse_json(raw))
+            else:
+                call = await self._parse(request, path, t0)
             if call.stream and request.__class__ is RawRequest:
                 status = 0  # not answered here: aiohttp serves it (raw_server.py)
                 return HAND_OFF
             call.request_id = rid
             call.forward_headers["x-request-id"] = rid
             out = await self.dispatcher.dispatch(call)
-            status = out.status
+            status = out._w_status if out.__class__ is WholeResponse else out.status
             return out
         except APIError as e:
             self.metrics.count("none", e.status)

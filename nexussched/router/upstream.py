@@ -76,30 +76,24 @@ class UpstreamIO:
     def _idle_reason(self) -> str:
         return f"no data for {self.settings.idle_timeout:g} s (--idle-timeout)"
 
-    async def open_upstream(self, call: ProxyCall, idx: int, body: bytes | None = None) -> Upstream:
+    async def open_upstream(
+        self, call: ProxyCall, idx: int, body: bytes | None = None, watched: bool = False
+    ) -> Upstream:
         """Send the call to backend `idx`; return once the first body bytes (streaming) or the
         whole body arrived. Raises BackendFailed if the backend failed before that (including
-        when it left rotation meanwhile: nothing was sent to the client, so it may go elsewhere)."""
-        w = self.watch if call.stream else None
-        if w is None:
-            return await self._open_in_rotation(call, idx, body)
-        rid = call.info.id
-        w.sent(idx, rid, call.info.prompt_tokens, time.monotonic())
-        try:
-            up = await self._open_in_rotation(call, idx, body)
-        except BaseException:
-            w.done(idx, rid, time.monotonic())
-            raise
-        if up.resp.status == 200:
-            w.chunk(idx, rid, time.monotonic(), up.first)
-        return up
-
-    async def _open_in_rotation(self, call: ProxyCall, idx: int, body: bytes | None) -> Upstream:
+        when it left rotation meanwhile: nothing was sent to the client, so it may go elsewhere).
+        A watched stream (self.watch) goes through _open_watched, which comes back here with
+        `watched` set (the usual request takes no frame more than it needs)."""
+        if not watched and call.stream and self.watch is not None:
+            return await self._open_watched(self.watch, call, idx, body)
         b = self.backends[idx]
         self.registry.sending(idx)
         target, head = self._head(b, call.path)
-        if call.forward_headers:  # printable ASCII only (validation.forward_headers)
-            head += "".join([f"{k}: {v}\r\n" for k, v in call.forward_headers.items()]).encode(
+        fwd = call.forward_headers  # printable ASCII only (validation.forward_headers)
+        if len(fwd) == 1 and "x-request-id" in fwd:  # the usual case: the id alone
+            head += b"x-request-id: %s\r\n" % fwd["x-request-id"].encode("utf-8", "surrogateescape")
+        elif fwd:
+            head += "".join([f"{k}: {v}\r\n" for k, v in fwd.items()]).encode(
                 "utf-8", "surrogateescape"
             )
         assert self.pool is not None
@@ -138,6 +132,20 @@ class UpstreamIO:
                 raise BackendFailed(idx, f"{type(e).__name__}: {e}") from None
         self.registry.answered(idx, resp.status)
         return Upstream(resp, first, idx)
+
+    async def _open_watched(
+        self, w: StreamWatch, call: ProxyCall, idx: int, body: bytes | None
+    ) -> Upstream:
+        rid = call.info.id
+        w.sent(idx, rid, call.info.prompt_tokens, time.monotonic())
+        try:
+            up = await self.open_upstream(call, idx, body, watched=True)
+        except BaseException:
+            w.done(idx, rid, time.monotonic())
+            raise
+        if up.resp.status == 200:
+            w.chunk(idx, rid, time.monotonic(), up.first)
+        return up
 
     async def relay(self, call: ProxyCall, up: Upstream) -> web.StreamResponse:
         """Answer the client with the upstream response; streams are relayed chunk by chunk."""
