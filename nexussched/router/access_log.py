@@ -77,8 +77,9 @@ def access_line(
     tokens: int | None,
     stream: bool,
 ) -> str:
+    safe = rid and len(rid) <= 128 and rid.isprintable() and " " not in rid and '"' not in rid
     return (
-        f"rid={_field(rid)} model={_SAFE.get(model) or _named(model)} "
+        f"rid={rid if safe else _field(rid)} model={_SAFE.get(model) or _named(model)} "
         f"backend={_SAFE.get(backend) or _named(backend)} status={status} "
         f"ttft_ms={'-' if ttft is None else f'{ttft * 1000.0:.1f}'} e2e_ms={e2e * 1000.0:.1f} "
         f"tokens={'-' if tokens is None else tokens} stream={int(stream)}"
@@ -99,17 +100,14 @@ class AccessHandler(logging.Handler):
         self._sec = -1
         self._stamp = ""
 
-    def _time(self) -> str:
-        t = time.time()
-        sec = int(t)
-        if sec != self._sec:  # strftime once a second, not once a line
-            self._sec = sec
-            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
-        return f"{self._stamp},{int((t - sec) * 1000):03d}"
-
     def write_line(self, line: str) -> None:
         buf = self._buf
-        buf.append(f"{self._time()} access {line}\n")
+        t = time.time()  # (self._time(), inline: once a line)
+        sec = int(t)
+        if sec != self._sec:
+            self._sec = sec
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
+        buf.append(f"{self._stamp},{int((t - sec) * 1000):03d} access {line}\n")
         if len(buf) >= FLUSH_LINES:
             self.flush()
         elif self._timer is None:

@@ -3,7 +3,7 @@ take, and how it fails: OSError / TimeoutError subclasses the relay (upstream.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 
@@ -32,12 +32,13 @@ class Timeouts:
     total: float  # whole request, from the call
     connect: float
     idle: float | None = None  # between bytes; None: no limit (a non-streaming answer waits)
+    # how often time limits are checked: a twentieth of the shortest, 10 ms to 1 s (a field,
+    # not a property: read on every request)
+    tick: float = field(init=False)
 
-    @property
-    def tick(self) -> float:
-        """How often time limits are checked: a twentieth of the shortest, 10 ms to 1 s."""
+    def __post_init__(self) -> None:
         shortest = min(self.total, self.idle) if self.idle is not None else self.total
-        return max(0.01, min(1.0, shortest / 20))
+        object.__setattr__(self, "tick", max(0.01, min(1.0, shortest / 20)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .auth import AccessPolicy
 from .errors import APIError
+from .inflight import current_task_of
 
 log = logging.getLogger("nexussched.router")
 
@@ -42,7 +43,8 @@ class Guard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        task = asyncio.current_task(self.loop)
+        loop = self.loop
+        task = current_task_of(loop) if loop is not None else asyncio.current_task()
         try:
             if not self._open:
                 self.access.check(request)

@@ -10,7 +10,14 @@ yet, else end with an error), None means a real cancellation (client gone, shutd
 from __future__ import annotations
 
 import asyncio
-from asyncio import current_task
+import sys
+
+if sys.version_info < (3, 12):  # asyncio.current_task is Python there: read its dict (C)
+    from asyncio.tasks import _current_tasks
+
+    current_task_of = _current_tasks.get  # loop -> its running task (or None)
+else:
+    current_task_of = asyncio.current_task
 
 
 class _Running:
@@ -25,7 +32,8 @@ class _Running:
         self._loop = loop
 
     def __enter__(self) -> None:
-        task = self._task = current_task(self._loop)
+        loop = self._loop
+        task = self._task = current_task_of(loop) if loop is not None else asyncio.current_task()
         if task is not None:
             on = self._on
             on[task] = on.get(task, 0) + 1  # a task may register again inside (nested calls)

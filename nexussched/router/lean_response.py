@@ -20,12 +20,16 @@ _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 class WholeResponse(web.StreamResponse):
     """A complete answer (status, content type, body) sent as one block."""
 
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+    def __init__(
+        self, status: int, content_type: str, body: bytes, request_id: str | None = None
+    ) -> None:
         # no StreamResponse.__init__: everything it sets up is what this class leaves out; the
         # properties aiohttp's server and the router read are defined here
         self._w_status = status
         self._w_body = body
         self._w_headers: dict[str, str] = {"Content-Type": content_type}
+        if request_id:
+            self._w_headers["x-request-id"] = request_id
         self._w_sent = False
         self._w_keep_alive: bool | None = None
         self._state: dict = {}  # StreamResponse's mapping (unused here)

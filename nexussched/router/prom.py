@@ -189,7 +189,8 @@ class RouterMetrics:
         h = self._e2e.get(backend)
         if h is None:
             h = self._e2e[backend] = _Hist(_LATENCY_BUCKETS)
-        h.observe(seconds)
+        h.counts[bisect_left(h.bounds, seconds)] += 1  # (h.observe, inline: every request)
+        h.sum += seconds
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

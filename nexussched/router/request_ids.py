@@ -36,6 +36,6 @@ class RequestIds:
                 code="invalid_value",
             )
         if not rid:
-            rid = self.new()
+            rid = f"{self._prefix}{next(self._n):016x}"  # (self.new(), inline)
         request[REQUEST_ID] = rid
         return rid

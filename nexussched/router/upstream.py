@@ -164,9 +164,7 @@ class UpstreamIO:
             if resp.status == 200:
                 call.tokens = usage_tokens(up.first)
                 call.complete = True
-            out = WholeResponse(resp.status, ct, up.first)
-            out.headers["x-request-id"] = call.request_id
-            return out
+            return WholeResponse(resp.status, ct, up.first, call.request_id)
         call.ttft = time.monotonic() - call.t0
         m.observe_ttft(name, call.ttft)
         out = _EventStream(
