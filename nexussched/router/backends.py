@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from .breaker import Breaker
+from .breaker import CLOSED, Breaker
 from .config import BackendSpec
 from .policies.base import RequestInfo
 from .policies.view import SCRAPE_PERIOD
@@ -269,7 +269,11 @@ class BackendRegistry:
             self.failed(idx, f"answered {status}")
             return
         b = self.backends[idx]
-        if b.breaker.success():
+        br = b.breaker
+        if br.state == CLOSED:  # the usual answer: br.success() without the call
+            br.failures = 0
+            return
+        if br.success():
             log.warning("backend %s: circuit closed (trial request answered)", b.name)
             if not b.retired:
                 self._mark_up(idx)

@@ -298,6 +298,10 @@ class H1Response:
                 await w
             finally:
                 self._waiter = None
+        parts = self._parts  # (the whole body arrived: the socket is read again, if paused)
+        if len(parts) == 1 and not self._paused:  # the usual case, without _pop()
+            self._buffered = 0
+            return parts.pop()
         return self._pop()
 
     async def readany(self) -> bytes:

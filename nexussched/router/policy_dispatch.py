@@ -31,6 +31,15 @@ class _Flight:
     move_to: int | None = None
 
 
+def _hook(policy: RoutingPolicy, name: str):
+    """The policy's `name` hook, or None where it is RoutingPolicy's no-op (not called then: a
+    call per request for nothing)."""
+    fn = getattr(policy, name)
+    if name not in vars(policy) and getattr(type(policy), name) is getattr(RoutingPolicy, name):
+        return None
+    return fn
+
+
 def fail_dropped(policy: RoutingPolicy, waiting: dict[object, asyncio.Future]) -> None:
     """Requests the policy gave up on while holding them (a queue's TTL, or one no engine can
     ever take) end now with its reason, rather than wait for a hand-over that never comes."""
@@ -62,6 +71,7 @@ class PolicyDispatcher(Dispatcher):
         self._flights: dict[object, _Flight] = {}
         self._tasks: list[asyncio.Task] = []
         self.kv_feed = None  # KvEventFeed (router/kv_feed.py), for policies that follow KV events
+        self._hooks: tuple = ()  # (on_first_token, on_output, on_finish), set at start
 
     @classmethod
     def from_settings(cls, settings: RouterSettings, **kwargs: object) -> PolicyDispatcher:
@@ -73,6 +83,7 @@ class PolicyDispatcher(Dispatcher):
     async def start(self, router: RouterCore) -> None:
         self.router = router
         p = self.policy
+        self._hooks = tuple(_hook(p, n) for n in ("on_first_token", "on_output", "on_finish"))
         if p.holds:
             router.registry.on_change.append(lambda i, up: up and self._offer(i))
             self._tasks.append(asyncio.create_task(self._offer_loop(p.tick_interval or 0.05)))
@@ -183,6 +194,11 @@ class PolicyDispatcher(Dispatcher):
     async def dispatch(self, call: ProxyCall) -> web.StreamResponse:
         router = self.router
         policy = self.policy
+        if not self._hooks:  # (not started: a test's dispatcher)
+            self._hooks = tuple(
+                _hook(policy, n) for n in ("on_first_token", "on_output", "on_finish")
+            )
+        first_token, on_output, on_finish = self._hooks
         rid = call.info.id
         tried: list[int] = []
         spent = 0
@@ -252,15 +268,17 @@ class PolicyDispatcher(Dispatcher):
                     pause = self._backoff(len(tried))
                     continue
                 # the engine answered: a stream's first bytes, or a whole answer
-                policy.on_first_token(rid, idx, time.monotonic())
+                if first_token is not None:
+                    first_token(rid, idx, time.monotonic())
                 return await router.relay(call, up)
             finally:
                 b.end(call.info)
                 if finished:
-                    if call.complete and call.tokens:
+                    if call.complete and call.tokens and on_output is not None:
                         # the router learns how long the output was only now
-                        policy.on_output(rid, call.tokens)
-                    policy.on_finish(rid, idx, time.monotonic())
+                        on_output(rid, call.tokens)
+                    if on_finish is not None:
+                        on_finish(rid, idx, time.monotonic())
                     if policy.holds and (self._held or policy.held):
                         # room freed here: hand over what waits (nothing held: nothing to do)
                         self._offer(idx)

@@ -23,6 +23,7 @@ from aiohttp import web
 from .errors import APIError, bad_request
 
 MAX_DEPTH = 64  # JSON nesting levels
+_scan = json.JSONDecoder().scan_once  # (value, end) of the JSON value at an index
 OFFLOAD_BYTES = 256 * 1024  # bodies above this are parsed on a thread
 MAX_HEADER_VALUE = 1024  # characters of a forwarded header value
 _SPECIAL = re.compile(rb'[\[\]{}"\\]')
@@ -90,7 +91,14 @@ def decode_json(raw: bytes, max_depth: int = MAX_DEPTH) -> object:
         raise bad_request(f"request body nests deeper than {max_depth} levels", code="invalid_json")
     try:
         if raw[:1] == b"{" and raw[1:2] != b"\x00":  # UTF-8 (json.loads would detect it so)
-            return json.loads(raw.decode("utf-8", "surrogatepass"))
+            s = raw.decode("utf-8", "surrogatepass")
+            try:  # json's C scanner straight (json.loads: three Python frames around it)
+                obj, end = _scan(s, 0)
+            except StopIteration:
+                end = -1
+            if end == len(s):
+                return obj
+            return json.loads(s)  # white space after it, or an error: json's own message
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:  # also int strings past Python's digit limit
         raise bad_request(f"request body is not valid JSON: {e}", code="invalid_json") from None
