@@ -1,10 +1,13 @@
 """What one request costs the router, counted rather than timed (so a loaded machine does not move
 it): Python function calls per request (cProfile) and, with --syscalls, system calls per request
 (strace -c), each the difference between two runs of N1 and N2 requests so start-up and shut-down
-cancel out.
+cancel out; with --instructions, the machine instructions the router executes per request in user
+space (valgrind's callgrind, counting only while 400 requests are served; pass
+`--router-arg=--health-interval=600 --router-arg=--scrape-interval=600` to keep the background
+probes, which run on the clock and not per request, out of the count).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_calls.py [--stream] [--requests 200,1200]
-        [--syscalls] [--router-arg=--policy --router-arg=least_load]
+        [--syscalls] [--instructions] [--router-arg=--policy --router-arg=least_load]
 
 The router runs in front of 2 engine-sims (--time-scale 0), driven over 16 keep-alive connections
 by the same lean client as bench_router_throughput.py.
@@ -100,16 +103,44 @@ def syscalls(engines: list[int], n: int, a: argparse.Namespace, tmp: str) -> dic
     return counts
 
 
+def instructions(engines: list[int], n: int, a: argparse.Namespace, tmp: str) -> float:
+    """User-space instructions (callgrind's Ir) of the router process per request, counted
+    only while n requests are served (after a warm-up), start-up excluded."""
+    port = free_port()
+    out = os.path.join(tmp, "callgrind.out")
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+           sys.executable, *_router_cmd(engines, port, a.router_arg)]  # fmt: skip
+    p = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        bt.wait_ready(port, timeout=300)  # (about 50 times slower under valgrind)
+        asyncio.run(drive(port, 200, a.stream))
+        subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], capture_output=True)
+        asyncio.run(drive(port, n, a.stream))
+        subprocess.run(["callgrind_control", "-i", "off", str(p.pid)], capture_output=True)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=120)
+    total = 0
+    for line in open(out):
+        if line.startswith(("totals:", "summary:")):
+            total = max(total, int(line.split()[1]))
+    return total / n
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stream", action="store_true", help="streamed requests (16 tokens)")
     p.add_argument("--requests", default="200,1200", help="N1,N2")
     p.add_argument("--syscalls", action="store_true", help="also count system calls (strace)")
+    p.add_argument("--instructions", action="store_true", help="also count instructions (valgrind)")
     p.add_argument("--router-arg", action="append", default=[], help="extra flag for the router")
     a = p.parse_args()
     n1, n2 = (int(x) for x in a.requests.split(","))
     if a.syscalls and shutil.which("strace") is None:
         sys.exit("--syscalls needs strace")
+    if a.instructions and shutil.which("callgrind_control") is None:
+        sys.exit("--instructions needs valgrind (callgrind_control)")
     engines = [free_port() for _ in range(2)]
     procs = [start(["engine-sim", "--time-scale", "0"], ep) for ep in engines]
     try:
@@ -131,6 +162,9 @@ def main() -> None:
                     + ", ".join(f"{k} {v:.2f}" for k, v in shown.items())
                     + ")"
                 )
+            if a.instructions:
+                per = instructions(engines, 400, a, tmp)
+                print(f"instructions per request (user space): {per / 1000:.1f}k")
     finally:
         stop(procs)
 

@@ -237,3 +237,41 @@ def test_parse_head_keep_alive_and_header_case():
     for handed in (b"Connection: Upgrade\r\n", b"Expect: 100-continue\r\n", b"Upgrade: h2c\r\n"):
         assert parse_head(h11 + handed) is None
     assert parse_head(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n") is None  # no length
+
+
+async def test_a_handler_bug_is_a_500_and_a_closed_connection(hosts, session, fake):
+    r, raw = await _up(hosts, session, fake.url)
+
+    async def broken(req):
+        raise RuntimeError("planted")
+
+    raw.handler = broken
+    reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+    writer.write(_post(BODY) + _post(BODY))  # the second is never answered: the first closes
+    status, h, b = await asyncio.wait_for(_answer(reader), 10)
+    assert status == 500 and h["connection"] == "close"
+    assert json.loads(b)["error"]["code"] == "internal_error"
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+
+
+async def test_shutdown_closes_idle_connections_and_ends_busy_ones_after_their_answer(
+    hosts, session
+):
+    e = await hosts(engine(time_scale=1.0))  # answers take real time: one is in flight
+    r, raw = await _up(hosts, session, e.url)
+    idle_r, idle_w = await asyncio.open_connection("127.0.0.1", r.port)
+    idle_w.write(_post(BODY))
+    assert (await _answer(idle_r))[0] == 200  # kept alive, now idle
+    busy_r, busy_w = await asyncio.open_connection("127.0.0.1", r.port)
+    busy_w.write(_post(dict(BODY, max_tokens=40)))
+    while not any(c.busy for c in raw.conns):
+        await asyncio.sleep(0.01)
+    stopping = asyncio.ensure_future(r.stop())  # the listening socket, then the drain
+    assert await asyncio.wait_for(idle_r.read(), 10) == b""  # closed at once
+    status, h, b = await asyncio.wait_for(_answer(busy_r), 30)  # the drain let it finish
+    assert status == 200 and h["connection"] == "close"
+    assert json.loads(b)["usage"]["completion_tokens"] == 40
+    await stopping
+    idle_w.close()
+    busy_w.close()

@@ -192,6 +192,11 @@ class RawConnection(asyncio.Protocol):
             out = await self.server.handler(req)
         except asyncio.CancelledError:
             return  # the client left
+        except Exception:  # (the guard answers everything; a bug must not hang the connection)
+            log.exception("unexpected error answering %s on the raw server", req.path)
+            req.keep_alive = False
+            out = APIError(500, "internal error in the router (logged)", code="internal_error")
+            out = out.response()
         if out is HAND_OFF:
             return self._hand_off()
         t = self.transport
