@@ -252,3 +252,53 @@ def sim_chain(r) -> tuple[int, ...]:
     return block_chain(r.prefix_hashes, r.prefix_block, r.prompt_tokens, 16)[
         : r.prompt_tokens // 16
     ]
+
+
+# ---- what a placement costs the cache --------------------------------------------------------
+def _busy_home(pol, views, h, load: int):
+    """Engine 0 holds the 3,200-token context `h`; `load` long requests queue there after it."""
+    views[1].healthy = False
+    assert pol.route(info(0, h, prompt=3300), views, 0.0) == 0
+    pol.on_finish(0, 0, 1.0)
+    for j in range(1, 1 + load):
+        assert pol.route(info(j, (), prompt=4000), views, 1.0) == 0
+    views[1].healthy = True
+
+
+def test_prism_keeps_a_late_turn_with_its_context_unless_elsewhere_is_worth_the_recompute():
+    h = tuple(range(200))
+    picks = {}
+    for cost in (0.0, 10.0):
+        pol = make_policy("prism", place_cost=cost, late_binding=False)
+        views = [View("a"), View("b")]
+        _busy_home(pol, views, h, load=4)
+        turn = RequestInfo(9, 3300, 100, 1.0, 2.0, 0.1, prefix_hashes=h + (999,))
+        t_home, t_cold = (pol.predict(turn, i, 1.0)[0] for i in (0, 1))
+        # home is predicted to miss the TTFT SLO (with 0.5 s slack), the idle engine to meet
+        # it, but only by recomputing the 3,200 cached tokens, worth more than home's delay
+        e1 = pol._eng[1]
+        recompute = e1.prefill_work(3300) - e1.prefill_work(3300, 3200)
+        assert t_cold < 2.0 - 0.5 < t_home < t_cold + 10.0 * recompute
+        picks[cost] = pol.route(turn, views, 1.0)
+    assert picks == {0.0: 1, 10.0: 0}
+
+
+def test_prism_moves_a_queued_turn_off_its_context_only_for_a_gain_that_pays_the_recompute():
+    h = tuple(range(200))
+    moved = {}
+    for cost in (0.0, 10.0):
+        pol = make_policy("prism", move_cost=cost, place_cost=0.0, late_binding=False,
+                          rebind_gain=0.1)  # fmt: skip
+        views = [View("a"), View("b")]
+        _busy_home(pol, views, h, load=3)
+        views[1].healthy = False
+        assert pol.route(info(9, h + (999,), prompt=3300), views, 1.0) == 0  # the next turn
+        views[1].healthy = True
+        views[0].num_waiting = 4  # nothing there has started
+        moves = pol.tick(views, 1.01)
+        moved[cost] = {m.req_id for m in moves}
+        assert all(m.src == 0 and m.dst == 1 for m in moves)
+    # without the hysteresis the turn, newest in the queue, leaves its context; with it, it
+    # stays and the uncached requests queued before it move instead
+    assert 9 in moved[0.0]
+    assert 9 not in moved[10.0] and moved[10.0]

@@ -132,6 +132,9 @@ class Prism(PrismPredictor, RoutingPolicy):
         home = -1
         home_key: tuple[bool, int, float] = (False, -1, 0.0)
         home_t = INF
+        kc = cfg.place_cost if aff else 0.0
+        hmax = max(hits) if kc else 0  # type: ignore[arg-type]
+        cheap, cheap_c, cheap_t = -1, INF, INF
         eng = self._eng
         jitter = cfg.jitter
         hold_pace = cfg.hold_for_pace
@@ -143,6 +146,7 @@ class Prism(PrismPredictor, RoutingPolicy):
                 continue
             base = e.base + e.c2 + e.c3 * rctx
             if hits is None or not hits[i]:
+                h = 0
                 w = e.c0 * P + e.c1 * PP
             else:
                 h = hits[i]
@@ -177,6 +181,14 @@ class Prism(PrismPredictor, RoutingPolicy):
                     key = (t * margin <= on_time, hits[i], -t)  # type: ignore[index]
                     if key > home_key:
                         home, home_key, home_t = i, key, t
+                    if kc:
+                        # the compute of what another engine holds and this one would recompute
+                        c = t
+                        if h < hmax:
+                            n0 = P - hmax
+                            c += kc * (w - e.c0 * n0 - e.c1 * n0 * (hmax + n0 * 0.5))
+                        if c < cheap_c:
+                            cheap, cheap_c, cheap_t = i, c, t
             else:
                 # when it would have room (one that is TPOT-full waits for decodes to finish)
                 d = V - slack_t if paced else 0.0
@@ -201,6 +213,10 @@ class Prism(PrismPredictor, RoutingPolicy):
                 )
         if home >= 0 and home != best and (home_key[0] or now + best_t * margin > r.deadline):
             best, best_t = home, home_t
+        elif cheap >= 0 and cheap != best:
+            # no engine holding its prefix meets its TTFT: the soonest elsewhere must also be
+            # worth the prefill compute it adds there (see place_cost)
+            best, best_t = cheap, cheap_t
         if (
             self.holds
             and cfg.defer_hopeless
@@ -439,9 +455,11 @@ class Prism(PrismPredictor, RoutingPolicy):
                 if r.moves >= self.cfg.max_moves or r.hopeless:
                     continue
                 here = es.U - now  # at the tail of the queue, it starts after everything ahead
-                dst, t = self._best_other(r, src, engines, now)
+                dst, t, cost = self._best_other(r, src, engines, now)
                 if dst < 0 or here - t < gain:
                     break  # the older ones are further ahead: they would gain less
+                if here - cost < gain:
+                    continue  # its cached context here is worth more than the time saved
                 if now + t * self.cfg.ttft_margin > r.deadline:
                     # late even there: a move would only send it to the back of another queue
                     # (where, under load, it can starve) for no SLO gained
@@ -460,15 +478,21 @@ class Prism(PrismPredictor, RoutingPolicy):
 
     def _best_other(
         self, r: ReqState, src: int, engines: Sequence[EngineView], now: float
-    ) -> tuple[int, float]:
-        best, best_t = -1, INF
+    ) -> tuple[int, float, float]:
+        """The best engine to move queued r to: (engine, its predicted TTFT there, that TTFT
+        plus move_cost x the extra prefill compute the move causes, which ranks them)."""
+        best, best_t, best_c = -1, INF, INF
+        k = self.cfg.move_cost
+        h = r.hit(src)
         for i, e in enumerate(self._eng[: len(engines)]):
             if i == src or not engines[i].healthy or not self._room(e, r, now):
                 continue
-            t = self._ttft(e, r, now)
-            if t < best_t:
-                best, best_t = i, t
-        return best, best_t
+            t = c = self._ttft(e, r, now)
+            if k and r.hit(i) < h:  # recomputing there what is cached here
+                c += k * (e.prefill_work(r.prompt, r.hit(i)) - e.prefill_work(r.prompt, h))
+            if c < best_c:
+                best, best_t, best_c = i, t, c
+        return best, best_t, best_c
 
     @property
     def held(self) -> int:

@@ -38,6 +38,11 @@ class PrismConfig:
     rebind: bool = True
     max_moves: int = 1  # re-bindings per request
     rebind_gain: float = 0.3  # s of predicted TTFT a move must save
+    # Hysteresis on moves that leave cached context behind: a move must also save this x the
+    # compute at its destination of the prompt blocks cached where it is queued but not there. That compute delays every request after it there, and a session's
+    # later turns follow its context; a gain for one request bought with more work for all is a
+    # loss under load (0: moves weigh only the moved request's own TTFT).
+    move_cost: float = 10.0
     tick_interval: float = 0.05  # s between ticks (re-binding, resync with engine state)
     shed: bool = False  # refuse requests no engine can serve within their TTFT SLO
     retry_after: float = 1.0  # s, floor of the Retry-After hint of a refused request
@@ -66,6 +71,12 @@ class PrismConfig:
     # room (or after age_limit), so it does not delay the requests that can still make theirs.
     # Off: it goes to the engine predicted to serve it soonest, as any request.
     defer_hopeless: bool = True
+    # With prefix_affinity, where no engine is predicted to meet a request's TTFT from its
+    # cached prefix, it goes to the engine with the lowest predicted TTFT + place_cost x the
+    # compute there of the prompt blocks another engine holds (0: the soonest): recomputing a
+    # cached prefix elsewhere is work every later request there waits behind, and moves the
+    # session's context away.
+    place_cost: float = 10.0
     # Where engines publish KV events (vLLM's BlockStored / BlockRemoved; engine-sim and the
     # simulator do), the index follows them: exact evictions instead of an LRU guess.
     kv_events: bool = True
@@ -87,5 +98,7 @@ class PrismConfig:
             raise ValueError(f"prism: min_share must be in [0, 1), got {self.min_share!r}")
         if not self.age_limit > 0:
             raise ValueError(f"prism: age_limit must be positive, got {self.age_limit!r}")
+        if self.move_cost < 0 or self.place_cost < 0:
+            raise ValueError("prism: move_cost and place_cost must be >= 0")
         if self.max_moves < 0 or self.scan < 1:
             raise ValueError("prism: max_moves must be >= 0 and scan >= 1")
