@@ -9,8 +9,17 @@ the trace's reuse bound (an infinite cache shared by all engines) are the hit-ra
 The bars: prism's goodput over the best other real router's (prefix_oracle excluded), per engine
 policy. Prints one table per scenario and the bars.
 
+`--ceiling free,info` adds the bars' ceilings, benchmark-only references (never product
+policies): `free` runs every listed router again on the trace with each request's reusable
+prefix (what an infinite cache shared by all engines would serve) cut from its prompt, so the
+best of them bounds what any router could gain from prefix reuse over the best other router
+(optimistically: the cut tokens cost no KV and no attention either); `info` is prism told
+everything a live router is not: the oracle view (exact, instant engine state and cache
+contents) and every request's true output length as its max_tokens.
+
     python benchmarks/bench_prefix_routing.py                  # sessions, mooncake, heterogeneous
     python benchmarks/bench_prefix_routing.py --scenario sessions --iters 3 --workers 2
+    python benchmarks/bench_prefix_routing.py --scenario sessions --no-oracle --ceiling free,info
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,36 +77,64 @@ CASES = {
 }
 
 
-def reuse_bound(trace: Trace, block: int = 16) -> float:
-    """Share of prompt tokens an infinite cache shared by every engine could serve."""
+def reusable(trace: Trace, block: int = 16) -> list[int]:
+    """Per request, the prompt tokens an infinite cache shared by every engine could serve."""
     seen: set[int] = set()
-    hit = tot = 0
+    out = []
     for r in trace.requests:
         ch = block_chain(r.prefix_hashes, r.prefix_block, r.prompt_tokens + r.output_tokens, block)
         pr = ch[: max(0, r.prompt_tokens - 1) // block]
         k = 0
         while k < len(pr) and pr[k] in seen:
             k += 1
-        hit += k * block
-        tot += r.prompt_tokens
+        out.append(k * block)
         seen.update(ch)
-    return hit / tot if tot else 0.0
+    return out
+
+
+def reuse_bound(trace: Trace, block: int = 16) -> float:
+    """Share of prompt tokens an infinite cache shared by every engine could serve."""
+    tot = sum(r.prompt_tokens for r in trace.requests)
+    return sum(reusable(trace, block)) / tot if tot else 0.0
+
+
+def free_prefix(trace: Trace) -> Trace:
+    """The ceiling's trace: every request's reusable prefix (reusable()) given for free, i.e.
+    cut from its prompt, and no prefix hashes left to route on. Optimistic beyond any cache:
+    the cut tokens take no KV and no attention either, so no router on these engines gains
+    more from prefix reuse than the best router does on this trace."""
+    reqs = [
+        replace(r, prompt_tokens=max(1, r.prompt_tokens - k), prefix_hashes=())
+        for r, k in zip(trace.requests, reusable(trace), strict=True)
+    ]
+    return Trace(trace.name + " (free prefix)", reqs, dict(trace.meta))
 
 
 def _trace(case: Case) -> Trace:
     return head(load_trace(case.trace), case.n)
 
 
-def _setup(case: Case, view: str) -> SimSetup:
-    return SimSetup(
-        parse_cluster(case.cluster), case.slo_ttft, case.slo_tpot, 0, info=Information(view=view)
+def _setup(case: Case, view: str, max_tokens: str | None = None) -> SimSetup:
+    info = (
+        Information(view=view) if max_tokens is None else Information(view, max_tokens=max_tokens)
     )
+    return SimSetup(parse_cluster(case.cluster), case.slo_ttft, case.slo_tpot, 0, info=info)
 
 
-def run_pair(case: Case, policy: str, engine: str, iters: int) -> dict:
-    trace = _trace(case)
-    view = "oracle" if policy == ORACLE else "live"
-    setup = _setup(case, view)
+# Ceilings (benchmark-only references, never product policies): "free" runs a router on the
+# free_prefix() trace; "info" runs prism with the oracle view (exact, instant engine state and
+# cache contents) and every request declaring its true output length (max_tokens exact).
+VARIANTS = ("live", "free", "info")
+
+
+def run_pair(case: Case, policy: str, engine: str, iters: int, variant: str = "live") -> dict:
+    trace = free_prefix(_trace(case)) if variant == "free" else _trace(case)
+    if variant == "info":
+        view = "oracle"
+        setup = _setup(case, view, max_tokens="exact")
+    else:
+        view = "oracle" if policy == ORACLE else "live"
+        setup = _setup(case, view)
 
     def run(scale: float) -> dict:
         return simulate(trace, setup, policy, engine, scale).summary
@@ -111,6 +148,7 @@ def run_pair(case: Case, policy: str, engine: str, iters: int) -> dict:
         "policy": policy,
         "engine": engine,
         "view": view,
+        "variant": variant,
         "goodput_rps": good,
         "goodput_scale": sw.goodput_scale,
         "hit_rate": at.get("prefix_hit_rate"),
@@ -134,14 +172,24 @@ def _job(args: tuple) -> dict:
 def bars(rows: list[dict]) -> dict:
     out = {}
     for eng in ENGINES:
-        mine = next((r for r in rows if r["policy"] == "prism" and r["engine"] == eng), None)
-        others = [r for r in rows if r["engine"] == eng and r["policy"] not in ("prism", ORACLE)]
+        live = [r for r in rows if r["engine"] == eng and r.get("variant", "live") == "live"]
+        mine = next((r for r in live if r["policy"] == "prism"), None)
+        others = [r for r in live if r["policy"] not in ("prism", ORACLE)]
         if mine is None or not others:
             continue
         best = max(others, key=lambda r: r["goodput_rps"])
-        ratio = mine["goodput_rps"] / best["goodput_rps"] if best["goodput_rps"] else None
+        b = best["goodput_rps"]
+        ratio = mine["goodput_rps"] / b if b else None
         out[eng] = {"prism": mine["goodput_rps"], "best_other": best["policy"],
-                    "best_other_rps": best["goodput_rps"], "ratio": ratio}  # fmt: skip
+                    "best_other_rps": b, "ratio": ratio}  # fmt: skip
+        # the ceilings over the same best other router: the most any router gains from prefix
+        # reuse (best goodput with every reusable prefix free), and prism told everything
+        for v in ("free", "info"):
+            got = [r for r in rows if r["engine"] == eng and r.get("variant") == v]
+            if got:
+                top = max(got, key=lambda r: r["goodput_rps"])
+                out[eng][v] = {"router": top["policy"], "rps": top["goodput_rps"],
+                               "ratio": top["goodput_rps"] / b if b else None}  # fmt: skip
     return out
 
 
@@ -151,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iters", type=int, default=3, help="bisection steps of each goodput sweep")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-oracle", action="store_true", help="skip prefix_oracle")
+    ap.add_argument(
+        "--ceiling",
+        default="",
+        help="comma list of ceilings to add (benchmark-only references): free = every router "
+        "again on the trace with each request's reusable prefix cut from its prompt (what any "
+        "router could gain from reuse, optimistically); info = prism with the oracle view and "
+        "true output lengths declared",
+    )
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--routers", default=",".join(ROUTERS), help="routers to sweep (prism first)")
     ap.add_argument("--json", default=None, help="also write the rows here")
@@ -161,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown scenario(s) {', '.join(bad)}; known: {', '.join(CASES)}")
     engines = [e for e in args.engines.split(",") if e]
     policies = [p for p in args.routers.split(",") if p] + ([] if args.no_oracle else [ORACLE])
-    jobs = [(CASES[n], p, e, args.iters) for n in names for e in engines for p in policies]
+    ceil = [c for c in args.ceiling.split(",") if c]
+    if any(c not in VARIANTS[1:] for c in ceil):
+        ap.error(f"--ceiling takes {', '.join(VARIANTS[1:])}")
+    variants = [("live", p) for p in policies]
+    if "free" in ceil:
+        variants += [("free", p) for p in policies if p != ORACLE]
+    if "info" in ceil:
+        variants.append(("info", "prism"))
+    jobs = [(CASES[n], p, e, args.iters, v) for n in names for e in engines for v, p in variants]
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         rows = list(pool.map(_job, jobs))
@@ -173,18 +237,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n== {n}: {case.trace} (first {case.n}), {case.cluster}, TTFT {case.slo_ttft}s "
               f"TPOT {case.slo_tpot}s; trace rate {tr.rate:.2f}/s; hit rate at {case.at}x; "
               f"reuse bound {bound:.1%}")  # fmt: skip
-        print(f"{'router':20s} {'engine':13s} {'goodput/s':>10s} {'hit@at':>8s} {'SLO@at':>8s}")
+        print(f"{'router':34s} {'engine':13s} {'goodput/s':>10s} {'hit@at':>8s} {'SLO@at':>8s}")
         mine = [r for r in rows if r["case"] == n]
         for r in mine:
             hit = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}"
-            name = r["policy"] + (" (oracle)" if r["view"] == "oracle" else "")
-            print(f"{name:20s} {r['engine']:13s} {r['goodput_rps']:10.2f} {hit:>8s} "
+            tag = {"free": " (free prefix)", "info": " (oracle info)"}.get(r.get("variant", ""))
+            name = r["policy"] + (tag or (" (oracle)" if r["view"] == "oracle" else ""))
+            print(f"{name:34s} {r['engine']:13s} {r['goodput_rps']:10.2f} {hit:>8s} "
                   f"{r['attainment_at']:8.1%}")  # fmt: skip
         b = bars(mine)
         for eng, v in b.items():
             ratio = "n/a" if v["ratio"] is None else f"{v['ratio']:.2f}x"
             print(f"bar ({eng}): prism {v['prism']:.2f}/s vs best other {v['best_other']} "
                   f"{v['best_other_rps']:.2f}/s = {ratio} (target 1.30x)")  # fmt: skip
+            hit = next(
+                r["hit_rate"] for r in mine
+                if r["engine"] == eng and r["policy"] == v["best_other"]
+                and r.get("variant", "live") == "live"
+            )  # fmt: skip
+            if hit is not None and bound > 0:
+                # the reuse a perfect placement could still win over the best other router: it
+                # computes 1 - hit of the prompt tokens, a perfect one 1 - bound; only where
+                # goodput were bound by prefill compute alone would it gain that whole ratio
+                left = (1 - hit) / (1 - bound) if bound < 1 else float("inf")
+                v["prefill_left"] = left
+                print(f"  reuse left ({eng}): {v['best_other']} hits {hit:.1%} of prompt tokens, "
+                      f"the reuse bound {bound:.1%}: at most {left:.2f}x less prefill compute")  # fmt: skip
+            for c, what in (("free", "every reusable prefix free"), ("info", "prism, oracle info")):
+                if c in v and v[c]["ratio"] is not None:
+                    print(f"  ceiling ({eng}, {what}): {v[c]['router']} {v[c]['rps']:.2f}/s = "
+                          f"{v[c]['ratio']:.2f}x {v['best_other']}")  # fmt: skip
         result[n] = {"reuse_bound": bound, "rows": mine, "bars": b}
     print(f"\n{len(jobs)} sweeps in {time.perf_counter() - t0:.0f} s wall")
     if args.json:
