@@ -37,9 +37,12 @@ engine serves from a prefix cache are counted as prefill work; the arrival times
 network and the engine's detokenising, a roughly constant offset the intercept absorbs.
 
 From vLLM's /metrics (MetricsWatch): between two scrapes of an engine at which requests of this
-router were in flight, their count never falling to zero in between, the engine stepped the whole
-interval, so its K steps (the count of `vllm:iteration_tokens_total`) took the interval's wall
-time. The deltas of the prompt, cached-prompt, generation and first-token counters give those
+router were in flight, their count never falling to zero in between, and at which the engine's own
+gauges showed requests running or waiting, the engine stepped the whole interval, so its K steps
+(the count of `vllm:iteration_tokens_total`) took the interval's wall time. (The router's count
+alone is not enough: it counts a request from its send until the last chunk is relayed, so an
+engine can sit idle at a scrape with requests in flight not there yet, or done there and still
+being relayed; such an interval taught one step as long as the whole interval.) The deltas of the prompt, cached-prompt, generation and first-token counters give those
 steps' summed features: prefill P - H tokens, F prompts finished (attention as F prompts of the
 mean length), G - F decodes at the mean context of the prompts in flight plus half the mean output
 so far. One such interval is one segment. It needs no streaming; idle intervals are skipped.
@@ -279,26 +282,33 @@ class MetricsWatch:
 
     def __init__(self, segment: Callable[[tuple[float, ...], float], None]) -> None:
         self.segment = segment
-        self.prev: tuple[float, dict[str, float], int, int, float] | None = None
+        self.prev: tuple[float, dict[str, float], int, int, float, bool] | None = None
         self.first_sum = 0.0  # requests that got a first token, since the first scrape
         self.gen_sum = 0.0  # tokens they decoded
         self.samples = 0
         self.skipped = 0  # intervals not busy throughout (or with no steps)
 
     def scraped(
-        self, t: float, totals: dict[str, float], inflight: int, prompts: int, idles: int
+        self,
+        t: float,
+        totals: dict[str, float],
+        inflight: int,
+        prompts: int,
+        idles: int,
+        working: bool = True,
     ) -> None:
         """A scrape at `t`: the engine's TOTALS, and the router's requests in flight there, their
-        prompt tokens, and how often its in-flight count fell to zero so far."""
+        prompt tokens, how often its in-flight count fell to zero so far, and whether the engine's
+        gauges showed requests running or waiting (`working`)."""
         if vm.STEPS not in totals:
             self.prev = None  # not a vLLM V1 engine: nothing to learn from here
             return
         prev = self.prev
         mean_prompt = prompts / inflight if inflight else 0.0
-        self.prev = (t, totals, inflight, idles, mean_prompt)
+        self.prev = (t, totals, inflight, idles, mean_prompt, working)
         if prev is None:
             return
-        t0, c0, inflight0, idles0, mean_prompt0 = prev
+        t0, c0, inflight0, idles0, mean_prompt0, working0 = prev
 
         def delta(name: str) -> float:
             return totals.get(name, 0.0) - c0.get(name, 0.0)
@@ -311,8 +321,10 @@ class MetricsWatch:
         self.first_sum += firsts
         self.gen_sum += decodes
         # Busy throughout: requests of ours were in flight at both scrapes and never all ended
-        # in between, so the engine stepped the whole interval and its k steps took all of it.
-        if k < 1 or inflight0 == 0 or inflight == 0 or idles != idles0 or t <= t0:
+        # in between, and the engine was working at both, so it stepped the whole interval and
+        # its k steps took all of it.
+        busy = inflight0 > 0 and inflight > 0 and working0 and working and idles == idles0
+        if k < 1 or not busy or t <= t0:
             self.skipped += 1
             return
         prompt = delta(vm.PROMPT)
@@ -406,7 +418,10 @@ class ObservedFeed:
         while len(self.scrapes) <= idx:
             self.scrapes.append(MetricsWatch(self._segment(len(self.scrapes))))
         b = backend
-        self.scrapes[idx].scraped(t, metrics.totals, b.inflight, b.inflight_prompt_tokens, b.idles)
+        working = metrics.num_running + metrics.num_waiting > 0
+        self.scrapes[idx].scraped(
+            t, metrics.totals, b.inflight, b.inflight_prompt_tokens, b.idles, working
+        )
 
     @property
     def observations(self) -> int:
