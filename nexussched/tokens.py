@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
+from functools import lru_cache
 
 
 def text_tokens(s: str) -> int:
@@ -110,5 +112,44 @@ def block_hashes(pieces: list[str | int], block_size: int = DEFAULT_BLOCK_SIZE) 
         if blk is None:
             blk = "\x1f".join((f"i{x}" if isinstance(x, int) else "s" + x) for x in chunk)
         prev = blake(prev + blk.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        out.append(int.from_bytes(prev, "big") >> 1)
+    return tuple(out)
+
+
+def prompt_block_hashes(
+    body: dict, chat: bool, block_size: int = DEFAULT_BLOCK_SIZE
+) -> tuple[int, ...]:
+    """block_hashes(prompt_pieces(body, chat), block_size), the router's per-request hashing: a
+    plain ASCII text prompt (a completion's usual prompt) is hashed without a str object per
+    piece (each cost about as much as the rest of the hash), the others as block_hashes does."""
+    if not chat:
+        p = body.get("prompt")
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str | list):
+            p = p[0]
+        if isinstance(p, str) and p.isascii():
+            return _ascii_block_hashes(p, block_size)
+    return block_hashes(prompt_pieces(body, chat), block_size)
+
+
+@lru_cache(maxsize=8)
+def _block_struct(block_size: int) -> struct.Struct:
+    return struct.Struct("4s" * block_size)
+
+
+def _ascii_block_hashes(s: str, block_size: int) -> tuple[int, ...]:
+    """block_hashes(text_pieces(s), block_size) for ASCII s: a full block is block_size pieces
+    of 4 bytes each, which one struct unpack splits in C (the same pieces, the same strings)."""
+    b = s.encode("ascii")
+    per = 4 * block_size
+    full = len(b) // per
+    if (len(b) + 3) // 4 // block_size != full:
+        # the text's short last piece completes a block: that block is not 4-byte pieces
+        return block_hashes(text_pieces(s), block_size)
+    unpack = _block_struct(block_size).unpack_from
+    out: list[int] = []
+    prev = b"nexussched"
+    blake = hashlib.blake2b
+    for off in range(0, full * per, per):
+        prev = blake(prev + b"s" + b"\x1fs".join(unpack(b, off)), digest_size=8).digest()
         out.append(int.from_bytes(prev, "big") >> 1)
     return tuple(out)

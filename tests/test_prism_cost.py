@@ -11,7 +11,7 @@ from collections import OrderedDict
 from nexussched.router.policies import make_policy
 from nexussched.router.policies.base import RequestInfo
 from nexussched.router.policies.prefix_index import PrefixIndex
-from nexussched.tokens import block_hashes, prompt_pieces, text_pieces
+from nexussched.tokens import block_hashes, prompt_block_hashes, prompt_pieces, text_pieces
 
 
 def _reference_block_hashes(pieces: list, block_size: int = 16) -> tuple[int, ...]:
@@ -53,6 +53,25 @@ def test_block_hashes_match_the_reference_for_every_kind_of_prompt() -> None:
     for rot in range(6):
         seq = mixed[rot:] + mixed[:rot]
         assert block_hashes(seq, 16) == _reference_block_hashes(seq, 16)
+
+
+def test_the_routers_prompt_hashes_are_the_pieces_hashes() -> None:
+    """prompt_block_hashes (what the router computes per request) equals the reference over
+    prompt_pieces, for ASCII text of every length mod a block (its short last piece too), other
+    text, token ids and chat."""
+    rng = random.Random(2)
+    for n in [*range(0, 140), 1023, 1024, 1025, 4096, 4099]:
+        ascii_text = "".join(rng.choice("ab s\x1f\n~") for _ in range(n))
+        for body, chat in [
+            ({"prompt": ascii_text}, False),
+            ({"prompt": [ascii_text]}, False),
+            ({"prompt": ascii_text + "\u00e9"}, False),
+            ({"prompt": [rng.randrange(9) for _ in range(n)]}, False),
+            ({"messages": [{"role": "user", "content": ascii_text}]}, True),
+        ]:
+            for bs in (1, 3, 16):
+                want = _reference_block_hashes(prompt_pieces(body, chat), bs)
+                assert prompt_block_hashes(body, chat, bs) == want, (n, bs, body)
 
 
 def _reference_add(lru: OrderedDict, cap: int | None, hashes: list[int]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Sequence
 import aiohttp
 from aiohttp import web
 
-from ..tokens import DEFAULT_BLOCK_SIZE, block_hashes, prompt_pieces
+from ..tokens import DEFAULT_BLOCK_SIZE, prompt_block_hashes
 from .access_log import access_line, flush_access, write_access
 from .access_log import log as access_log
 from .admission import context_refusal, implied_max_tokens, largest_max_model_len
@@ -331,7 +331,7 @@ class Router(UpstreamIO):
         prefix: tuple[int, ...] = ()
         if getattr(policy, "uses_prefix", False):
             # the prompt's blocks as the engines' prefix caches name them (nexussched/tokens.py)
-            prefix = block_hashes(prompt_pieces(body, path == CHAT), DEFAULT_BLOCK_SIZE)
+            prefix = prompt_block_hashes(body, path == CHAT, DEFAULT_BLOCK_SIZE)
         prompt_tokens = estimate_prompt_tokens(path, body)
         if max_tokens is None:  # what vLLM will allow it: the policies and admission see that
             mml = largest_max_model_len(self.backends, model)
