@@ -203,15 +203,23 @@ async def test_global_ttl_expiry_answers_an_error(redis_proc, hosts, session):
     expired = [r for r in res if r not in ok]
     assert expired, res
     assert all(r.status in (200, 504) for r in res), res  # answered, not given up on (status 0)
-    # an expired request is answered without ever taking the engine's time
+    # an expired request still queued is answered without ever taking the engine's time; one a
+    # worker had leased at its deadline (all eight share one) may have reached the engine
+    # (FastDeploy's workers take more than the engine's one seat: they fill its own queue)
     n504 = sum(1 for r in res if r.status == 504)
-    assert await engine_finished(session, e.url) <= len(res) - n504
+
+    async def settled() -> dict:  # each expiry's cancel runs just after its 504 went out
+        stats = (await get_json(session, a.url + "/scheduler"))["stats"]
+        return stats if stats.get("expired", 0) + stats.get("skipped", 0) >= n504 else {}
+
+    assert await wait_until(settled)
+    stats = await settled()
+    leased = stats.get("expired_leased", 0)
+    assert await engine_finished(session, e.url) <= len(res) - n504 + leased
     for r in expired:
         text = r.body["error"]["message"] if r.body else r.error
         assert "scheduler_ttl" in text
     assert tally(ok, 30) == (0, 0)
-    stats = (await get_json(session, a.url + "/scheduler"))["stats"]
-    assert stats.get("expired", 0) + stats.get("skipped", 0) > 0
 
 
 async def test_topics_do_not_schedule_together(redis_proc, hosts, session):

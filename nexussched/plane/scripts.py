@@ -301,6 +301,9 @@ if f[1] == 'queued' or f[1] == 'leased' then
   redis.call('ZREM', P .. 'leases', rid)
   redis.call('HINCRBY', P .. 'stats', 'expired', 1)
 end
+if f[1] == 'leased' then  -- a worker had it: its engine may have run it (counted apart)
+  redis.call('HINCRBY', P .. 'stats', 'expired_leased', 1)
+end
 return f[1]
 """
 )
