@@ -18,6 +18,11 @@ engines and client, in the same run, for a before / after comparison.
 --with-sglang installs sglang-router (SGLang Model Gateway's router, Rust) into its own venv
 (.venv-sglang, made once) and runs it with the same policy; without the flag, or when the install
 fails, its row says why it is missing.
+
+Logging, like for like: ours writes an access line per request by default and sglang-router at
+its default level (info) two lines per request; ours with --no-access-log and sglang-router at
+--log-level warn write none. Both pairs are run (--quiet-policy, --sglang-log): compare rows with
+the same logging.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -189,12 +196,17 @@ def sglang_python(a: argparse.Namespace) -> tuple[Path | None, str]:
     return py, ""
 
 
-def start_sglang(py: Path, engines: list[int], port: int, policy: str) -> subprocess.Popen:
+def start_sglang(
+    py: Path, engines: list[int], port: int, policy: str, log_level: str
+) -> subprocess.Popen:
+    """sglang-router at `log_level`: at `info`, its default, it logs two lines per request (as
+    ours writes its access line, on by default); at `warn`, none (as ours with --no-access-log).
+    Its log goes to a file, as ours does."""
     urls = [f"http://127.0.0.1:{p}" for p in engines]
     return subprocess.Popen(
         [str(py.parent / "sglang-router"), "launch", "--host", "127.0.0.1", "--port", str(port),
-         "--policy", policy, "--log-level", "warn", "--worker-urls", *urls],
-        stdout=subprocess.DEVNULL,
+         "--policy", policy, "--log-level", log_level, "--worker-urls", *urls],
+        stdout=tempfile.TemporaryFile(),
         stderr=tempfile.TemporaryFile(),
     )  # fmt: skip
 
@@ -248,54 +260,82 @@ def main() -> None:
     p.add_argument("--sglang-venv", default=str(ROOT / ".venv-sglang"))
     p.add_argument("--router-arg", action="append", default=[], help="extra flag for ours")
     p.add_argument(
+        "--quiet-policy",
+        default="round_robin",
+        help="also run ours with this policy and --no-access-log at each worker count (like for "
+        "like with sglang-router at --log-level warn); empty: not",
+    )
+    p.add_argument(
+        "--sglang-log",
+        default="info,warn",
+        help="sglang-router's log levels to run, a row each: info (its default: two lines per "
+        "request) is like for like with ours as deployed (an access line per request), warn "
+        "(no request lines) with ours --no-access-log",
+    )
+    p.add_argument(
         "--baseline",
         metavar="PATH",
         help="another checkout of nexussched whose router also runs (rows marked 'baseline')",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every router this many times, in a rotated order each round (the machine's "
+        "speed drifts between minutes); each row gives the median and the range over rounds",
     )
     a = p.parse_args()
     policies = [x for x in a.policy.split(",") if x]
     engines = [free_port() for _ in range(a.engines)]
     procs = [start(["engine-sim", "--time-scale", "0"], ep) for ep in engines]
-    rows: list[tuple[str, dict | None, str]] = []
+    trees = [("nexussched", ROOT)]
+    if a.baseline:
+        trees.insert(0, ("baseline", Path(a.baseline).resolve()))
+    runs = [(pol, []) for pol in policies]
+    if a.quiet_policy:
+        runs.append((a.quiet_policy, ["--no-access-log"]))
+    backends = [x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")]
+    # (row name, how to start it): ours per policy x workers x tree, then sglang-router per level
+    configs: list[tuple[str, Callable[[int], subprocess.Popen]]] = []
+    for pol, extra in runs:
+        mode = ["--mode", "prism"] if pol == "prism" else []
+        quiet = ", no access log" if extra else ""
+        for w in [int(x) for x in a.workers.split(",") if x]:
+            for label, root in trees:
+                argv = ["router", *backends, *mode, "--policy", pol, "--workers", str(w),
+                        *extra, *a.router_arg]  # fmt: skip
+                name = f"{label} {pol}, {w} worker{'s' if w > 1 else ''}{quiet}"
+                configs.append((name, lambda port, argv=argv, root=root: start(argv, port, root)))
+    py, why = sglang_python(a)
+    if py is not None:
+        for level in [x for x in a.sglang_log.split(",") if x]:
+            configs.append(
+                (
+                    f"{SGLANG_ROUTER}, log {level}",
+                    lambda port, level=level: start_sglang(py, engines, port, policies[0], level),
+                )
+            )
+    results: dict[str, list[dict]] = {name: [] for name, _ in configs}
+    directs: list[dict] = []
     try:
         for ep in engines:
             wait_http(f"http://127.0.0.1:{ep}/health")
-        direct = run_client(engines[0], a, stream=True)
-        rows.append(("straight to one engine (streams)", None, ""))
-        trees = [("nexussched", ROOT)]
-        if a.baseline:
-            trees.insert(0, ("baseline", Path(a.baseline).resolve()))
-        for pol in policies:
-            mode = ["--mode", "prism"] if pol == "prism" else []
-            for w in [int(x) for x in a.workers.split(",") if x]:
-                for label, root in trees:
-                    rp = free_port()
-                    backends = [
-                        x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")
-                    ]
-                    r = start(["router", *backends, *mode, "--policy", pol, "--workers", str(w),
-                               *a.router_arg], rp, root)  # fmt: skip
-                    try:
-                        wait_ready(rp)
-                        res = run_client(rp, a, stream=False, cpu_of=r.pid)
-                        res["stream"] = run_client(rp, a, stream=True)
-                        name = f"{label} {pol}, {w} worker{'s' if w > 1 else ''}"
-                        rows.append((name, res, ""))
-                    finally:
-                        stop([r])
-        py, why = sglang_python(a)
-        if py is None:
-            rows.append(("sglang-router", None, why))
-        else:
-            sp = free_port()
-            s = start_sglang(py, engines, sp, policies[0])
-            try:
-                wait_ready(sp)
-                res = run_client(sp, a, stream=False, cpu_of=s.pid)
-                res["stream"] = run_client(sp, a, stream=True)
-                rows.append((SGLANG_ROUTER, res, ""))
-            finally:
-                stop([s])
+        for k in range(a.rounds):
+            directs.append(run_client(engines[0], a, stream=True))
+            order = configs[k % len(configs) :] + configs[: k % len(configs)]
+            for name, launch in order:
+                rp = free_port()
+                r = launch(rp)
+                try:
+                    wait_ready(rp)
+                    res = run_client(rp, a, stream=False, cpu_of=r.pid)
+                    res["stream"] = run_client(rp, a, stream=True)
+                    res["direct_p50"] = directs[-1]["ttft_p50"]
+                    results[name].append(res)
+                finally:
+                    stop([r])
+                if a.rounds > 1:
+                    print(f"round {k + 1}/{a.rounds}: {name} done", file=sys.stderr, flush=True)
     finally:
         stop(procs)
     load = os.getloadavg()[0]
@@ -303,28 +343,53 @@ def main() -> None:
         f"{a.engines} engine-sims (--time-scale 0), policies {a.policy}; non-streaming: "
         f"max_tokens={a.max_tokens}, {a.conns} keep-alive connections; streams: "
         f"{a.stream_tokens} tokens, {a.streams} concurrent; {a.seconds:g} s after "
-        f"{a.warmup:g} s warm-up each; {os.cpu_count()} CPUs, load average {load:.1f}"
+        f"{a.warmup:g} s warm-up each; {a.rounds} round(s); {os.cpu_count()} CPUs, load "
+        f"average {load:.1f}"
     )
-    d50 = direct["ttft_p50"]
+    many = a.rounds > 1
+    if many:
+        print("median over rounds [min - max]; added p50: the median of each round's router p50")
+        print("less that round's straight-to-engine p50")
+
+    def cell(vals: list[float | None], spec: str, width: int) -> str:
+        vs = sorted(v for v in vals if v is not None)
+        if not vs:
+            return f"{'-':>{width}}"
+        med = statistics.median(vs)
+        text = format(med, spec)
+        if many:
+            text += f" [{format(vs[0], spec)}-{format(vs[-1], spec)}]"
+        return f"{text:>{width}}"
+
+    w1, w2, w3 = (20, 22, 22) if many else (8, 14, 13)
     print(
-        f"{'router':<38}{'req/s':>8}{'errors':>8}{'CPU s/1k req':>14}{'TTFT p50 ms':>13}"
-        f"{'TTFT p99 ms':>13}{'added p50 ms':>14}"
+        f"{'router':<50}{'req/s':>{w1}}{'errors':>8}{'CPU s/1k req':>{w2}}{'TTFT p50 ms':>{w3}}"
+        f"{'TTFT p99 ms':>{w3}}{'added p50 ms':>{w3}}"
     )
+    ms = [d["ttft_p50"] * 1e3 for d in directs]
+    m99 = [d["ttft_p99"] * 1e3 for d in directs]
+    errs = sum(d["errors"] for d in directs)
     print(
-        f"{'straight to one engine (streams)':<38}{'-':>8}{direct['errors']:>8}{'-':>14}"
-        f"{fmt(d50 * 1e3, '.2f'):>13}{fmt(direct['ttft_p99'] * 1e3, '.2f'):>13}{'-':>14}"
+        f"{'straight to one engine (streams)':<50}{'-':>{w1}}{errs:>8}{'-':>{w2}}"
+        f"{cell(ms, '.2f', w3)}{cell(m99, '.2f', w3)}{'-':>{w3}}"
     )
-    for name, res, why in rows[1:]:
-        if res is None:
-            print(f"{name:<38}  skipped: {why}")
-            continue
-        st = res["stream"]
-        added = None if st["ttft_p50"] is None else (st["ttft_p50"] - d50) * 1e3
+    for name, _ in configs:
+        rs = results[name]
+        st = [r["stream"] for r in rs]
+        added = [
+            None if s["ttft_p50"] is None else (s["ttft_p50"] - r["direct_p50"]) * 1e3
+            for r, s in zip(rs, st, strict=True)
+        ]
         print(
-            f"{name:<38}{res['rps']:>8.0f}{res['errors'] + st['errors']:>8}"
-            f"{fmt(res.get('cpu_per_1k'), '.3f'):>14}{fmt(st['ttft_p50'] * 1e3, '.2f'):>13}"
-            f"{fmt(st['ttft_p99'] * 1e3, '.2f'):>13}{fmt(added, '.2f'):>14}"
+            f"{name:<50}{cell([r['rps'] for r in rs], '.0f', w1)}"
+            f"{sum(r['errors'] + s['errors'] for r, s in zip(rs, st, strict=True)):>8}"
+            f"{cell([r.get('cpu_per_1k') for r in rs], '.3f', w2)}"
+            f"{cell([None if s['ttft_p50'] is None else s['ttft_p50'] * 1e3 for s in st], '.2f', w3)}"
+            f"{cell([None if s['ttft_p99'] is None else s['ttft_p99'] * 1e3 for s in st], '.2f', w3)}"
+            f"{cell(added, '.2f', w3)}"
         )
+    if py is None:
+        print(f"{'sglang-router':<50}  skipped: {why}")
 
 
 if __name__ == "__main__":
