@@ -16,11 +16,11 @@ machinery) was the largest part of the router's CPU per request after the lean c
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 
 from .errors import APIError
 from .lean_response import WholeResponse
@@ -103,9 +103,6 @@ def parse_head(head: bytes) -> tuple[RawRequest, int] | None:
     return RawRequest(path, minor, headers, keep), cl
 
 
-_date = [0, b""]  # the Date header's value, formatted once a second
-
-
 def answer_bytes(request: RawRequest, out: web.StreamResponse, keep: bool) -> bytes:
     """The whole answer to `request`: a WholeResponse's or web.Response's status, headers and
     body as one block, with the request's id when the answer has none."""
@@ -115,14 +112,10 @@ def answer_bytes(request: RawRequest, out: web.StreamResponse, keep: bool) -> by
         status, headers, body = out.status, out.headers, out.body
         if not isinstance(body, bytes | bytearray):  # a payload object: not a whole answer
             raise TypeError(f"cannot send {type(out).__name__} with body {type(body).__name__}")
-    now = time.time()
-    if _date[0] != int(now):
-        _date[0] = int(now)
-        _date[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
     minor = request.version[1]
     lines = [
         b"HTTP/1.%d %d %s\r\nDate: %s\r\nContent-Length: %d\r\n"
-        % (minor, status, _REASONS.get(status, b""), _date[1], len(body))
+        % (minor, status, _REASONS.get(status, b""), rfc822_formatted_time().encode(), len(body))
     ]
     for k, v in headers.items():
         if k.lower() not in _SKIP:
