@@ -3,15 +3,11 @@ at each arrival, the RequestInfo a live router would build for its policy."""
 
 from __future__ import annotations
 
-import itertools
-
 from ..router.policies.base import RequestInfo
 from ..router.policies.prefix_index import BLOCK_TOKENS
 from ..traces.types import Trace, TraceRequest
 from .prefix_cache import cached_block_chain
 from .request import SimRequest, declare
-
-_own = itertools.count(1)  # numbers the requests whose blocks name content of their own
 
 
 def sim_requests(
@@ -59,7 +55,7 @@ def arrival_info(r: SimRequest, tr: TraceRequest, block_size: int, caching: bool
         # only for the request itself, re-admitted after a preemption with its blocks not yet
         # evicted; without them the simulator recomputed every preempted request in full
         # where a live engine did not (round robin's l4 in the sim-to-live agreement).
-        base = next(_own) << 32  # a range of ids no other request's blocks take
+        base = (r.id + 1) << 32  # a range of ids no other request's blocks take (ids are unique)
         r.hashes = range(base, base + (r.prompt + r.output) // block_size)
         r.own_content = True
     return RequestInfo(
