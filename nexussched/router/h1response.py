@@ -287,6 +287,11 @@ class H1Response:
             self._fail(IdleTimeout(f"no data for {self._idle:g} s"))
 
     # ---- the reader's side -------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        """The whole body arrived and was read: readany() would give b"" at once."""
+        return self._state == _DONE and not self._parts
+
     async def read(self) -> bytes:
         """The whole body."""
         self._want_all = True

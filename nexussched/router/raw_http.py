@@ -4,7 +4,7 @@ bytes operations into a RawRequest, and a whole answer made into one block.
 It serves only what it positively understands: `POST /v1/completions` or `/v1/chat/completions`,
 HTTP/1.0 or 1.1, a Content-Length body, a head of plain printable lines. Anything else (other
 routes and methods, a query string, chunked bodies, `Expect`, upgrades, a malformed or oversized
-head, a streamed answer) is handed to aiohttp for the rest of the connection, with the bytes not
+head) is handed to aiohttp for the rest of the connection, with the bytes not
 yet answered: aiohttp's RequestHandler takes the transport over (`set_protocol`) and parses from
 there, so its answers (400 for a bad head included) stay the authority on everything unusual.
 
@@ -24,6 +24,7 @@ from aiohttp.helpers import rfc822_formatted_time
 
 from .errors import APIError
 from .lean_response import WholeResponse
+from .raw_stream import StreamConn
 from .request_ids import REQUEST_ID
 from .requests import CHAT, COMPLETIONS
 
@@ -32,7 +33,6 @@ MAX_HEAD = 8190  # bytes of a head this server parses (aiohttp's line limit); mo
 # header lines: a token, a colon, a value without control bytes (TAB allowed), CRLF
 _FIELDS = re.compile(rb"(?:[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*")
 _HANDED = frozenset({"transfer-encoding", "expect", "upgrade"})  # headers aiohttp must see
-STREAMED = re.compile(rb'"stream"\s*:\s*true')  # a streamed answer: aiohttp's StreamResponse
 _SKIP = frozenset({"content-length", "connection", "date", "transfer-encoding", "server"})
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 
@@ -46,7 +46,7 @@ class RawRequest(dict):
     """One parsed request, with what the router's handlers read of an aiohttp Request (method,
     path, headers, body, keep_alive, and item access for per-request state)."""
 
-    __slots__ = ("method", "path", "version", "headers", "body", "keep_alive", "refusal")
+    __slots__ = ("method", "path", "version", "headers", "body", "keep_alive", "refusal", "conn")
 
     def __init__(self, path: str, minor: int, headers: RawHeaders, keep_alive: bool) -> None:
         self.method = "POST"
@@ -56,9 +56,9 @@ class RawRequest(dict):
         self.body: bytes = b""
         self.keep_alive = keep_alive
         self.refusal: APIError | None = None  # answer this instead (413, 408): body not read
+        self.conn: StreamConn | None = None  # its connection, where a streamed answer is written
 
 
-HAND_OFF = web.Response(status=599)  # a handler's answer: let aiohttp serve this connection
 Handler = Callable[[RawRequest], Awaitable[web.StreamResponse]]
 
 

@@ -2,16 +2,17 @@
 answer block as raw_http.py makes them). One request per connection at a time, answered in order
 (pipelined requests wait in the buffer); keep-alive, `Connection: close`, HTTP/1.0.
 
-A connection whose next request this server does not serve (raw_http.parse_head says which, and
-a streamed answer: aiohttp's StreamResponse serves streams no worse) is handed to aiohttp for the
+A streamed answer is written onto the connection too, chunk by chunk as the relay gets them
+(raw_stream.RawStream); the connection then serves its next request. A connection whose next
+request this server does not serve (raw_http.parse_head says which) is handed to aiohttp for the
 rest of its life: aiohttp's RequestHandler takes the transport (`set_protocol`) and is fed the bytes
 not yet answered, as if they had just arrived.
 
 Time limits: one sweep a second over the connections (no timer per request) closes a connection
 that sat idle, or part-way through a head, for `header_timeout` s, and answers 408 to a body not
 complete within `body_timeout` s (each within a sweep's second of its limit). Back-pressure: a
-client that does not read its answers stops being read (pause_writing), and the socket stops
-being read while PAUSE_AT bytes of pipelined requests wait.
+client that does not read its answers stops being read (pause_writing; a stream's writes wait
+for it), and the socket stops being read while PAUSE_AT bytes of pipelined requests wait.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .errors import APIError
-from .raw_http import HAND_OFF, MAX_HEAD, STREAMED, Handler, RawRequest, answer_bytes, parse_head
+from .hygiene import STREAM_KEY
+from .raw_http import MAX_HEAD, Handler, RawRequest, answer_bytes, parse_head
 
 log = logging.getLogger("nexussched.router")
 SWEEP_EVERY = 1.0  # seconds between time-limit checks
@@ -97,7 +99,7 @@ class RawConnection(asyncio.Protocol):
         self._mark = -1  # _served (or -2 - bytes buffered) when the sweep last looked
         self._since = 0.0  # when the sweep first saw it in its present wait
         self._read_paused = False
-        self._write_paused = False
+        self.write_paused = False  # the transport's buffer is over its high-water mark
         self._drained: asyncio.Future | None = None
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
@@ -133,12 +135,23 @@ class RawConnection(asyncio.Protocol):
             self._drained.cancel()
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
+
+    async def drained(self) -> None:
+        """Until the client read enough of what was written (resume_writing); CancelledError
+        when the connection is lost meanwhile."""
+        if not self.write_paused:
+            return
+        self._drained = self.server.loop.create_future()
+        try:
+            await self._drained
+        finally:
+            self._drained = None
 
     # ---- requests ----------------------------------------------------------------------------
     def _next(self) -> None:
@@ -178,12 +191,11 @@ class RawConnection(asyncio.Protocol):
             start = self._body_at
             self._waiting = None
             req.body = buf[start : self._need]
-        if STREAMED.search(req.body) is not None:
-            return self._hand_off()  # a streamed answer: aiohttp's StreamResponse
         self._start(req, start + len(req.body))
 
     def _start(self, req: RawRequest, used: int) -> None:
         self.busy = True
+        req.conn = self  # a streamed answer is written onto it (raw_stream.py)
         self._need = used  # bytes of this request, dropped once it is answered
         self._task = self.server.loop.create_task(self._serve(req))
 
@@ -197,31 +209,35 @@ class RawConnection(asyncio.Protocol):
             req.keep_alive = False
             out = APIError(500, "internal error in the router (logged)", code="internal_error")
             out = out.response()
-        if out is HAND_OFF:
-            return self._hand_off()
         t = self.transport
         if t is None or t.is_closing():
             return
         keep = req.keep_alive and not self.server.closing
-        try:
-            data = answer_bytes(req, out, keep)
-        except TypeError:  # a dispatcher answered with a stream: not for this server
-            log.exception("cannot answer %s on the raw server", req.path)
-            t.close()
-            return
-        t.write(data)
+        started = req.get(STREAM_KEY)
+        if started is not None:  # a stream was answered (its chunks are out)
+            if out is not started or not started.ended:
+                # an error after its head went out (a bug: the relay ends its streams), or a
+                # stream cut short: the client cannot tell where the next answer starts
+                t.close()
+                return
+            keep = keep and started.keep_alive
+        else:
+            try:
+                data = answer_bytes(req, out, keep)
+            except TypeError:  # a dispatcher answered with a stream: not for this server
+                log.exception("cannot answer %s on the raw server", req.path)
+                t.close()
+                return
+            t.write(data)
         self._served += 1
         if not keep:
             t.close()  # (after what is buffered went out)
             return
-        if self._write_paused:  # a client that does not read: wait before the next request
-            self._drained = self.server.loop.create_future()
+        if self.write_paused:  # a client that does not read: wait before the next request
             try:
-                await self._drained
+                await self.drained()
             except asyncio.CancelledError:
                 return
-            finally:
-                self._drained = None
         self._task = None
         self.busy = False
         used = self._need

@@ -41,7 +41,7 @@ from .lean_response import WholeResponse
 from .membership import BackendsAdmin, BackendsFileWatcher
 from .policies import RequestInfo
 from .prom import CONTENT_TYPE, RouterMetrics
-from .raw_http import HAND_OFF, RawRequest
+from .raw_http import RawRequest
 from .request_ids import REQUEST_ID, RequestIds
 from .requests import (
     CHAT,
@@ -156,7 +156,7 @@ class Router(UpstreamIO):
     def serve_raw(self, request: RawRequest) -> Awaitable[web.StreamResponse]:
         """The raw server's entry (raw_server.py): the guard's checks, then _serve (the path is
         exactly one of the two API routes). The answer's request id is added as it is written
-        (raw_http.answer_bytes); HAND_OFF: aiohttp must serve it (a streamed answer)."""
+        (raw_http.answer_bytes), a stream's with its head (raw_stream.py)."""
         return self.guard.middleware(request, self._serve)  # type: ignore[arg-type]
 
     async def _drain(self, app: web.Application) -> None:
@@ -372,9 +372,6 @@ class Router(UpstreamIO):
                     call = self._call(request, path, t0, raw, await parse_json(raw))
             else:
                 call = await self._parse(request, path, t0)
-            if call.stream and request.__class__ is RawRequest:
-                status = 0  # not answered here: aiohttp serves it (raw_server.py)
-                return HAND_OFF
             call.request_id = rid
             call.forward_headers["x-request-id"] = rid
             out = await self.dispatcher.dispatch(call)
@@ -385,7 +382,7 @@ class Router(UpstreamIO):
             status = e.status
             return e.response()
         finally:
-            if status and self.settings.access_log and access_log.isEnabledFor(logging.INFO):
+            if self.settings.access_log and access_log.isEnabledFor(logging.INFO):
                 self._log_access(request, call, status, t0)
 
     def _log_access(

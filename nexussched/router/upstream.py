@@ -20,13 +20,15 @@ from .h1types import ConnectFailed, ConnectTimeout, IdleTimeout, Target, Timeout
 from .hygiene import STREAM_KEY
 from .lean_response import WholeResponse
 from .prom import RouterMetrics
+from .raw_http import RawRequest
+from .raw_stream import RawStream
 
 
 class _EventStream(web.StreamResponse):
-    """A relayed stream: its headers go out with the first chunk, in one write (aiohttp's
-    StreamResponse otherwise sends them alone at prepare()). Kept on aiohttp's writer: a
-    stream written straight onto the transport measured no less CPU per stream and fewer
-    streams per second (README, the lean server path)."""
+    """A stream relayed on aiohttp's server (a connection the raw server handed over, or a
+    router served by aiohttp alone): its headers go out with the first chunk, in one write
+    (aiohttp's StreamResponse otherwise sends them alone at prepare()). On the raw server a
+    stream is a raw_stream.RawStream instead."""
 
     _send_headers_immediately = False
 
@@ -167,26 +169,41 @@ class UpstreamIO:
             return WholeResponse(resp.status, ct, up.first, call.request_id)
         call.ttft = time.monotonic() - call.t0
         m.observe_ttft(name, call.ttft)
-        out = _EventStream(
-            status=200,
-            headers={
-                "Content-Type": resp.content_type or "text/event-stream",
-                "Cache-Control": "no-cache",
-                "x-request-id": call.request_id,
-            },
-        )
-        call.request[STREAM_KEY] = out  # the drain ends a started stream with an error event
+        request = call.request
+        out: web.StreamResponse
+        if request.__class__ is RawRequest:  # the raw server's: written onto its connection
+            out = RawStream(
+                request.conn,  # type: ignore[attr-defined]
+                request.version[1],
+                request.keep_alive,
+                resp.content_type or "text/event-stream",
+                call.request_id,
+            )
+        else:
+            out = _EventStream(
+                status=200,
+                headers={
+                    "Content-Type": resp.content_type or "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "x-request-id": call.request_id,
+                },
+            )
+        request[STREAM_KEY] = out  # the drain ends a started stream with an error event
         clean = False
         try:
-            await out.prepare(call.request)
-            await out.write(up.first)
+            await out.prepare(request)
+            # the whole stream came with its first bytes (a fast engine, a short answer): it
+            # goes out with its end in one write; otherwise the first bytes go out at once
+            tail = up.first if resp.ended else b""
+            if not tail:
+                await out.write(up.first)
             broke: BaseException | None = None
             events = token_events(up.first)
             prev = last = up.first
             left: str | None = None
             with self.runs.running(up.idx):
                 try:
-                    while True:
+                    while not tail:
                         try:
                             chunk = await resp.readany()
                         except (TimeoutError, OSError) as e:
@@ -238,7 +255,7 @@ class UpstreamIO:
                 call.complete = True
                 m.count(name, 200)
                 m.observe_e2e(name, time.monotonic() - call.t0)
-            await out.write_eof()
+            await out.write_eof(tail)
         except ConnectionResetError:  # the client went away (when not seen as a cancellation)
             clean = False
             m.count(name, 499)
