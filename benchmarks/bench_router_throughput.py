@@ -4,7 +4,9 @@ sglang-router, in front of the same fast engine-sims, driven by the same client,
 For each router (ours once per policy in --policy: round_robin, least_load and prism by default,
 prism as deployed with --mode prism): non-streaming requests per second (closed loop over C keep-alive connections),
 the router's CPU seconds per 1,000 of them (its whole process tree, from /proc), and TTFT p50/p99
-at S concurrent streams, next to the same streams sent straight to an engine (the added TTFT).
+at S concurrent streams, next to the same streams sent straight to an engine (the added TTFT),
+with streams per second and CPU ms per stream (the router's tree; in the straight-to-engine row,
+the engine's).
 The load comes from a separate process (a lean HTTP/1.1 client on raw asyncio streams), so a
 router's process measures only the router. engine-sim runs with --time-scale 0 (answers at once).
 
@@ -278,6 +280,13 @@ def main() -> None:
         help="another checkout of nexussched whose router also runs (rows marked 'baseline')",
     )
     p.add_argument(
+        "--direct-each",
+        action="store_true",
+        help="measure the streams straight to the engine again just before each router's streams "
+        "(its added p50 is then against that run, not the round's first: the machine's speed "
+        "drifts within a round)",
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -321,7 +330,7 @@ def main() -> None:
         for ep in engines:
             wait_http(f"http://127.0.0.1:{ep}/health")
         for k in range(a.rounds):
-            directs.append(run_client(engines[0], a, stream=True))
+            directs.append(run_client(engines[0], a, True, procs[0].pid))
             order = configs[k % len(configs) :] + configs[: k % len(configs)]
             for name, launch in order:
                 rp = free_port()
@@ -329,7 +338,9 @@ def main() -> None:
                 try:
                     wait_ready(rp)
                     res = run_client(rp, a, stream=False, cpu_of=r.pid)
-                    res["stream"] = run_client(rp, a, stream=True)
+                    if a.direct_each:
+                        directs.append(run_client(engines[0], a, True, procs[0].pid))
+                    res["stream"] = run_client(rp, a, stream=True, cpu_of=r.pid)
                     res["direct_p50"] = directs[-1]["ttft_p50"]
                     results[name].append(res)
                 finally:
@@ -349,7 +360,11 @@ def main() -> None:
     many = a.rounds > 1
     if many:
         print("median over rounds [min - max]; added p50: the median of each round's router p50")
-        print("less that round's straight-to-engine p50")
+        print(
+            "less the straight-to-engine p50 measured just before it"
+            if a.direct_each
+            else "less that round's straight-to-engine p50"
+        )
 
     def cell(vals: list[float | None], spec: str, width: int) -> str:
         vs = sorted(v for v in vals if v is not None)
@@ -364,7 +379,7 @@ def main() -> None:
     w1, w2, w3 = (20, 22, 22) if many else (8, 14, 13)
     print(
         f"{'router':<50}{'req/s':>{w1}}{'errors':>8}{'CPU s/1k req':>{w2}}{'TTFT p50 ms':>{w3}}"
-        f"{'TTFT p99 ms':>{w3}}{'added p50 ms':>{w3}}"
+        f"{'TTFT p99 ms':>{w3}}{'added p50 ms':>{w3}}{'streams/s':>{w1}}{'CPU ms/stream':>{w2}}"
     )
     ms = [d["ttft_p50"] * 1e3 for d in directs]
     m99 = [d["ttft_p99"] * 1e3 for d in directs]
@@ -372,6 +387,8 @@ def main() -> None:
     print(
         f"{'straight to one engine (streams)':<50}{'-':>{w1}}{errs:>8}{'-':>{w2}}"
         f"{cell(ms, '.2f', w3)}{cell(m99, '.2f', w3)}{'-':>{w3}}"
+        f"{cell([d['rps'] for d in directs], '.0f', w1)}"
+        f"{cell([d.get('cpu_per_1k') for d in directs], '.3f', w2)}"
     )
     for name, _ in configs:
         rs = results[name]
@@ -386,7 +403,8 @@ def main() -> None:
             f"{cell([r.get('cpu_per_1k') for r in rs], '.3f', w2)}"
             f"{cell([None if s['ttft_p50'] is None else s['ttft_p50'] * 1e3 for s in st], '.2f', w3)}"
             f"{cell([None if s['ttft_p99'] is None else s['ttft_p99'] * 1e3 for s in st], '.2f', w3)}"
-            f"{cell(added, '.2f', w3)}"
+            f"{cell(added, '.2f', w3)}{cell([s['rps'] for s in st], '.0f', w1)}"
+            f"{cell([s.get('cpu_per_1k') for s in st], '.3f', w2)}"
         )
     if py is None:
         print(f"{'sglang-router':<50}  skipped: {why}")
