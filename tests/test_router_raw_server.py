@@ -11,52 +11,12 @@ import re
 import aiohttp
 import pytest
 from fake_backend import FakeBackend
-from fastdeploy_harness import MODEL, engine, router, wait_until
+from fastdeploy_harness import MODEL, engine
+from raw_client import BODY, answer, post, raw_router
 
 from nexussched.router.raw_http import parse_head
-from nexussched.router.raw_server import RawSite
 
 pytestmark = pytest.mark.timeout(60)
-BODY = {"model": MODEL, "prompt": "hello", "max_tokens": 4}
-
-
-def _post(body: dict | bytes, extra: str = "", path: str = "/v1/completions") -> bytes:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    if "uthorization" not in extra.lower():
-        extra += "Authorization: Bearer k1\r\n"  # (the key of the test that sets one)
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(raw)}\r\n{extra}\r\n"
-    ).encode() + raw
-
-
-async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    head = (await reader.readuntil(b"\r\n\r\n")).decode()
-    status, *lines = head.split("\r\n")[:-2]
-    headers = {k.lower(): v for k, _, v in (x.partition(": ") for x in lines)}
-    if headers.get("transfer-encoding") == "chunked":
-        body = b""
-        while True:
-            n = int((await reader.readuntil(b"\r\n"))[:-2], 16)
-            body += (await reader.readexactly(n + 2))[:-2]
-            if n == 0:
-                break
-    else:
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return int(status.split()[1]), headers, body
-
-
-async def _up(hosts, session, backend: str, **kw):
-    r = await hosts(router([backend], None, **kw))
-
-    async def healthy() -> bool:
-        async with session.get(r.url + "/health") as g:
-            return g.status == 200
-
-    assert await wait_until(healthy)
-    assert isinstance(r.site, RawSite) and r.site.raw is not None
-    r.site.raw.handed = 0  # (the health checks above were handed over)
-    return r, r.site.raw
 
 
 @pytest.fixture
@@ -67,38 +27,36 @@ async def fake():
 
 
 async def test_pipelined_and_split_requests_are_answered_in_order(hosts, session, fake):
-    r, raw = await _up(hosts, session, fake.url, api_key="k1")
+    r, raw = await raw_router(hosts, session, fake.url, api_key="k1")
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     # the key is checked (the header's name in any case); a wrong one is a 401, kept alive
-    writer.write(_post(BODY, "authorization: Bearer k2\r\n"))
-    status, h, b = await _answer(reader)
+    writer.write(post(BODY, "authorization: Bearer k2\r\n"))
+    status, h, b = await answer(reader)
     assert status == 401 and json.loads(b)["error"]["code"] == "invalid_api_key"
-    writer.write(_post(BODY, "AUTHORIZATION: bearer k1\r\nx-request-id: key\r\n"))
-    status, h, b = await _answer(reader)
+    writer.write(post(BODY, "AUTHORIZATION: bearer k1\r\nx-request-id: key\r\n"))
+    status, h, b = await answer(reader)
     assert status == 200 and h["x-request-id"] == "key"
     fake.hits = 0
     # three requests in one write, answered in the order sent, each with its own id
-    writer.write(b"".join(_post(BODY, f"x-request-id: p-{i}\r\n") for i in range(3)))
+    writer.write(b"".join(post(BODY, f"x-request-id: p-{i}\r\n") for i in range(3)))
     for i in range(3):
-        status, h, b = await _answer(reader)
+        status, h, b = await answer(reader)
         assert status == 200 and h["x-request-id"] == f"p-{i}"
         assert json.loads(b)["usage"]["completion_tokens"] == 4
     # one request a few bytes at a time (head and body split anywhere), then two more in a
     # write that also carries the first bytes of a fourth
-    one = _post(BODY, "x-request-id: split\r\n")
+    one = post(BODY, "x-request-id: split\r\n")
     for k in range(0, len(one), 7):
         writer.write(one[k : k + 7])
         await writer.drain()
         await asyncio.sleep(0)
-    status, h, _ = await _answer(reader)
+    status, h, _ = await answer(reader)
     assert status == 200 and h["x-request-id"] == "split"
-    last = _post(BODY, "x-request-id: tail\r\n")
-    writer.write(
-        _post(BODY, "x-request-id: a\r\n") + _post(BODY, "x-request-id: b\r\n") + last[:30]
-    )
-    assert [(await _answer(reader))[1]["x-request-id"] for _ in range(2)] == ["a", "b"]
+    last = post(BODY, "x-request-id: tail\r\n")
+    writer.write(post(BODY, "x-request-id: a\r\n") + post(BODY, "x-request-id: b\r\n") + last[:30])
+    assert [(await answer(reader))[1]["x-request-id"] for _ in range(2)] == ["a", "b"]
     writer.write(last[30:])
-    assert (await _answer(reader))[1]["x-request-id"] == "tail"
+    assert (await answer(reader))[1]["x-request-id"] == "tail"
     writer.close()
     assert raw.handed == 0 and fake.hits == 7  # all of it on the raw server
 
@@ -131,7 +89,7 @@ async def test_pipelined_and_split_requests_are_answered_in_order(hosts, session
     ],  # fmt: skip
 )
 async def test_a_head_it_does_not_serve_gets_aiohttps_answer(hosts, session, fake, head):
-    r, raw = await _up(hosts, session, fake.url)
+    r, raw = await raw_router(hosts, session, fake.url)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     writer.write(head)
     got = await asyncio.wait_for(reader.read(), 10)  # answered and closed: never held open
@@ -141,29 +99,29 @@ async def test_a_head_it_does_not_serve_gets_aiohttps_answer(hosts, session, fak
     assert raw.handed == 1 and fake.hits == 0
     # the server still serves
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(BODY))
-    assert (await _answer(reader))[0] == 200
+    writer.write(post(BODY))
+    assert (await answer(reader))[0] == 200
     writer.close()
 
 
 async def test_other_routes_hand_the_connection_to_aiohttp_and_streams_stay(hosts, session):
     e = await hosts(engine(time_scale=0.0))
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     stream = dict(BODY, stream=True)
     writer.write(
-        _post(BODY, "x-request-id: whole-1\r\n")  # the raw server's
+        post(BODY, "x-request-id: whole-1\r\n")  # the raw server's
         + b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"  # aiohttp's from here on
-        + _post(stream, "x-request-id: s-1\r\n")
-        + _post(BODY, "x-request-id: whole-2\r\n")
+        + post(stream, "x-request-id: s-1\r\n")
+        + post(BODY, "x-request-id: whole-2\r\n")
     )
-    status, h, _ = await _answer(reader)
+    status, h, _ = await answer(reader)
     assert status == 200 and h["x-request-id"] == "whole-1"
-    status, _, b = await _answer(reader)
+    status, _, b = await answer(reader)
     assert status == 200 and json.loads(b)["data"][0]["id"] == MODEL
-    status, h, b = await _answer(reader)
+    status, h, b = await answer(reader)
     assert status == 200 and h["x-request-id"] == "s-1" and b.rstrip().endswith(b"[DONE]")
-    status, h, b = await _answer(reader)
+    status, h, b = await answer(reader)
     assert status == 200 and h["x-request-id"] == "whole-2" and json.loads(b)["choices"]
     writer.close()
     assert raw.handed == 1
@@ -172,24 +130,24 @@ async def test_other_routes_hand_the_connection_to_aiohttp_and_streams_stay(host
     hidden = json.dumps(BODY).encode()[:-1] + b', "\\u0073tream": true}'
     for body in (json.dumps(stream).encode(), hidden):
         reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-        writer.write(_post(body, "x-request-id: s-2\r\n") + _post(BODY))
-        status, h, b = await _answer(reader)
+        writer.write(post(body, "x-request-id: s-2\r\n") + post(BODY))
+        status, h, b = await answer(reader)
         assert status == 200 and h["transfer-encoding"] == "chunked" and b"data: " in b
         assert h["x-request-id"] == "s-2" and b.rstrip().endswith(b"[DONE]")
-        assert (await _answer(reader))[0] == 200
+        assert (await answer(reader))[0] == 200
         writer.close()
     assert raw.handed == 1
 
 
 async def test_chunked_bodies_expect_and_query_strings_go_to_aiohttp(hosts, session, fake):
-    r, raw = await _up(hosts, session, fake.url)
+    r, raw = await raw_router(hosts, session, fake.url)
     body = json.dumps(BODY).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     writer.write(
         b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
     )
-    status, _, b = await _answer(reader)
+    status, _, b = await answer(reader)
     assert status == 200 and json.loads(b)["usage"]["completion_tokens"] == 4
     writer.close()
     async with (
@@ -203,10 +161,10 @@ async def test_chunked_bodies_expect_and_query_strings_go_to_aiohttp(hosts, sess
 
 
 async def test_a_body_over_the_limit_is_refused_unread(hosts, session, fake):
-    r, raw = await _up(hosts, session, fake.url, max_body_bytes=1000)
+    r, raw = await raw_router(hosts, session, fake.url, max_body_bytes=1000)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(b'{"prompt": "' + b"x" * 2000 + b'"}', "x-request-id: big\r\n")[:300])
-    status, h, b = await asyncio.wait_for(_answer(reader), 10)  # before the body came
+    writer.write(post(b'{"prompt": "' + b"x" * 2000 + b'"}', "x-request-id: big\r\n")[:300])
+    status, h, b = await asyncio.wait_for(answer(reader), 10)  # before the body came
     assert status == 413 and h["connection"] == "close" and h["x-request-id"] == "big"
     assert json.loads(b)["error"]["code"] == "request_too_large"
     assert await reader.read() == b""  # closed: the unread body cannot be taken as a request
@@ -214,8 +172,8 @@ async def test_a_body_over_the_limit_is_refused_unread(hosts, session, fake):
     # at the limit exactly: read and served
     prompt = "y" * (1000 - len(json.dumps(dict(BODY, prompt=""))))
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(dict(BODY, prompt=prompt)))
-    assert (await _answer(reader))[0] == 200
+    writer.write(post(dict(BODY, prompt=prompt)))
+    assert (await answer(reader))[0] == 200
     writer.close()
     assert raw.handed == 0 and fake.hits == 1
 
@@ -240,15 +198,15 @@ def test_parse_head_keep_alive_and_header_case():
 
 
 async def test_a_handler_bug_is_a_500_and_a_closed_connection(hosts, session, fake):
-    r, raw = await _up(hosts, session, fake.url)
+    r, raw = await raw_router(hosts, session, fake.url)
 
     async def broken(req):
         raise RuntimeError("planted")
 
     raw.handler = broken
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(BODY) + _post(BODY))  # the second is never answered: the first closes
-    status, h, b = await asyncio.wait_for(_answer(reader), 10)
+    writer.write(post(BODY) + post(BODY))  # the second is never answered: the first closes
+    status, h, b = await asyncio.wait_for(answer(reader), 10)
     assert status == 500 and h["connection"] == "close"
     assert json.loads(b)["error"]["code"] == "internal_error"
     assert await asyncio.wait_for(reader.read(), 10) == b""
@@ -259,17 +217,17 @@ async def test_shutdown_closes_idle_connections_and_ends_busy_ones_after_their_a
     hosts, session
 ):
     e = await hosts(engine(time_scale=1.0))  # answers take real time: one is in flight
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     idle_r, idle_w = await asyncio.open_connection("127.0.0.1", r.port)
-    idle_w.write(_post(BODY))
-    assert (await _answer(idle_r))[0] == 200  # kept alive, now idle
+    idle_w.write(post(BODY))
+    assert (await answer(idle_r))[0] == 200  # kept alive, now idle
     busy_r, busy_w = await asyncio.open_connection("127.0.0.1", r.port)
-    busy_w.write(_post(dict(BODY, max_tokens=40)))
+    busy_w.write(post(dict(BODY, max_tokens=40)))
     while not any(c.busy for c in raw.conns):
         await asyncio.sleep(0.01)
     stopping = asyncio.ensure_future(r.stop())  # the listening socket, then the drain
     assert await asyncio.wait_for(idle_r.read(), 10) == b""  # closed at once
-    status, h, b = await asyncio.wait_for(_answer(busy_r), 30)  # the drain let it finish
+    status, h, b = await asyncio.wait_for(answer(busy_r), 30)  # the drain let it finish
     assert status == 200 and h["connection"] == "close"
     assert json.loads(b)["usage"]["completion_tokens"] == 40
     await stopping

@@ -12,7 +12,7 @@ import logging
 
 import pytest
 from fastdeploy_harness import MODEL, engine, engine_finished, wait_until
-from test_router_raw_server import BODY, _answer, _post, _up
+from raw_client import BODY, answer, post, raw_router
 
 pytestmark = pytest.mark.timeout(60)
 STREAM = dict(BODY, stream=True)
@@ -109,10 +109,10 @@ async def test_a_stream_is_relayed_as_its_bytes_come_split_anywhere(
     hosts, session, scripted, caplog
 ):
     e = scripted
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     caplog.set_level(logging.INFO, logger="nexussched.access")
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(STREAM, "x-request-id: split\r\n"))
+    writer.write(post(STREAM, "x-request-id: split\r\n"))
     up, answered = await e.take()
     events = [
         b'data: {"choices":[{"index":0,"text":"a"}]}\n\n',
@@ -143,7 +143,7 @@ async def test_a_stream_is_relayed_as_its_bytes_come_split_anywhere(
     assert await _next_chunk(reader) == b""  # the last chunk: the answer ended cleanly
     answered.set()
     # the connection serves the next request; the access line has the engine's usage count
-    writer.write(_post(STREAM, "x-request-id: next\r\n"))
+    writer.write(post(STREAM, "x-request-id: next\r\n"))
     up, answered = await e.take()
     up.write(SSE_HEAD + framed)
     answered.set()
@@ -158,16 +158,16 @@ async def test_a_stream_is_relayed_as_its_bytes_come_split_anywhere(
 
 async def test_requests_pipelined_around_streams_are_answered_in_order(hosts, session):
     e = await hosts(engine(time_scale=0.0))
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     writer.write(
-        _post(STREAM, "x-request-id: s-1\r\n")
-        + _post(BODY, "x-request-id: w-1\r\n")
-        + _post(dict(STREAM, max_tokens=9), "x-request-id: s-2\r\n")
-        + _post(dict(BODY, stream=False), "x-request-id: w-2\r\n")
+        post(STREAM, "x-request-id: s-1\r\n")
+        + post(BODY, "x-request-id: w-1\r\n")
+        + post(dict(STREAM, max_tokens=9), "x-request-id: s-2\r\n")
+        + post(dict(BODY, stream=False), "x-request-id: w-2\r\n")
     )
     for rid, streamed, n in (("s-1", True, 4), ("w-1", False, 4), ("s-2", True, 9), ("w-2", False, 4)):  # fmt: skip
-        status, h, b = await asyncio.wait_for(_answer(reader), 10)
+        status, h, b = await asyncio.wait_for(answer(reader), 10)
         assert status == 200 and h["x-request-id"] == rid
         if streamed:
             assert h["transfer-encoding"] == "chunked" and b.rstrip().endswith(b"[DONE]")
@@ -181,12 +181,12 @@ async def test_requests_pipelined_around_streams_are_answered_in_order(hosts, se
 
 async def test_a_client_that_leaves_mid_stream_frees_its_engine_and_slot(hosts, session, caplog):
     e = await hosts(engine(time_scale=1.0))  # real time: the stream runs for seconds
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     router = r.app["router"]
     caplog.set_level(logging.INFO, logger="nexussched.access")
     before = await engine_finished(session, e.url)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(dict(STREAM, max_tokens=2000), "x-request-id: gone\r\n"))
+    writer.write(post(dict(STREAM, max_tokens=2000), "x-request-id: gone\r\n"))
     await _head(reader)
     assert (await _next_chunk(reader)).startswith(b"data: ")
     assert router.backends[0].inflight == 1
@@ -208,21 +208,21 @@ async def test_errors_before_the_first_byte_are_json_after_it_an_sse_event(
     hosts, session, scripted
 ):
     e = scripted
-    r, raw = await _up(hosts, session, e.url, retries=0)
+    r, raw = await raw_router(hosts, session, e.url, retries=0)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
     # the engine drops the connection before answering: a JSON error, and the connection stays
-    writer.write(_post(STREAM, "x-request-id: early\r\n"))
+    writer.write(post(STREAM, "x-request-id: early\r\n"))
     up, answered = await e.take()
     up.close()
     answered.set()
-    status, h, b = await asyncio.wait_for(_answer(reader), 10)
+    status, h, b = await asyncio.wait_for(answer(reader), 10)
     assert status in (502, 503) and h["x-request-id"] == "early"
     assert "transfer-encoding" not in h and h["content-type"].startswith("application/json")
     assert json.loads(b)["error"]["code"] in ("backend_failed", "no_backend")
     assert h.get("connection") != "close"
     # a break after the first event: the event, an SSE error event, and a clean end of the body
     assert await wait_until(lambda: router_healthy(r))
-    writer.write(_post(STREAM, "x-request-id: late\r\n"))
+    writer.write(post(STREAM, "x-request-id: late\r\n"))
     up, answered = await e.take()
     first = b'data: {"choices":[{"index":0,"text":"a"}]}\n\n'
     up.write(SSE_HEAD + _chunk(first))
@@ -240,11 +240,11 @@ async def test_errors_before_the_first_byte_are_json_after_it_an_sse_event(
     assert rest.startswith(b"data: ") and json.loads(rest[6:])["error"]["code"] == "backend_failed"
     # the connection still serves (the error ended the stream's body cleanly)
     assert await wait_until(lambda: router_healthy(r))
-    writer.write(_post(STREAM, "x-request-id: after\r\n"))
+    writer.write(post(STREAM, "x-request-id: after\r\n"))
     up, answered = await e.take()
     up.write(SSE_HEAD + _chunk(first) + _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
     answered.set()
-    status, h, b = await asyncio.wait_for(_answer(reader), 10)
+    status, h, b = await asyncio.wait_for(answer(reader), 10)
     assert status == 200 and h["x-request-id"] == "after" and b.endswith(b"[DONE]\n\n")
     writer.close()
     assert raw.handed == 0
@@ -256,10 +256,10 @@ def router_healthy(r) -> bool:
 
 async def test_a_client_that_does_not_read_holds_the_relay_back(hosts, session, scripted):
     e = scripted
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     router = r.app["router"]
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(STREAM, "x-request-id: slow\r\n"))
+    writer.write(post(STREAM, "x-request-id: slow\r\n"))
     up, answered = await e.take()
     piece = b"data: " + b"x" * (64 * 1024 - 8) + b"\n\n"
     total = 512  # 32 MiB: far more than the sockets' buffers hold
@@ -303,9 +303,9 @@ async def test_a_client_that_does_not_read_holds_the_relay_back(hosts, session, 
 
 async def test_http_1_0_streams_run_until_close(hosts, session):
     e = await hosts(engine(time_scale=0.0))
-    r, raw = await _up(hosts, session, e.url)
+    r, raw = await raw_router(hosts, session, e.url)
     reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
-    writer.write(_post(STREAM, "x-request-id: old\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+    writer.write(post(STREAM, "x-request-id: old\r\n").replace(b"HTTP/1.1", b"HTTP/1.0", 1))
     got = await asyncio.wait_for(reader.read(), 10)  # until the router closes it
     head, _, body = got.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 ")
