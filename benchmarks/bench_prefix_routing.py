@@ -9,17 +9,24 @@ the trace's reuse bound (an infinite cache shared by all engines) are the hit-ra
 The bars: prism's goodput over the best other real router's (prefix_oracle excluded), per engine
 policy. Prints one table per scenario and the bars.
 
-`--ceiling free,info` adds the bars' ceilings, benchmark-only references (never product
-policies): `free` runs every listed router again on the trace with each request's reusable
-prefix (what an infinite cache shared by all engines would serve) cut from its prompt, so the
-best of them bounds what any router could gain from prefix reuse over the best other router
-(optimistically: the cut tokens cost no KV and no attention either); `info` is prism told
+`--ceiling free,info,capacity` adds the bars' ceilings, benchmark-only references (never
+product policies): `free` runs every listed router again on the trace with each request's
+reusable prefix (what an infinite cache shared by all engines would serve) cut from its prompt,
+so the best of them bounds what any router could gain from prefix reuse over the best other
+router (optimistically: the cut tokens cost no KV and no attention either); `info` is prism told
 everything a live router is not: the oracle view (exact, instant engine state and cache
-contents) and every request's true output length as its max_tokens.
+contents) and every request's true output length as its max_tokens; `capacity` is no run but
+two bounds on any router's goodput from the engines' true step-time models and the trace's true
+lengths (capacity_ceiling.py: the least work each request costs on each engine type): `fluid`,
+the long-run rate the cluster can serve at all, and `slice`, what a finite replay could reach at
+most with >= 90% of requests meeting their deadlines (looser: the slice's work may drain after
+its last arrival).
 
     python benchmarks/bench_prefix_routing.py                  # sessions, mooncake, heterogeneous
     python benchmarks/bench_prefix_routing.py --scenario sessions --iters 3 --workers 2
     python benchmarks/bench_prefix_routing.py --scenario sessions --no-oracle --ceiling free,info
+    python benchmarks/bench_prefix_routing.py --scenario heterogeneous --routers prism,global \
+        --no-oracle --ceiling capacity
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from capacity_ceiling import capacity_ceiling  # noqa: E402
 
 from nexussched.eval.information import Information  # noqa: E402
 from nexussched.eval.replay import SimSetup, simulate  # noqa: E402
@@ -64,6 +74,11 @@ CASES = {
     "heterogeneous": Case(
         "heterogeneous", "azure-conv", 1500, "h100:2,a100:4,l4:2", 2.0, 0.1, 11.0
     ),
+    # the report's slices of these two (`nexussched report`; sessions is the same as above)
+    "heterogeneous-report": Case(
+        "heterogeneous-report", "azure-conv", 3000, "h100:2,a100:4,l4:2", 2.0, 0.1, 15.6
+    ),
+    "mooncake-report": Case("mooncake-report", "mooncake-conv", 400, "a100:8", 10.0, 0.1, 1.0),
     # prefix-heavy work on a heterogeneous cluster
     "sessions-hetero": Case(
         "sessions-hetero",
@@ -124,7 +139,7 @@ def _setup(case: Case, view: str, max_tokens: str | None = None) -> SimSetup:
 # Ceilings (benchmark-only references, never product policies): "free" runs a router on the
 # free_prefix() trace; "info" runs prism with the oracle view (exact, instant engine state and
 # cache contents) and every request declaring its true output length (max_tokens exact).
-VARIANTS = ("live", "free", "info")
+VARIANTS = ("live", "free", "info", "capacity")
 
 
 def run_pair(case: Case, policy: str, engine: str, iters: int, variant: str = "live") -> dict:
@@ -165,6 +180,19 @@ def run_pair(case: Case, policy: str, engine: str, iters: int, variant: str = "l
     }
 
 
+def capacity_rows(case: Case, engines: list[str]) -> list[dict]:
+    """The capacity ceiling (capacity_ceiling.py) of a case as one row per engine policy (it
+    holds for any router and any engine policy): goodput_rps is the slice bound, fluid_rps the
+    long-run one. A prefix cache is granted every reusable prefix (reusable())."""
+    tr = _trace(case)
+    c = capacity_ceiling(tr, parse_cluster(case.cluster), case.slo_ttft, case.slo_tpot,
+                         cached=reusable(tr))  # fmt: skip
+    return [{"case": case.name, "policy": "capacity bound", "engine": e, "view": "oracle",
+             "variant": "capacity", "goodput_rps": c.slice_rps, "fluid_rps": c.fluid_rps,
+             "goodput_scale": c.slice_scale, "hit_rate": None, "attainment_at": float("nan"),
+             "curve": [], "points": 0, "wall_s": 0.0} for e in engines]  # fmt: skip
+
+
 def _job(args: tuple) -> dict:
     return run_pair(*args)
 
@@ -184,12 +212,19 @@ def bars(rows: list[dict]) -> dict:
                     "best_other_rps": b, "ratio": ratio}  # fmt: skip
         # the ceilings over the same best other router: the most any router gains from prefix
         # reuse (best goodput with every reusable prefix free), and prism told everything
-        for v in ("free", "info"):
+        for v in ("free", "info", "capacity"):
             got = [r for r in rows if r["engine"] == eng and r.get("variant") == v]
             if got:
                 top = max(got, key=lambda r: r["goodput_rps"])
                 out[eng][v] = {"router": top["policy"], "rps": top["goodput_rps"],
                                "ratio": top["goodput_rps"] / b if b else None}  # fmt: skip
+        cap = out[eng].get("capacity")
+        if cap is not None:
+            # the long-run bound, and where prism and 1.3x the best other stand against it
+            f = next(r["fluid_rps"] for r in rows if r.get("variant") == "capacity"
+                     and r["engine"] == eng)  # fmt: skip
+            cap.update(fluid_rps=f, fluid_ratio=f / b if b else None,
+                       prism_of_fluid=mine["goodput_rps"] / f if f else None)  # fmt: skip
     return out
 
 
@@ -205,13 +240,19 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of ceilings to add (benchmark-only references): free = every router "
         "again on the trace with each request's reusable prefix cut from its prompt (what any "
         "router could gain from reuse, optimistically); info = prism with the oracle view and "
-        "true output lengths declared",
+        "true output lengths declared; capacity = bounds on any router's goodput from the "
+        "engines' true step-time models (capacity_ceiling.py: fluid = long-run rate, slice = "
+        "this finite replay)",
     )
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--routers", default=",".join(ROUTERS), help="routers to sweep (prism first)")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args(argv)
-    names = list(CASES) if args.scenario == "all" else args.scenario.split(",")
+    names = (
+        [n for n in CASES if not n.endswith("-report")]
+        if args.scenario == "all"
+        else args.scenario.split(",")
+    )
     bad = [n for n in names if n not in CASES]
     if bad:
         ap.error(f"unknown scenario(s) {', '.join(bad)}; known: {', '.join(CASES)}")
@@ -229,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
         rows = list(pool.map(_job, jobs))
+    if "capacity" in ceil:
+        rows += [r for n in names for r in capacity_rows(CASES[n], engines)]
     result = {}
     for n in names:
         case = CASES[n]
@@ -241,8 +284,11 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in rows if r["case"] == n]
         for r in mine:
             hit = "-" if r["hit_rate"] is None else f"{r['hit_rate']:.1%}"
-            tag = {"free": " (free prefix)", "info": " (oracle info)"}.get(r.get("variant", ""))
+            tag = {"free": " (free prefix)", "info": " (oracle info)",
+                   "capacity": " (slice)"}.get(r.get("variant", ""))  # fmt: skip
             name = r["policy"] + (tag or (" (oracle)" if r["view"] == "oracle" else ""))
+            if r.get("variant") == "capacity":
+                name = f"capacity (fluid {r['fluid_rps']:.2f}/s), slice"
             print(f"{name:34s} {r['engine']:13s} {r['goodput_rps']:10.2f} {hit:>8s} "
                   f"{r['attainment_at']:8.1%}")  # fmt: skip
         b = bars(mine)
@@ -267,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
                 if c in v and v[c]["ratio"] is not None:
                     print(f"  ceiling ({eng}, {what}): {v[c]['router']} {v[c]['rps']:.2f}/s = "
                           f"{v[c]['ratio']:.2f}x {v['best_other']}")  # fmt: skip
+            cap = v.get("capacity")
+            if cap is not None and cap["ratio"] is not None:
+                print(f"  ceiling ({eng}, capacity): fluid {cap['fluid_rps']:.2f}/s = "
+                      f"{cap['fluid_ratio']:.2f}x {v['best_other']} (prism at "
+                      f"{cap['prism_of_fluid']:.2f} of it); this slice at most "
+                      f"{cap['rps']:.2f}/s = {cap['ratio']:.2f}x")  # fmt: skip
         result[n] = {"reuse_bound": bound, "rows": mine, "bars": b}
     print(f"\n{len(jobs)} sweeps in {time.perf_counter() - t0:.0f} s wall")
     if args.json:

@@ -55,3 +55,17 @@ def test_bars_rank_prism_against_live_routers_only_and_ceilings_against_the_best
     assert bar["best_other"] == "llmd_weighted" and bar["ratio"] == 1.2
     assert bar["free"] == {"router": "llmd_weighted", "rps": 25.0, "ratio": 2.5}
     assert bar["info"]["ratio"] == 1.1
+
+
+def test_capacity_ceiling_bars_put_prism_against_the_long_run_rate():
+    b = _bench()
+    rows = [
+        {"policy": "prism", "engine": "lens", "goodput_rps": 9.0, "variant": "live"},
+        {"policy": "global", "engine": "lens", "goodput_rps": 8.0, "variant": "live"},
+        {"policy": "capacity bound", "engine": "lens", "goodput_rps": 40.0, "fluid_rps": 10.0,
+         "variant": "capacity"},
+    ]  # fmt: skip
+    cap = b.bars(rows)["lens"]["capacity"]
+    assert cap["rps"] == 40.0 and cap["ratio"] == 5.0
+    assert cap["fluid_rps"] == 10.0 and cap["fluid_ratio"] == 1.25
+    assert cap["prism_of_fluid"] == 0.9
