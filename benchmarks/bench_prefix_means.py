@@ -4,6 +4,7 @@ placement cascade through the caches), so PRISM's prefix knobs are judged on mea
 
     python benchmarks/bench_prefix_means.py                    # prism before/after the costs
     python benchmarks/bench_prefix_means.py --variants "prism,prism:place_cost=0;move_cost=0,llmd_weighted"
+    python benchmarks/bench_prefix_means.py --cases sessions --trace-seeds 2,3,4,5,6 --variants prism
 
 A variant is `router[:key=value;key=value]` (PrismConfig fields for prism). Cells: sessions on
 a100:4 (trace seeds 2/3/4), the report's mooncake-conv slice (400 requests, a100:8; simulation
@@ -65,8 +66,16 @@ def cell_runs(case: Case, engine: str, tseeds, sseeds, scales, variant: str) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--variants", default="prism:place_cost=0;move_cost=0,prism")
+    ap.add_argument("--cases", default="sessions,moon8", help="cells of these cases only")
+    ap.add_argument("--trace-seeds", default="2,3,4", help="sessions trace seeds")
     args = ap.parse_args(argv)
+    cases = set(args.cases.split(","))
+    seeds = tuple(int(x) for x in args.trace_seeds.split(","))
     for case, engine, tseeds, sseeds, scales in CELLS:
+        if case.name not in cases:
+            continue
+        if tseeds != (None,):
+            tseeds = seeds
         for v in args.variants.split(","):
             a = cell_runs(case, engine, tseeds, sseeds, scales, v)
             runs = " ".join(f"{x:.0%}" for x in a)
