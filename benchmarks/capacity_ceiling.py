@@ -6,7 +6,7 @@ cluster spreads, so each single-engine goodput is lower than that engine's share
 cluster's. This bound instead counts work.
 
 Work. On engine i a request of P prompt tokens (of which at most `reusable` are served from a
-prefix cache) and O output tokens costs at least
+prefix cache) and O output tokens (its true length, cut at max_tokens under cap:N) costs at least
 
     w_i = speed_i * ( kappa_i * (P - reusable + O - 1)            linear layers
                       + O * (gpu_per_seq + cpu_serial_seq + lm_per_seq)
@@ -27,7 +27,8 @@ relaxation, so still a bound).
 - `fluid`: the long-run rate. At rate lambda the cluster must do lambda x (mean work) per second:
   the largest lambda at which some split of the trace's requests over the engine types keeps
   every type's work within its engines' time (a linear program). Above it any backlog grows
-  without bound in a long run.
+  without bound in a long run (the backlog counts requests without a first token, and nothing
+  stops a request after its first token, so a bounded backlog means every request is served).
 - `slice`: the finite replay that goodput measures (rate scale s, >= 90% of requests meeting
   both SLOs). A request meeting them has its first token by a/s + TTFT and is done by a/s +
   TTFT + TPOT * (O - 1) (TPOT is its mean time per token after the first). So in every window
@@ -54,6 +55,7 @@ from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
 from nexussched.sim.hardware import HardwareProfile, StepModel
+from nexussched.sim.request import MAX_TOKENS_DEFAULT, parse_max_tokens
 from nexussched.traces import Trace
 
 
@@ -100,13 +102,15 @@ def _types(profiles: Sequence[HardwareProfile]) -> list[tuple[StepModel, int]]:
     return [(p.step_model(), n) for p, n in count.items()]
 
 
-def _works(trace: Trace, types, cached: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _works(
+    trace: Trace, types, cached: Sequence[int] | None, outs: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(whole work, prefill work) per request (rows) and engine type (columns)."""
     reqs = trace.requests
     c = cached if cached is not None else [0] * len(reqs)
     ks = [(sm, kappa(sm)) for sm, _ in types]
-    w = np.array([[work(sm, r.prompt_tokens, r.output_tokens, k, kap) for sm, kap in ks]
-                  for r, k in zip(reqs, c, strict=True)])  # fmt: skip
+    w = np.array([[work(sm, r.prompt_tokens, o, k, kap) for sm, kap in ks]
+                  for r, k, o in zip(reqs, c, outs, strict=True)])  # fmt: skip
     pf = np.array([[prefill_work(sm, r.prompt_tokens, k, kap) for sm, kap in ks]
                    for r, k in zip(reqs, c, strict=True)])  # fmt: skip
     return w, pf
@@ -197,16 +201,21 @@ def capacity_ceiling(
     cached: Sequence[int] | None = None,
     target: float = 0.9,
     windows: int = 24,
+    max_tokens: str = MAX_TOKENS_DEFAULT,
 ) -> Ceiling:
     """Both bounds (module doc) for `trace` on `profiles`; `cached`: per request, prompt tokens
-    a cache could serve at best (None: none)."""
+    a cache could serve at best (None: none); `max_tokens`: what clients declare (the replay's
+    Information.max_tokens: under cap:N an engine stops a longer output at N)."""
+    cap = parse_max_tokens(max_tokens)
+    outs = [max(1, r.output_tokens if cap is None else min(r.output_tokens, cap))
+            for r in trace.requests]  # fmt: skip
     types = _types(profiles)
     counts = np.array([n for _, n in types], dtype=float)
-    w, pf = _works(trace, types, cached)
+    w, pf = _works(trace, types, cached, outs)
     fluid, dual = fluid_rate(w, counts)
     a = np.array([r.arrival for r in trace.requests], dtype=float)
     a -= a.min()
-    lag = np.array([slo_ttft + slo_tpot * max(0, r.output_tokens - 1) for r in trace.requests])
+    lag = np.array([slo_ttft + slo_tpot * (o - 1) for o in outs])
     best = np.inf
     for v in (dual, 1.0 / w.mean(axis=0)):
         if not np.all(v > 0):

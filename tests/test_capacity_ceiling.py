@@ -109,3 +109,20 @@ def test_a_window_that_cannot_hold_its_work_lowers_the_slice_bound():
     assert 1.8 < s < 2.4
     dropped = cc.slice_scale(u, u * 0.2, 1.0, arr, 1.0, lag, 0.5, 8)
     assert dropped > s  # half the requests may miss: twice the rate
+
+
+def test_outputs_past_the_declared_cap_count_only_up_to_it():
+    cc = _load("capacity_ceiling")
+    from nexussched.traces import Trace
+    from nexussched.traces.types import TraceRequest
+
+    def trace(out: int) -> Trace:
+        return Trace("t", [TraceRequest(i, i * 0.5, 500, out) for i in range(40)])
+
+    a100 = parse_cluster("a100:1")
+    # an engine stops at max_tokens (cap:N cuts longer outputs): 9,000 asked, 4,096 served
+    long = cc.capacity_ceiling(trace(9000), a100, 2.0, 0.1, max_tokens="cap:4096")
+    at_cap = cc.capacity_ceiling(trace(4096), a100, 2.0, 0.1, max_tokens="cap:4096")
+    exact = cc.capacity_ceiling(trace(9000), a100, 2.0, 0.1, max_tokens="exact")
+    assert long.fluid_rps == pytest.approx(at_cap.fluid_rps)
+    assert exact.fluid_rps < long.fluid_rps
