@@ -357,7 +357,9 @@ async def test_router_telemetry_feed_reads_at_most_limit_records_per_poll_and_ju
     seen: list[int] = []
     backend = SimpleNamespace(url=engine.url, healthy=True)
     async with aiohttp.ClientSession() as s:
-        feed = TelemetryFeed(lambda i, rec: seen.append(rec.step), [backend], s, limit=16)
+        feed = TelemetryFeed(
+            lambda i, rec: seen.append(rec.step), [backend], s, limit=16, learn_budget=0
+        )
         assert await feed.poll_once() == 16  # the oldest kept ones
         assert feed.skipped == total - 32
         assert await feed.poll_once() == 16  # then the newest 16, nothing in between

@@ -46,7 +46,14 @@ class PerfModel:
         w = self.config.window
         self._X = np.zeros((w, N_FEATURES))
         self._y = np.zeros(w)
-        self._n = 0  # total observations ever
+        self._n = 0  # total observations ever (those still in _new included)
+        self._new: list[tuple[float, ...]] = []  # observations not yet in _X/_y and _G: x + (y,)
+        # The fit's weighted Gram matrix of the window, kept up to date at each refit from the
+        # rows that entered and left it since (see _fold): a refit costs O(refit_every), not
+        # O(window). Rebuilt from the window every `window` rows, so rounding cannot build up.
+        self._G = np.zeros((N_FEATURES + 1, N_FEATURES + 1))
+        self._folded_since_build = 0
+        self._decay = 0.5 ** (2.0 / self.config.half_life)  # a row's squared weight, per step
         self._since_fit = 0
         self._fitted_on = 0
         self.coef = np.array(PRIOR_COEF, dtype=float)
@@ -71,9 +78,7 @@ class PerfModel:
             return  # a clock glitch must not poison the fit
         if self._fitted_on > 0:  # self.fitted
             self._track_drift(x, duration)
-        i = self._n % self.config.window
-        self._X[i] = x
-        self._y[i] = duration
+        self._new.append((*x, duration))
         self._n += 1
         self._since_fit += 1
         if (not self.fitted and self._n >= self.config.min_samples) or (
@@ -84,7 +89,9 @@ class PerfModel:
     def _track_drift(self, x: tuple[float, ...], duration: float) -> None:
         # A sustained bias of the recent errors means the engine changed speed: forget the old
         # window instead of waiting for it to age out.
-        err = math.log(duration / max(self.predict_features(x), 1e-9))
+        c = self._c
+        p = c[0] * x[0] + c[1] * x[1] + c[2] * x[2] + c[3] * x[3] + c[4]  # predict_features
+        err = math.log(duration / (p if p > 1e-9 else 1e-9))
         self._recent_err.append(err)
         dw = self.config.drift_window
         if len(self._recent_err) >= dw:
@@ -93,7 +100,56 @@ class PerfModel:
             if abs(mean) > math.log(self.config.drift_ratio):
                 self._keep_only_recent(dw)
 
+    def _fold(self) -> None:
+        """Move the pending observations into the window (_X, _y) and its Gram matrix _G.
+
+        _G = sum over the window's rows of d**age * r r', r = [x / y, 1] (a row of fit_nnls's
+        [A b] before its column scaling, squared weight d**age = 0.5**(2 age / half_life)): the
+        pending rows come in at their ages, and the rows they overwrite in the ring leave at
+        theirs (window + the same offsets)."""
+        new = self._new
+        if not new:
+            return
+        self._new = []
+        w = self.config.window
+        n1 = self._n
+        k = len(new)
+        if k > w:  # (only when refit_every > window) the older ones never enter the window
+            new, k = new[-w:], w
+        n0 = n1 - k  # observations before these
+        R = np.array(new, dtype=float)
+        Xn, yn = R[:, :N_FEATURES], R[:, N_FEATURES]
+        if self._folded_since_build + k >= w or n0 == 0:
+            self._write(Xn, yn, n0)
+            self._rebuild()
+            return
+        age = np.arange(k - 1, -1, -1, dtype=float)
+        dk = self._decay**k
+        rows = _gram_rows(Xn, yn)
+        G = self._G * dk + (rows * self._decay ** age[:, None]).T @ rows
+        gone = n0 - w + np.arange(k)  # observations whose ring slots these take
+        out = gone >= 0
+        if out.any():
+            slots = gone[out] % w
+            old = _gram_rows(self._X[slots], self._y[slots])
+            G -= (old * self._decay ** (w + age[out])[:, None]).T @ old
+        self._G = G
+        self._folded_since_build += k
+        self._write(Xn, yn, n0)
+
+    def _write(self, Xn: np.ndarray, yn: np.ndarray, n0: int) -> None:
+        slots = (n0 + np.arange(len(yn))) % self.config.window
+        self._X[slots] = Xn
+        self._y[slots] = yn
+
+    def _rebuild(self) -> None:
+        X, y, wt = self._window()
+        rows = _gram_rows(X, y)
+        self._G = (rows * (wt * wt)[:, None]).T @ rows
+        self._folded_since_build = 0
+
     def _keep_only_recent(self, k: int) -> None:
+        self._fold()
         n = self.samples
         k = min(k, n)
         idx = [(self._n - 1 - j) % self.config.window for j in range(k)][::-1]
@@ -104,6 +160,7 @@ class PerfModel:
         self._y[:k] = y
         self._n = k
         self._booster = None
+        self._rebuild()
         self.refit()
 
     def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -117,14 +174,20 @@ class PerfModel:
         return self._X[:n], self._y[:n], weights
 
     def refit(self) -> None:
-        X, y, w = self._window()
-        if len(y) < 2:
+        self._fold()
+        n = self.samples
+        if n < 2:
             return
-        self.coef = fit_nnls(X, y, w)
+        coef = fit_gram(self._G, n)
+        if coef is None:  # a degenerate window: the fit on its rows
+            X, y, w = self._window()
+            coef = fit_nnls(X, y, w)
+        self.coef = coef
         self._c = tuple(float(v) for v in self.coef)
-        self._fitted_on = len(y)
+        self._fitted_on = n
         self._since_fit = 0
-        if self.config.residual and len(y) >= self.config.residual_min_samples:
+        if self.config.residual and n >= self.config.residual_min_samples:
+            X, y, _ = self._window()
             self._fit_residual(X, y)
 
     def fit_records(self, records: list[StepRecord]) -> None:
@@ -146,6 +209,8 @@ class PerfModel:
         self._X[:k] = X[tail]
         self._y[:k] = y[tail]
         self._n = k
+        self._new = []
+        self._rebuild()
         self._since_fit = 0
         if self.config.residual and len(y) >= self.config.residual_min_samples:
             self._fit_residual(X, y)
@@ -351,20 +416,31 @@ def fit_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     scale_rows = w / np.maximum(y, 1e-9)
     A = X * scale_rows[:, None]
     b = y * scale_rows
-    col = np.linalg.norm(A, axis=0)
-    col[col == 0] = 1.0
-    A = A / col
     # The same least-squares problem in k rows: with M = [A b] and G = M'M = R'R (Cholesky, R
     # upper triangular), ||Ax - b||^2 = ||R[:k, :k] x - R[:k, k]||^2 + const, so NNLS on the small
     # triangle has the same solution at a fraction of the cost (2,048 rows: ~0.3 ms instead of
     # ~17 ms; a router refits every engine's model while it routes).
-    k = A.shape[1]
     M = np.column_stack((A, b))
-    G = M.T @ M
+    sol = fit_gram(M.T @ M, len(b))
+    if sol is not None:
+        return sol
+    col = np.linalg.norm(A, axis=0)
+    col[col == 0] = 1.0
+    return _fit_tall(A / col, b) / col  # degenerate window: solve the tall problem as it is
+
+
+def fit_gram(G: np.ndarray, rows: int) -> np.ndarray | None:
+    """fit_nnls given only G = M'M of its weighted rows M = [A b] (and how many rows there
+    were); None when G is too degenerate to factor (then fit the rows themselves)."""
+    k = G.shape[0] - 1
+    col = np.sqrt(np.maximum(np.diag(G)[:k], 0.0))
+    col[col == 0] = 1.0
+    s = np.append(col, 1.0)
+    G = G / np.outer(s, s)  # the columns of A normalised (see fit_nnls)
     try:
         sol = _nnls_gram(G, k)
-    except np.linalg.LinAlgError:  # degenerate window: solve the tall problem as it is
-        return _fit_tall(A, b) / col
+    except np.linalg.LinAlgError:
+        return None
     res2 = _sse(G, sol)
     if sol[ATTN] > 0.0:
         rr = np.zeros(k + 1)
@@ -375,10 +451,16 @@ def fit_nnls(X: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
             alt = None
         if alt is not None:
             worse = _sse(G, alt) - res2
-            noise = res2 / max(len(b) - k, 1)  # per-row variance of the plain fit
+            noise = res2 / max(rows - k, 1)  # per-row variance of the plain fit
             if worse <= 4.0 * noise:  # the attention term does not earn its place (~2 sigma)
                 sol = alt
     return sol / col
+
+
+def _gram_rows(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rows [x / y, 1] of the fit (relative error) before their recency weight."""
+    inv = 1.0 / np.maximum(y, 1e-9)
+    return np.column_stack((X * inv[:, None], np.ones(len(y))))
 
 
 def load_solver() -> None:

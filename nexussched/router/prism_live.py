@@ -2,7 +2,7 @@
 
 `nexussched router --mode prism --policy prism [--mode-arg redis=redis://HOST:PORT]
 [--mode-arg replica=NAME] [--mode-arg topic=T]
-[--mode-arg learn=auto|telemetry|observed|metrics|none]`:
+[--mode-arg learn=auto|telemetry|observed|metrics|none] [--mode-arg learn_budget=N]`:
 - step telemetry goes to the policy's observe(), so it learns each engine's speed as in the
   simulator: with `redis`, from the telemetry plane (router/stream_feed.py: the Redis Stream each
   engine running the vLLM plug-in, or engine-sim with --redis-url, publishes to), and from any
@@ -11,6 +11,8 @@
   stock engines, router/observed_feed.py: the streams it relays and the engines' vLLM /metrics
   counters), `metrics` (those counters only, as for traffic that is not streamed), `auto`
   (telemetry where an engine gives it, observed for the others; the default), `none` (the prior);
+- `learn_budget` (records a second per engine, default 100; 0: all): an engine that steps faster
+  is learned from a deterministic sample of its records (router/telemetry_thin.py);
 - with `redis`, replicas share engine state and models through Redis (PrismShare) and break
   ties at random (PRISM's `jitter`), so several replicas act as one router without herding;
 - a request no engine can serve within its SLO (PRISM with `--policy-arg shed=true`) is answered
@@ -29,6 +31,7 @@ from .policy_dispatch import PolicyDispatcher
 from .prism_share import PrismShare
 from .stream_feed import StreamFeed
 from .telemetry_feed import TelemetryFeed
+from .telemetry_thin import LEARN_BUDGET
 
 LEARN = ("auto", "telemetry", "observed", "metrics", "none")
 
@@ -46,6 +49,7 @@ class PrismDispatcher(PolicyDispatcher):
         telemetry_interval: float = TELEMETRY_POLL,
         learn: str = "auto",
         redis_timeout: float = 5.0,
+        learn_budget: float = LEARN_BUDGET,
     ) -> None:
         super().__init__(policy)
         if learn not in LEARN:
@@ -63,6 +67,7 @@ class PrismDispatcher(PolicyDispatcher):
         self.share_interval = share_interval
         self.telemetry_interval = telemetry_interval
         self.learn = learn
+        self.learn_budget = float(learn_budget)
         self.feed: TelemetryFeed | None = None
         self.streams: StreamFeed | None = None
         self.observed = None  # ObservedFeed (router/observed_feed.py)
@@ -114,6 +119,8 @@ class PrismDispatcher(PolicyDispatcher):
                 router.session,
                 self.telemetry_interval,
                 skip=streams.covers if streams is not None else None,
+                learn_budget=self.learn_budget,
+                seen=getattr(p, "seen", None),
             )
             self._tasks.append(asyncio.create_task(self.feed.run()))
             if streams is not None:  # records the HTTP feed taught are not read again

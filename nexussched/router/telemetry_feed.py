@@ -19,6 +19,7 @@ import aiohttp
 
 from ..perfmodel.telemetry import StepRecord
 from .policies.view import TELEMETRY_POLL
+from .telemetry_thin import LEARN_BUDGET, RateGate, thin
 
 log = logging.getLogger("nexussched.router")
 
@@ -54,6 +55,13 @@ async def poll_backends(
     return sum(n for n in got if isinstance(n, int))
 
 
+def _record(line: str) -> StepRecord | None:
+    try:
+        return StepRecord.from_dict(json.loads(line))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def parse_lines(lines: list[str]) -> list | None:
     """JSON lines parsed in one call, as one array (a json.loads per line was most of what the
     feed cost the router); None when that fails (a bad line), so each is parsed on its own and
@@ -77,6 +85,8 @@ class TelemetryFeed:
         retry_s: float = 30.0,
         limit: int = 256,
         skip: Callable[[int], bool] | None = None,
+        learn_budget: float = LEARN_BUDGET,
+        seen: Callable[[int, StepRecord], None] | None = None,
     ) -> None:
         """`skip(idx)`: True for a backend taught another way (its Redis stream).
 
@@ -98,6 +108,10 @@ class TelemetryFeed:
         self.skip = skip
         self.records = 0
         self.skipped = 0  # records left unread because the feed fell `limit` behind
+        self.learn_budget = learn_budget
+        self.seen = seen
+        self._gates: dict[int, RateGate] = {}
+        self.thinned = 0  # records read but not learned (over the learning budget)
 
     def serves(self, idx: int) -> bool:
         return idx in self._served
@@ -137,11 +151,27 @@ class TelemetryFeed:
             self.skipped += self._since[url] - int(nxt)
         if self.skip is not None and self.skip(idx):
             return 0  # taught another way since this poll began (its stream holds these too)
-        lines = [ln for ln in text.splitlines() if ln]
+        return self.ingest(idx, [ln for ln in text.splitlines() if ln], now)
+
+    def ingest(self, idx: int, lines: list[str], now: float) -> int:
+        """One poll's records of backend `idx` (JSON lines, oldest first) received at `now`:
+        learn them (at most the budget's share); returns how many were learned."""
+        top = was = self.last_step.get(idx, -1)
+        level = self._gate(idx).update(len(lines), now)
+        newest = None
+        if level and lines:
+            # above the budget: learn the records whose step hashes in (learn_budget), and the
+            # engine's newest batch from its newest record whether learned or not
+            keep, skipped_top = thin(lines, level)
+            if skipped_top > top:
+                top = skipped_top
+            self.thinned += len(lines) - len(keep)
+            if (not keep or keep[-1] is not lines[-1]) and self.seen is not None:
+                newest = _record(lines[-1])
+            lines = keep
         docs = parse_lines(lines)
         n = 0
         observe, from_dict = self.observe, StepRecord.from_dict
-        top = was = self.last_step.get(idx, -1)
         try:
             for k, line in enumerate(lines):
                 try:
@@ -155,8 +185,16 @@ class TelemetryFeed:
         finally:
             if top > was:  # the highest step observed (no await in the loop: none reads it)
                 self.last_step[idx] = top
+        if newest is not None:
+            self.seen(idx, newest)  # type: ignore[misc]
         self.records += n
         return n
+
+    def _gate(self, idx: int) -> RateGate:
+        g = self._gates.get(idx)
+        if g is None:
+            g = self._gates[idx] = RateGate(self.learn_budget)
+        return g
 
     async def run(self) -> None:
         await poll_forever(self.poll_once, self.interval, "telemetry feed")

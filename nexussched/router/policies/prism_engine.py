@@ -126,8 +126,15 @@ class EngineState:
     def seen_step(self, rec: StepRecord) -> None:
         """The batch of the engine's latest step: the decodes a new request would join."""
         chunks = rec.prefill_chunks
-        self.dn = rec.num_decodes + len(chunks)
-        self.dctx = float(rec.decode_ctx_sum + (sum(c + x for c, x in chunks) if chunks else 0))
+        self.seen_batch(
+            rec.num_decodes + len(chunks),
+            float(rec.decode_ctx_sum + (sum(c + x for c, x in chunks) if chunks else 0)),
+        )
+
+    def seen_batch(self, dn: int, dctx: float) -> None:
+        """seen_step given its sums: dn sequences, dctx tokens of context among them."""
+        self.dn = dn
+        self.dctx = dctx
         self.nn = 0
         self.nctx = 0.0
         self._rebase()

@@ -46,23 +46,37 @@ class PrismPredictor:
         # thinning them keeps the prefill terms identifiable in the model's sliding window.
         # A decode step the model mispredicts by more than 15% is always kept, so decode terms
         # stay right where prefill steps dominate what was kept (a slow engine's few long steps).
-        if rec.prefill_chunks:
-            e.model.observe(rec)
+        # (The batch terms are summed once here, in one pass: features.record_features's and
+        # EngineState.seen_step's sums, in the same order, so the same floats.)
+        nd = rec.num_decodes
+        chunks = rec.prefill_chunks
+        if chunks:
+            tok = 0
+            attn = 0.0
+            span = 0
+            for c, cx in chunks:
+                tok += c
+                attn += c * (cx + c / 2.0)
+                span += c + cx
+            x = (float(tok), attn, float(nd), float(rec.decode_ctx_sum), 1.0)
+            e.model.observe_features(x, rec.duration)
         else:
+            tok = span = 0
+            attn = 0.0
             e.dskip += 1
             if (
                 e.dskip >= self.cfg.decode_sample
-                or abs(e.c4 + e.c2 * rec.num_decodes + e.c3 * rec.decode_ctx_sum - rec.duration)
+                or abs(e.c4 + e.c2 * nd + e.c3 * rec.decode_ctx_sum - rec.duration)
                 > 0.15 * rec.duration
             ):
                 e.dskip = 0
-                e.model.observe(rec)
+                x = (0.0, 0.0, float(nd), float(rec.decode_ctx_sum), 1.0)
+                e.model.observe_features(x, rec.duration)
         if e.model.coef is not e.coef:
             e.refresh()
-        e.seen_step(rec)
-        tok = rec.prefill_tokens if rec.prefill_chunks else 0
-        nd = rec.num_decodes
-        attn = rec.prefill_attn if nd and tok else 0.0  # once, for both uses below
+        e.seen_batch(nd + len(chunks), float(rec.decode_ctx_sum + span))
+        if not (nd and tok):
+            attn = 0.0  # (as the prefill terms below read it)
         if nd:  # prefill time per step with decodes, over every such step (decode-only: none)
             e.pf += ((e.c0 * tok + e.c1 * attn if tok else 0.0) - e.pf) * 0.02
         if nd and tok:
@@ -83,6 +97,11 @@ class PrismPredictor:
                 e.backlogged < MIXED_MIN
                 or e.bl_w > e.bl_n * self._tpot_ref * self.cfg.self_paced_itl
             )
+
+    def seen(self, idx: int, rec: StepRecord) -> None:
+        """The newest step of engine `idx`, not learned from (a feed over its learning budget):
+        only the batch a new request would join."""
+        self._engine(idx).seen_step(rec)
 
     def observe_segment(self, idx: int, x: tuple[float, ...], duration: float) -> None:
         """Several consecutive steps of engine `idx` seen only together (their summed batch
