@@ -130,7 +130,7 @@ def test_the_rate_gate_rises_with_the_rate_and_falls_back_with_hysteresis() -> N
     assert RateGate(budget=0).update(10_000, 1.0) == 0
 
 
-def _replica(budget: float, level: int | None = None):
+def _replica(budget: float, level: int | None = None, warmup: int = 0):
     """A PRISM policy behind a telemetry feed; the steps it learns, in order."""
     p = make_policy("prism")
     learned: list[int] = []
@@ -139,7 +139,7 @@ def _replica(budget: float, level: int | None = None):
         learned.append(rec.step)
         p.observe(idx, rec)
 
-    feed = TelemetryFeed(observe, [], None, learn_budget=budget, seen=p.seen)  # type: ignore[arg-type]
+    feed = TelemetryFeed(observe, [], None, learn_budget=budget, seen=p.seen, warmup=warmup)  # type: ignore[arg-type]
     if level is not None:  # a replica that has been running at this engine's rate
         g = feed._gate(0)
         g.level, g.rate, g._t = level, budget * 2.0**level, 0.0
@@ -175,6 +175,11 @@ def test_replicas_at_one_level_learn_the_same_records_whatever_their_polls() -> 
     _, f3, s3 = _replica(100.0)
     _feed(f3, lines[:2000], 15, 75.0)
     assert s3 == list(range(2000)) and f3.thinned == 0
+    # and above it, an engine's first `warmup` records
+    _, f4, s4 = _replica(100.0, warmup=1000)
+    _feed(f4, lines, 150, 1500.0)
+    assert s4[:1050] == list(range(1050))  # (the poll that reached 1,000 is learned whole)
+    assert f4.thinned > 4000 and set(s4[1050:]) == {s for s in range(1050, 6000) if kept(s, 4)}
 
 
 def _sim_records(spec: str, n: int, seed: int) -> list[StepRecord]:

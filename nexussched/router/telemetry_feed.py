@@ -19,7 +19,7 @@ import aiohttp
 
 from ..perfmodel.telemetry import StepRecord
 from .policies.view import TELEMETRY_POLL
-from .telemetry_thin import LEARN_BUDGET, RateGate, thin
+from .telemetry_thin import LEARN_BUDGET, LEARN_WARMUP, RateGate, thin
 
 log = logging.getLogger("nexussched.router")
 
@@ -87,6 +87,7 @@ class TelemetryFeed:
         skip: Callable[[int], bool] | None = None,
         learn_budget: float = LEARN_BUDGET,
         seen: Callable[[int, StepRecord], None] | None = None,
+        warmup: int = LEARN_WARMUP,
     ) -> None:
         """`skip(idx)`: True for a backend taught another way (its Redis stream).
 
@@ -111,6 +112,8 @@ class TelemetryFeed:
         self.learn_budget = learn_budget
         self.seen = seen
         self._gates: dict[int, RateGate] = {}
+        self.warmup = warmup
+        self._learned: dict[int, int] = {}  # records learned per backend
         self.thinned = 0  # records read but not learned (over the learning budget)
 
     def serves(self, idx: int) -> bool:
@@ -158,6 +161,8 @@ class TelemetryFeed:
         learn them (at most the budget's share); returns how many were learned."""
         top = was = self.last_step.get(idx, -1)
         level = self._gate(idx).update(len(lines), now)
+        if self._learned.get(idx, 0) < self.warmup:
+            level = 0  # every record until the model has a window's worth
         newest = None
         if level and lines:
             # above the budget: learn the records whose step hashes in (learn_budget), and the
@@ -187,6 +192,7 @@ class TelemetryFeed:
                 self.last_step[idx] = top
         if newest is not None:
             self.seen(idx, newest)  # type: ignore[misc]
+        self._learned[idx] = self._learned.get(idx, 0) + n
         self.records += n
         return n
 

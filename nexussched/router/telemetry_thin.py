@@ -10,7 +10,8 @@ record in 2**level (reading only the step number of the others), chosen by a has
 the record's step number, not by when it arrived: every replica and worker at the same level
 learns exactly the same records, one a level higher learns a subset of them (the hash is a
 prefix test, so levels nest), and a periodic pattern in the steps (a prefill every 4th step)
-cannot alias with the choice. The level follows the rate the feed receives, with hysteresis.
+cannot alias with the choice. The level follows the rate the feed receives, with hysteresis;
+an engine's first LEARN_WARMUP records are all learned.
 
 Used by the HTTP feed (router/telemetry_feed.py: engine-sim's GET /telemetry). The Redis stream
 feed still learns every record: its publishers are real engines (the vLLM plug-in), which step
@@ -24,6 +25,9 @@ import re
 from dataclasses import dataclass
 
 LEARN_BUDGET = 100.0  # step records learned per second per engine, at most (about)
+# records of an engine learned whole before any thinning: the model's window (perfmodel's
+# PerfModelConfig.window), so a short burst (a test, a cold start) still teaches a full model
+LEARN_WARMUP = 1024
 _GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing: the top bits of step * golden ratio * 2**64
 _MASK = (1 << 64) - 1
 _STEP = re.compile(r'"step":(\d+)')
