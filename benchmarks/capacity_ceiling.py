@@ -10,13 +10,18 @@ prefix cache) and O output tokens (its true length, cut at max_tokens under cap:
 
     w_i = speed_i * ( kappa_i * (P - reusable + O - 1)            linear layers
                       + O * (gpu_per_seq + cpu_serial_seq + lm_per_seq)
+                      + a_i * (n * reusable + n^2 / 2)             prefill attention, n = P - reusable
                       + kv_coef_i * ((O - 1) * P + (O - 1)(O - 2) / 2) )   decode KV reads
 
 seconds of its step time, however it is batched: a step of T tokens and s sequences takes at
 least linear(T) + lm_per_seq * s + gpu_per_seq * s + cpu_serial_seq * s + decode_attn(ctx_sum)
 (StepModel.time; every other term is >= 0), linear(T) >= kappa * T with kappa = the cheapest
 linear time per token at any batch size, decode_attn(S) = kv_coef * sqrt(S (S + half)) >=
-kv_coef * S, a request takes part in at least O steps and its decode steps read contexts
+kv_coef * S, prefill_attn(chunks) >= a x sum over chunks (c, ctx) of c (ctx + c / 2) with
+a = tile_s * heads / (sms * FA_TILE^2) (its tiles cover at least that area of the causal score
+matrix, over at most `sms` SMs at a time; summed over any chunking of the n computed prompt
+tokens the areas make n * reusable + n^2 / 2), a request takes part in at least O steps and its
+decode steps read contexts
 P, P + 1, ..., P + O - 2 (the simulator's `computed`). Step-time noise has mean >= 1
 (lognormal of mean 1, stragglers only slower), so over many steps it does not lower the total.
 Preemption and re-prefill only add work.
@@ -54,7 +59,7 @@ import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
-from nexussched.sim.hardware import HardwareProfile, StepModel
+from nexussched.sim.hardware import FA_TILE, HardwareProfile, StepModel
 from nexussched.sim.request import MAX_TOKENS_DEFAULT, parse_max_tokens
 from nexussched.traces import Trace
 
@@ -76,16 +81,23 @@ def work(
     per_seq = sm.gpu_per_seq + sm.cpu_serial_seq + sm.lm_per_seq
     kv = sm.kv_coef * (o1 * prompt + o1 * (o1 - 1) / 2)
     k = kappa(sm) if kap is None else kap
-    return sm.speed * (k * computed + max(1, output) * per_seq + kv)
+    return sm.speed * (k * computed + max(1, output) * per_seq + kv) + _attn(sm, prompt, cached)
+
+
+def _attn(sm: StepModel, prompt: int, cached: int) -> float:
+    """Least prefill attention time of a prompt's computed tokens (module doc)."""
+    n = max(0, prompt - cached)
+    h = prompt - n
+    return sm.speed * sm.tile_s * sm.heads / (sm.sms * FA_TILE * FA_TILE) * (n * h + n * n / 2)
 
 
 def prefill_work(sm: StepModel, prompt: int, cached: int = 0, kap: float | None = None) -> float:
     """Least step time of a request's prefill (its first token): its uncached prompt tokens
-    through the linear layers and one step's per-sequence work (the part of work() due by its
-    TTFT deadline)."""
+    through the linear layers and their attention, and one step's per-sequence work (the part of
+    work() due by its TTFT deadline)."""
     k = kappa(sm) if kap is None else kap
     per_seq = sm.gpu_per_seq + sm.cpu_serial_seq + sm.lm_per_seq
-    return sm.speed * (k * max(0, prompt - cached) + per_seq)
+    return sm.speed * (k * max(0, prompt - cached) + per_seq) + _attn(sm, prompt, cached)
 
 
 @dataclass(frozen=True)
