@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
 
@@ -174,22 +175,31 @@ async def test_restart_with_a_fixed_replica_id(redis_proc, session):
     assert statuses[0] == [200] * 8 and bad == 0, statuses
 
 
-async def test_every_client_disconnect_is_counted_as_499(spawn, session):
+@pytest.mark.parametrize("server", ["raw", "aiohttp"])
+async def test_every_client_disconnect_is_counted_as_499(
+    server, spawn, session, caplog, monkeypatch
+):
+    """In the metrics and in the access log: a client that left is a 499 there, whether the
+    router saw it as a cancelled handler or as a failed write (aiohttp does not cancel)."""
     from fastdeploy_harness import engine
 
+    if server == "aiohttp":
+        monkeypatch.setenv("NEXUSSCHED_AIOHTTP_SERVER", "1")
+    caplog.set_level(logging.INFO, logger="nexussched.access")
     e = await engine(time_scale=1.0)
     r = await router([e.url], None)
     try:
         rr = r.app["router"]
         assert await wait_until(lambda: rr.registry.healthy_count() == 1)
 
-        async def leave_early() -> None:
+        async def leave_early(k: int) -> None:
             body = {"model": "sim-llama-3-8b", "prompt": "x", "max_tokens": 500, "stream": True}
-            async with session.post(r.url + "/v1/completions", json=body) as resp:
+            hdr = {"x-request-id": f"leave-{k}"}
+            async with session.post(r.url + "/v1/completions", json=body, headers=hdr) as resp:
                 await resp.content.readany()  # the stream started; now go away
                 resp.close()
 
-        await asyncio.gather(*(leave_early() for _ in range(30)))
+        await asyncio.gather(*(leave_early(k) for k in range(30)))
 
         def counted() -> float:
             text = rr.metrics.render().decode()
@@ -199,10 +209,16 @@ async def test_every_client_disconnect_is_counted_as_499(spawn, session):
                 if line.startswith("nexussched_router_requests_total") and 'status="499"' in line
             )
 
-        await wait_until(lambda: counted() >= 30, timeout=10)
+        def logged() -> list[str]:
+            return [m for m in caplog.messages if m.startswith("rid=leave-")]
+
+        await wait_until(lambda: counted() >= 30 and len(logged()) >= 30, timeout=10)
         n = counted()
+        lines = logged()
     finally:
         await r.stop()
         await e.stop()
-    print(f"REPRO disconnect-499-30: counted={n:g}")
+    statuses = sorted(line.split(" status=", 1)[1].split(" ", 1)[0] for line in lines)
+    print(f"REPRO disconnect-499-30 ({server}): counted={n:g} logged={statuses.count('499')}")
     assert n == 30
+    assert statuses == ["499"] * 30, statuses

@@ -43,6 +43,7 @@ class ProxyCall:
     ttft: float | None = None  # seconds from receipt to the first byte sent to the client
     tokens: int | None = None  # completion tokens (usage), else streamed token events
     complete: bool = False  # the whole answer went through (then `tokens` is its length)
+    client_gone: bool = False  # the client left mid-answer (logged as 499, as its metric is)
 
 
 @dataclass(slots=True)

@@ -376,6 +376,8 @@ class Router(UpstreamIO):
             call.forward_headers["x-request-id"] = rid
             out = await self.dispatcher.dispatch(call)
             status = out._w_status if out.__class__ is WholeResponse else out.status
+            if call.client_gone:
+                status = 499
             return out
         except APIError as e:
             self.metrics.count("none", e.status)

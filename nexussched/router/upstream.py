@@ -258,6 +258,7 @@ class UpstreamIO:
             await out.write_eof(tail)
         except ConnectionResetError:  # the client went away (when not seen as a cancellation)
             clean = False
+            call.client_gone = True
             m.count(name, 499)
         finally:
             if w is not None:
