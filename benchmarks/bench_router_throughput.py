@@ -4,9 +4,10 @@ sglang-router, in front of the same fast engine-sims, driven by the same client,
 For each router (ours once per policy in --policy: round_robin, least_load and prism by default,
 prism as deployed with --mode prism): non-streaming requests per second (closed loop over C keep-alive connections),
 the router's CPU seconds per 1,000 of them (its whole process tree, from /proc), and TTFT p50/p99
-at S concurrent streams, next to the same streams sent straight to an engine (the added TTFT),
-with streams per second and CPU ms per stream (the router's tree; in the straight-to-engine row,
-the engine's).
+at S concurrent streams, next to the same streams sent straight to the engines, spread evenly
+over them as the router spreads them (the added TTFT; --direct one: all to the first engine), with
+streams per second and CPU ms per stream (the router's tree; in the straight-to-engine row, the
+engines').
 The load comes from a separate process (a lean HTTP/1.1 client on raw asyncio streams), so a
 router's process measures only the router. engine-sim runs with --time-scale 0 (answers at once).
 
@@ -102,15 +103,22 @@ async def _conn(host, port, req, stop_at, t_warm, counts, ttfts) -> None:
         writer.close()
 
 
-async def _load(port: int, conns: int, seconds: float, warmup: float, tokens: int, stream: bool):
+async def _load(
+    ports: list[int], conns: int, seconds: float, warmup: float, tokens: int, stream: bool
+):
+    """`conns` closed-loop connections, connection k to ports[k % len(ports)]."""
     host = "127.0.0.1"
-    req = _request(host, port, tokens, stream)
+    reqs = [_request(host, port, tokens, stream) for port in ports]
     counts = [0, 0]
     ttfts: list[float] = []
     t_warm = time.monotonic() + warmup
     stop_at = t_warm + seconds
+    n = len(ports)
     await asyncio.gather(
-        *[_conn(host, port, req, stop_at, t_warm, counts, ttfts) for _ in range(conns)]
+        *[
+            _conn(host, ports[k % n], reqs[k % n], stop_at, t_warm, counts, ttfts)
+            for k in range(conns)
+        ]
     )
     span = time.monotonic() - t_warm
     ttfts.sort()
@@ -124,13 +132,15 @@ async def _load(port: int, conns: int, seconds: float, warmup: float, tokens: in
 
 def client_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
-    for name in ("--port", "--conns", "--max-tokens"):
+    p.add_argument("--port", help="port, or ports separated by commas (connections alternate)")
+    for name in ("--conns", "--max-tokens"):
         p.add_argument(name, type=int)
     p.add_argument("--seconds", type=float)
     p.add_argument("--warmup", type=float)
     p.add_argument("--stream", action="store_true")
     a = p.parse_args(argv)
-    res = asyncio.run(_load(a.port, a.conns, a.seconds, a.warmup, a.max_tokens, a.stream))
+    ports = [int(x) for x in a.port.split(",")]
+    res = asyncio.run(_load(ports, a.conns, a.seconds, a.warmup, a.max_tokens, a.stream))
     print(json.dumps(res))
 
 
@@ -153,21 +163,29 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def run_client(port: int, a: argparse.Namespace, stream: bool, cpu_of: int | None = None):
-    """One load run; with cpu_of, also the CPU that process tree used in the measured window."""
+def run_client(
+    port: int | list[int],
+    a: argparse.Namespace,
+    stream: bool,
+    cpu_of: int | list[int] | None = None,
+):
+    """One load run (on several ports: connections alternate between them); with cpu_of, also
+    the CPU those process trees used in the measured window."""
+    ports = port if isinstance(port, list) else [port]
+    pids = cpu_of if isinstance(cpu_of, list) else [cpu_of] if cpu_of is not None else []
     conns = a.streams if stream else a.conns
     tokens = a.stream_tokens if stream else a.max_tokens
-    cmd = [sys.executable, __file__, "--client", "--port", str(port), "--conns", str(conns),
+    cmd = [sys.executable, __file__, "--client", "--port", ",".join(map(str, ports)), "--conns", str(conns),
            "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--max-tokens", str(tokens)]  # fmt: skip
     if stream:
         cmd.append("--stream")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     cpu = None
-    if cpu_of is not None:
+    if pids:
         time.sleep(a.warmup + 0.2)  # the client's clock started a little after ours
-        c0 = tree_cpu(cpu_of)
+        c0 = sum(tree_cpu(p) for p in pids)
         time.sleep(a.seconds - 0.2)
-        cpu = tree_cpu(cpu_of) - c0
+        cpu = sum(tree_cpu(p) for p in pids) - c0
     out, _ = proc.communicate(timeout=a.seconds + a.warmup + 120)
     res = json.loads(out)
     if cpu is not None:
@@ -280,6 +298,15 @@ def main() -> None:
         help="another checkout of nexussched whose router also runs (rows marked 'baseline')",
     )
     p.add_argument(
+        "--direct",
+        choices=("spread", "one"),
+        default="spread",
+        help="the straight-to-engine streams the added TTFT is taken against: spread evenly over "
+        "every engine, as the router spreads them (default), or all to the first engine (the "
+        "figures before 2026-12-05: a router that spreads then gains the second engine's speed "
+        "and its added TTFT can read below zero)",
+    )
+    p.add_argument(
         "--direct-each",
         action="store_true",
         help="measure the streams straight to the engine again just before each router's streams "
@@ -326,11 +353,17 @@ def main() -> None:
             )
     results: dict[str, list[dict]] = {name: [] for name, _ in configs}
     directs: list[dict] = []
+
+    def direct() -> dict:
+        if a.direct == "one":
+            return run_client(engines[0], a, True, procs[0].pid)
+        return run_client(engines, a, True, [p.pid for p in procs])
+
     try:
         for ep in engines:
             wait_http(f"http://127.0.0.1:{ep}/health")
         for k in range(a.rounds):
-            directs.append(run_client(engines[0], a, True, procs[0].pid))
+            directs.append(direct())
             order = configs[k % len(configs) :] + configs[: k % len(configs)]
             for name, launch in order:
                 rp = free_port()
@@ -339,7 +372,7 @@ def main() -> None:
                     wait_ready(rp)
                     res = run_client(rp, a, stream=False, cpu_of=r.pid)
                     if a.direct_each:
-                        directs.append(run_client(engines[0], a, True, procs[0].pid))
+                        directs.append(direct())
                     res["stream"] = run_client(rp, a, stream=True, cpu_of=r.pid)
                     res["direct_p50"] = directs[-1]["ttft_p50"]
                     results[name].append(res)
@@ -381,11 +414,16 @@ def main() -> None:
         f"{'router':<50}{'req/s':>{w1}}{'errors':>8}{'CPU s/1k req':>{w2}}{'TTFT p50 ms':>{w3}}"
         f"{'TTFT p99 ms':>{w3}}{'added p50 ms':>{w3}}{'streams/s':>{w1}}{'CPU ms/stream':>{w2}}"
     )
+    direct_name = (
+        "straight to one engine (streams)"
+        if a.direct == "one"
+        else f"straight to the {a.engines} engines (streams)"
+    )
     ms = [d["ttft_p50"] * 1e3 for d in directs]
     m99 = [d["ttft_p99"] * 1e3 for d in directs]
     errs = sum(d["errors"] for d in directs)
     print(
-        f"{'straight to one engine (streams)':<50}{'-':>{w1}}{errs:>8}{'-':>{w2}}"
+        f"{direct_name:<50}{'-':>{w1}}{errs:>8}{'-':>{w2}}"
         f"{cell(ms, '.2f', w3)}{cell(m99, '.2f', w3)}{'-':>{w3}}"
         f"{cell([d['rps'] for d in directs], '.0f', w1)}"
         f"{cell([d.get('cpu_per_1k') for d in directs], '.3f', w2)}"
