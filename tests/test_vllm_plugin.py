@@ -228,9 +228,13 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
             events = 0
             async with session.post(url + "/v1/completions", json=body) as r:
                 assert r.status == 200, (r.status, await r.text())
-                async for line in r.content:
-                    if line.startswith(b"data: {"):
-                        events += 1
+                # Whole reads, not line by line: six streams of ~300 events a second each, read
+                # a line at a time, starved this process beside a CPU hog (load 3-5): it fell
+                # thousands of events behind the engine and sent the long prompt too late.
+                async for data in r.content.iter_any():
+                    n = data.count(b"data: {")
+                    if n:
+                        events += n
                         started[i].set()
                     if done.is_set():
                         break  # closing the stream aborts the request in vLLM
@@ -393,6 +397,25 @@ def test_prism_learns_the_real_engine_over_the_plane_and_gives_it_its_share(stac
     sim = ServerProc(["engine-sim", "--profile", "l4", "--model", MODEL, "--redis-url", rurl,
                       "--topic", TOPIC])  # fmt: skip
     sim.wait_ready(timeout=60)
+    # engine-sim's first steps come from requests sent to it straight (as another router's
+    # traffic would), so PRISM knows it from its telemetry from the start. An engine no request
+    # went to would teach nothing: at low load the faster vLLM is predicted best for every
+    # request against engine-sim's pessimistic prior (a run beside one CPU hog at load 3-5 sent
+    # vLLM all 80, and engine-sim's model was never fitted).
+    warm_body = {"model": MODEL, "max_tokens": 16, "ignore_eos": True}
+
+    async def warm() -> None:
+        async def one(s: aiohttp.ClientSession, n: int) -> None:
+            body = dict(warm_body, prompt=[11 + n % 50] * n)
+            async with s.post(sim.url + "/v1/completions", json=body) as r:
+                assert r.status == 200, await r.text()
+                await r.read()
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+            for wave in range(6):  # prompts of several sizes, so the prefill terms are seen
+                await asyncio.gather(*(one(s, 40 + 150 * j + 30 * wave) for j in range(3)))
+
+    asyncio.run(warm())
 
     shadow = Prism()
     shadow_feed = ObservedFeed(shadow, 2, streams=False)
