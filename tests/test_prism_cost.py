@@ -202,3 +202,39 @@ def test_telemetry_lines_parse_in_one_call_and_bad_lines_fall_back() -> None:
     r = StepRecord.from_dict({"duration": 1, "prefill_chunks": [[2.0, 3]], "num_decodes": 4.0})
     assert r == StepRecord(1.0, ((2, 3),), 4)
     assert type(r.duration) is float and type(r.prefill_chunks[0][0]) is int
+
+
+def test_hit_tokens_is_the_capped_match() -> None:
+    rng = random.Random(3)
+    idx = PrefixIndex(30)
+    chains = [[rng.randrange(1 << 40) for _ in range(12)] for _ in range(4)]
+    for _ in range(300):
+        idx.add(rng.randrange(3), rng.choice(chains)[: rng.randint(0, 12)])
+        q = rng.choice(chains)[: rng.randint(0, 12)]
+        n, cap = rng.randint(0, 4), rng.randint(0, 13)
+        want = [min(k, cap) * 16 for k in idx.match(q, n)]
+        assert idx.hit_tokens(q, n, cap) == want
+
+
+def test_route_books_the_kv_and_hits_of_the_plain_formulas() -> None:
+    """route() computes each engine's predicted hit and the KV a request adds there inline (and
+    hands the chosen engine's to _bind): the same as PrismPredictor._hits and
+    EngineState.kv_need computed before it was sent."""
+    from nexussched.router.policies.prism_engine import ReqState
+
+    for seed in range(4):
+        p, views, now, prompts, rng = _prism_with_history(seed)
+        for k in range(200):
+            now += 0.002
+            info = _info(20_000 + k, rng.choice(prompts) + "x" * rng.randint(0, 90), now)
+            r = ReqState(info, (0, 0.0), p._expected_output(info))
+            hits = p._hits(info, len(views))
+            r.hits = hits
+            need = [e.kv_need(r) for e in p._eng]
+            idx = p.route(info, views, now)
+            got = p._reqs.get(info.id)
+            assert got is not None and got.hits == hits
+            if idx is not None:
+                assert got.kv == need[idx]
+            if rng.random() < 0.6:
+                p.on_finish(info.id, idx, now)

@@ -116,3 +116,21 @@ class PrefixIndex:
                 k += 1
             out[e] = k
         return out
+
+    def hit_tokens(self, hashes: Sequence[int], n: int, cap: int) -> list[int]:
+        """Per engine 0..n-1, the tokens of `hashes`' leading blocks it holds, at most `cap`
+        blocks: [min(k, cap) * BLOCK_TOKENS for k in match(hashes, n)], in one pass (PRISM asks
+        this for every request it routes)."""
+        out = [0] * n
+        m = len(hashes)
+        if m == 0:
+            return out
+        h0 = hashes[0]
+        for e, lru in enumerate(self._lru[:n]):
+            if h0 not in lru:
+                continue
+            k = 1
+            while k < m and hashes[k] in lru:
+                k += 1
+            out[e] = (k if k < cap else cap) * BLOCK_TOKENS
+        return out

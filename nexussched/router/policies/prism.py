@@ -39,6 +39,7 @@ from dataclasses import fields
 from itertools import islice
 
 from .base import EngineView, Move, NoEngineAvailable, RequestInfo, RoutingPolicy
+from .prefix_index import BLOCK_TOKENS
 from .prism_config import INF, PrismConfig
 from .prism_engine import EngineState, ReqState
 from .prism_predict import PrismPredictor
@@ -114,8 +115,9 @@ class Prism(PrismPredictor, RoutingPolicy):
         P = r.prompt
         PP = P * P * 0.5
         hits = None
-        if cfg.prefix_aware and req.prefix_hashes:
-            hits = r.hits = self._hits(req, n)
+        hashes = req.prefix_hashes
+        if hashes and cfg.prefix_aware:
+            hits = r.hits = self._prefix.hit_tokens(hashes, n, (P - 1) // BLOCK_TOKENS)  # _hits
         rctx = r.ctx
         slack_t = now + cfg.slack
         qlim_p = now + cfg.queue_limit
@@ -129,9 +131,11 @@ class Prism(PrismPredictor, RoutingPolicy):
         aff = hits is not None and cfg.prefix_affinity
         margin = cfg.ttft_margin
         on_time = r.deadline - now - cfg.slack
-        home = -1
-        home_key: tuple[bool, int, float] = (False, -1, 0.0)
+        # the home: the best by (meets the SLO, cached tokens, -t), compared field by field
+        home = home_h = -1
+        home_ok = False
         home_t = INF
+        best_kv = wait_kv = home_kv = cheap_kv = 0.0  # KV each would add there (for _bind)
         kc = cfg.place_cost if aff else 0.0
         hmax = max(hits) if kc else 0  # type: ignore[arg-type]
         cheap, cheap_c, cheap_t = -1, INF, INF
@@ -145,13 +149,13 @@ class Prism(PrismPredictor, RoutingPolicy):
             if P >= e.kv_tokens or not engines[i].healthy:
                 continue
             base = e.base + e.c2 + e.c3 * rctx
-            if hits is None or not hits[i]:
-                h = 0
+            h = 0 if hits is None else hits[i]
+            if not h:
                 w = e.c0 * P + e.c1 * PP
             else:
-                h = hits[i]
                 w = e.c0 * (P - h) + e.c1 * (P - h) * (h + (P - h) * 0.5)
-            t = (w / e.pi if e.n + e.rn and base > e.c4 else w) + base
+            busy = e.n + e.rn
+            t = (w / e.pi if busy and base > e.c4 else w) + base
             paced = e.paced
             U = e.U
             V = e.V
@@ -162,13 +166,22 @@ class Prism(PrismPredictor, RoutingPolicy):
                 t += rnd() * jitter
             qlim = qlim_p if paced else qlim_s
             # KV it adds there: a hit on blocks requests in flight there hold takes no new block
-            # (e.kv_need(r), inlined: this loop runs for every engine on every request)
-            if hits is None or not hits[i] or not e.live:
+            # (e.kv_need(r) and e.shared_tokens, inlined: this loop runs for every engine on
+            # every request)
+            live = e.live
+            if not h or not live or hashes[0] not in live:
                 kv = rctx
             else:
-                k = e.shared_tokens(req.prefix_hashes, hits[i])
+                lo, hi = 1, min(len(hashes), h // BLOCK_TOKENS)
+                while lo < hi:
+                    mid = (lo + hi + 1) // 2
+                    if hashes[mid - 1] in live:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                k = lo * BLOCK_TOKENS if hi else 0
                 kv = rctx - k if k < rctx else 0.0
-            if e.n + e.rn == 0 or (
+            if busy == 0 or (
                 (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + kv
                 <= kvcap * e.kv_tokens
                 and (not hold_pace or ((not paced or V <= slack_t) and U <= qlim and base <= cap))
@@ -176,11 +189,15 @@ class Prism(PrismPredictor, RoutingPolicy):
                 # headroom: how far below its limits the engine stays (larger is better)
                 room = (slack_t - V) if paced else (now - U)
                 if t < best_t - 1e-3 or (t <= best_t + 1e-3 and room > best_room):
-                    best, best_t, best_room = i, t, room
+                    best, best_t, best_room, best_kv = i, t, room, kv
                 if aff:
-                    key = (t * margin <= on_time, hits[i], -t)  # type: ignore[index]
-                    if key > home_key:
-                        home, home_key, home_t = i, key, t
+                    ok = t * margin <= on_time
+                    if ok != home_ok:
+                        better = ok
+                    else:
+                        better = h > home_h or (h == home_h and t < home_t)
+                    if better:
+                        home, home_ok, home_h, home_t, home_kv = i, ok, h, t, kv
                     if kc:
                         # the compute of what another engine holds and this one would recompute
                         c = t
@@ -188,7 +205,7 @@ class Prism(PrismPredictor, RoutingPolicy):
                             n0 = P - hmax
                             c += kc * (w - e.c0 * n0 - e.c1 * n0 * (hmax + n0 * 0.5))
                         if c < cheap_c:
-                            cheap, cheap_c, cheap_t = i, c, t
+                            cheap, cheap_c, cheap_t, cheap_kv = i, c, t, kv
             else:
                 # when it would have room (one that is TPOT-full waits for decodes to finish)
                 d = V - slack_t if paced else 0.0
@@ -196,7 +213,7 @@ class Prism(PrismPredictor, RoutingPolicy):
                     d = U - qlim
                 t += (d if d > 0 else 0.0) + (0.0 if base <= cap else cfg.slack)
                 if t < wait_t:
-                    wait_best, wait_t = i, t
+                    wait_best, wait_t, wait_kv = i, t, kv
         if best < 0 and wait_best < 0:
             if not any(v.healthy for v in engines):
                 raise NoEngineAvailable("no healthy engine")
@@ -211,12 +228,12 @@ class Prism(PrismPredictor, RoutingPolicy):
                     f"predicted TTFT {t:.2f}s exceeds the {req.slo_ttft:.2f}s SLO on every engine",
                     max(cfg.retry_after, t - req.slo_ttft),
                 )
-        if home >= 0 and home != best and (home_key[0] or now + best_t * margin > r.deadline):
-            best, best_t = home, home_t
+        if home >= 0 and home != best and (home_ok or now + best_t * margin > r.deadline):
+            best, best_t, best_kv = home, home_t, home_kv
         elif cheap >= 0 and cheap != best:
             # no engine holding its prefix meets its TTFT: the soonest elsewhere must also be
             # worth the prefill compute it adds there (see place_cost)
-            best, best_t = cheap, cheap_t
+            best, best_t, best_kv = cheap, cheap_t, cheap_kv
         if (
             self.holds
             and cfg.defer_hopeless
@@ -240,12 +257,12 @@ class Prism(PrismPredictor, RoutingPolicy):
             and wait_t < best_t
             and hits[wait_best] - hits[best] >= 0.25 * P
         ):
-            self._bind(r, best, now)
+            self._bind(r, best, now, best_kv)
             return best
         # (an engine without room now that holds much more of its prefix would still serve it
         # sooner: it waits at the router for that engine, which _waits_for_home keeps it for)
         if not self.holds:
-            self._bind(r, wait_best, now)
+            self._bind(r, wait_best, now, wait_kv)
             return wait_best
         self._hold(r)
         return None
@@ -266,7 +283,8 @@ class Prism(PrismPredictor, RoutingPolicy):
         bisect.insort(self._held, (r.key, self._seq, r))
         self._reqs[r.info.id] = r
 
-    def _bind(self, r: ReqState, idx: int, now: float) -> None:
+    def _bind(self, r: ReqState, idx: int, now: float, kv: float | None = None) -> None:
+        """Send r to engine `idx` (`kv`: the KV it adds there, if route() has it: e.kv_need(r))."""
         # Per request: EngineState.prefill_time / prefill_work, _share and _router_paced inlined
         # (the same arithmetic in the same order, so the same floats).
         e = self._eng[idx]
@@ -306,7 +324,7 @@ class Prism(PrismPredictor, RoutingPolicy):
             e.dv += r.pace
         else:
             r.pace = 0.0
-        e.add(r)
+        e.add(r, kv)
         self._reqs[info.id] = r
 
     def pull(self, idx: int, engines: Sequence[EngineView], now: float) -> list[RequestInfo]:

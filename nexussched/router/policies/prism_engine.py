@@ -180,15 +180,16 @@ class EngineState:
         k = self.shared_tokens(r.info.prefix_hashes, h)
         return r.ctx - k if k < r.ctx else 0.0
 
-    def add(self, r: ReqState) -> None:
-        # kv_need(r), inlined (once per request routed)
-        h = r.hits
-        hit = h[self.idx] if h is not None and self.idx < len(h) else 0
-        if hit <= 0:
-            kv = r.ctx
-        else:
-            k = self.shared_tokens(r.info.prefix_hashes, hit)
-            kv = r.ctx - k if k < r.ctx else 0.0
+    def add(self, r: ReqState, kv: float | None = None) -> None:
+        """r is sent here; `kv`: kv_need(r), where the caller has it (route() computes it)."""
+        if kv is None:  # kv_need(r), inlined
+            h = r.hits
+            hit = h[self.idx] if h is not None and self.idx < len(h) else 0
+            if hit <= 0:
+                kv = r.ctx
+            else:
+                k = self.shared_tokens(r.info.prefix_hashes, hit)
+                kv = r.ctx - k if k < r.ctx else 0.0
         r.kv = kv
         self.flights[r.info.id] = r
         if not r.first:

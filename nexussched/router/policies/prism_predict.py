@@ -199,9 +199,8 @@ class PrismPredictor:
         """Predicted cached prompt tokens per engine: the prefix of the prompt's blocks PRISM
         sent there and the index still holds, in whole blocks, leaving the last token to
         compute (as vLLM does)."""
-        m = self._prefix.match(info.prefix_hashes, n)
         cap = (max(1, int(info.prompt_tokens)) - 1) // BLOCK_TOKENS
-        return [(k if k < cap else cap) * BLOCK_TOKENS for k in m]
+        return self._prefix.hit_tokens(info.prefix_hashes, n, cap)
 
     def _best_any(self, r: ReqState, engines: Sequence[EngineView], now: float) -> float:
         """Lowest predicted TTFT of r on any healthy engine that can hold it, room or not."""
