@@ -238,3 +238,16 @@ def test_route_books_the_kv_and_hits_of_the_plain_formulas() -> None:
                 assert got.kv == need[idx]
             if rng.random() < 0.6:
                 p.on_finish(info.id, idx, now)
+
+
+def test_expected_new_is_expected_total_from_zero() -> None:
+    from nexussched.perfmodel.lengths import LengthEstimator
+
+    rng = random.Random(5)
+    for window, min_samples in ((64, 1), (4096, 1), (32, 10)):
+        est = LengthEstimator(window, min_samples)
+        for _ in range(700):
+            for cap in (1, 2, 3, 17, 256, 4096):
+                assert est.expected_new(cap) == est.expected_total(0, cap)
+            m = rng.choice([1, 4, 64, 1024])
+            est.observe(rng.choice([m, rng.randint(1, 2 * m), rng.randint(0, 3)]), m)

@@ -101,6 +101,29 @@ class LengthEstimator:
                 e_stop = ((pre[j] - pre[i]) + (n - j) * m) / tail
         return (p_hit * m + w_stop * e_stop) / (p_hit + w_stop)
 
+    def expected_new(self, cap: int) -> float:
+        """expected_total(0, cap) for a request not started yet, cap >= 1 (every routed request
+        asks this): the same arithmetic with g = 0, where every recorded length (>= 1) lies
+        past g, so the bisection for g is known."""
+        m = float(cap)
+        if m <= 1.0:
+            return m
+        k = len(self._recent)
+        if k < self.min_samples:
+            return m
+        xs = self._refresh() if self._new and self._new * 16 >= k else self._sorted
+        n = len(xs)
+        p_hit = self._hits / k
+        w_stop = (1.0 - p_hit) * n / n if n else 0.0
+        if p_hit + w_stop <= 0.0:
+            return m if m < 1.0 else 1.0
+        e_stop = 0.0
+        if n:
+            pre = self._prefix
+            j = bisect.bisect_right(xs, m)
+            e_stop = ((pre[j] - pre[0]) + (n - j) * m) / n
+        return (p_hit * m + w_stop * e_stop) / (p_hit + w_stop)
+
     def expected_remaining(self, generated: int, cap: int | None = None) -> float:
         """Expected output tokens still to come (at least one)."""
         return max(1.0, self.expected_total(generated, cap) - generated)

@@ -107,7 +107,7 @@ class Prism(PrismPredictor, RoutingPolicy):
             self._engine(n - 1)
             self._sync(engines)
         cfg = self.cfg
-        out = self.lengths.expected_total(0, max(1, int(req.max_tokens)))  # _expected_output
+        out = self.lengths.expected_new(max(1, int(req.max_tokens)))  # _expected_output
         if cfg.order == "edf":  # _key(req, out), inlined for the default order
             r = ReqState(req, (req.priority, req.arrival + req.slo_ttft), out)
         else:

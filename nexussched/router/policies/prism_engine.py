@@ -191,22 +191,31 @@ class EngineState:
                 k = self.shared_tokens(r.info.prefix_hashes, hit)
                 kv = r.ctx - k if k < r.ctx else 0.0
         r.kv = kv
-        self.flights[r.info.id] = r
+        info = r.info
+        ctx = r.ctx
+        self.flights[info.id] = r
         if not r.first:
             self.unfirst += 1
         self.n += 1
-        self.ctx += r.ctx
+        self.ctx += ctx
         self.kv_used += kv
         self.nn += 1
-        self.nctx += r.ctx
+        self.nctx += ctx
         self.kv_new += kv
-        live = self.live
-        for h in r.info.prefix_hashes:
-            live[h] = live.get(h, 0) + 1
-        self._rebase()
+        if info.prefix_hashes:
+            live = self.live
+            get = live.get
+            for h in info.prefix_hashes:
+                live[h] = get(h, 0) + 1
+        # _rebase(), inlined (add and drop run for every request)
+        if self.dn < 0 or self.paced:
+            self.base = self.c4 + self.c2 * (self.n + self.rn) + self.c3 * (self.ctx + self.rctx)
+        else:
+            self.base = self.c4 + self.c2 * (self.dn + self.nn) + self.c3 * (self.dctx + self.nctx)
 
     def drop(self, r: ReqState) -> None:
-        if self.flights.pop(r.info.id, None) is None:
+        info = r.info
+        if self.flights.pop(info.id, None) is None:
             return
         if not r.first:
             self.unfirst -= 1
@@ -214,16 +223,21 @@ class EngineState:
         self.ctx -= r.ctx
         self.kv_used -= r.kv
         live = self.live
-        for h in r.info.prefix_hashes:
-            c = live.get(h, 0) - 1
-            if c > 0:
-                live[h] = c
-            else:
-                live.pop(h, None)
+        if info.prefix_hashes:
+            get = live.get
+            for h in info.prefix_hashes:
+                c = get(h, 0) - 1
+                if c > 0:
+                    live[h] = c
+                else:
+                    live.pop(h, None)
         if self.n <= 0:
             self.n, self.ctx, self.kv_used, self.unfirst = 0, 0.0, 0.0, 0
             live.clear()
-        self._rebase()
+        if self.dn < 0 or self.paced:  # _rebase(), inlined
+            self.base = self.c4 + self.c2 * (self.n + self.rn) + self.c3 * (self.ctx + self.rctx)
+        else:
+            self.base = self.c4 + self.c2 * (self.dn + self.nn) + self.c3 * (self.dctx + self.nctx)
 
     def prefill_work(self, p: int, hit: int = 0) -> float:
         """Predicted compute of a p-token prompt whose first `hit` tokens are cached here: the

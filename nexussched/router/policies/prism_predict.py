@@ -189,7 +189,7 @@ class PrismPredictor:
     def _expected_output(self, info: RequestInfo) -> float:
         """Expected output length of a new request: learned from finished ones, capped by its
         declared max_tokens (PRISM never knows the true length)."""
-        return self.lengths.expected_total(0, max(1, int(info.max_tokens)))
+        return self.lengths.expected_new(max(1, int(info.max_tokens)))
 
     def on_output(self, req_id: object, output_tokens: int) -> None:
         r = self._reqs.get(req_id)
