@@ -70,7 +70,8 @@ class PrefixIndex:
         (in the order sent; a hash sent twice counts where it was last sent)."""
         if not hashes:
             return
-        self._grow(idx)
+        if idx >= len(self._lru):
+            self._grow(idx)
         lru = self._lru[idx]
         if len(hashes) <= 16:
             # A short prompt (the common case: one block per 16 tokens): a plain loop is cheaper
@@ -82,7 +83,8 @@ class PrefixIndex:
                     move(h)
                 else:
                     lru[h] = None
-            if self._cap[idx] is not None:
+            cap = self._cap[idx]
+            if cap is not None and len(lru) > cap:
                 self._trim(idx)
             return
         # Bulk, in C: drop the ones held, then append all (prompts are hundreds of blocks long,

@@ -142,7 +142,7 @@ class Prism(PrismPredictor, RoutingPolicy):
         eng = self._eng
         jitter = cfg.jitter
         hold_pace = cfg.hold_for_pace
-        rnd = self._rng.random
+        rnd = self._rng.random if jitter else None
         # The hot loop: a handful of float operations per engine (>= 5,000 decisions/s at 64).
         for i in range(n):
             e = eng[i]
@@ -163,7 +163,7 @@ class Prism(PrismPredictor, RoutingPolicy):
             if u > 0:
                 t += u
             if jitter:
-                t += rnd() * jitter
+                t += rnd() * jitter  # type: ignore[misc]
             qlim = qlim_p if paced else qlim_s
             # KV it adds there: a hit on blocks requests in flight there hold takes no new block
             # (e.kv_need(r) and e.shared_tokens, inlined: this loop runs for every engine on
