@@ -50,7 +50,7 @@ def capture(path: str, seconds: float = 3.0) -> int:
 
 def worker(path: str, n: int, budget: float, rate: float) -> None:
     """Feed n records (repeating the file) to a PRISM policy through the feed, in polls."""
-    from nexussched.perfmodel.model import load_solver
+    from nexussched.perfmodel.fit import load_solver
     from nexussched.router.policies import make_policy
     from nexussched.router.telemetry_feed import TelemetryFeed
 

@@ -2,8 +2,9 @@
 requests' output lengths."""
 
 from .features import FEATURE_NAMES, N_FEATURES, batch_features, record_features, records_matrix
+from .fit import fit_nnls
 from .lengths import LengthEstimator
-from .model import PerfModel, PerfModelConfig, fit_nnls, mape
+from .model import PerfModel, PerfModelConfig, mape
 from .telemetry import StepRecord, TelemetryLog, prefill_attn_work, read_jsonl
 
 __all__ = [

@@ -88,7 +88,7 @@ class PrismDispatcher(PolicyDispatcher):
         p = self.policy
         learns = hasattr(p, "observe")
         if learns:
-            from ..perfmodel.model import load_solver
+            from ..perfmodel.fit import load_solver
 
             load_solver()  # not at the first refit, on the event loop, while requests wait
         telemetry = learns and self.learn in ("auto", "telemetry")
