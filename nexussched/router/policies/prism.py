@@ -166,20 +166,13 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
                 t += rnd() * jitter  # type: ignore[misc]
             qlim = qlim_p if paced else qlim_s
             # KV it adds there: a hit on blocks requests in flight there hold takes no new block
-            # (e.kv_need(r) and e.shared_tokens, inlined: this loop runs for every engine on
-            # every request)
+            # (e.kv_need(r), its common no-sharing case inlined: this loop runs for every engine
+            # on every request)
             live = e.live
             if not h or not live or hashes[0] not in live:
                 kv = rctx
             else:
-                lo, hi = 1, min(len(hashes), h // BLOCK_TOKENS)
-                while lo < hi:
-                    mid = (lo + hi + 1) // 2
-                    if hashes[mid - 1] in live:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                k = lo * BLOCK_TOKENS if hi else 0
+                k = e.shared_tokens(hashes, h)
                 kv = rctx - k if k < rctx else 0.0
             if busy == 0 or (
                 (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + kv
