@@ -11,6 +11,15 @@ engines').
 The load comes from a separate process (a lean HTTP/1.1 client on raw asyncio streams), so a
 router's process measures only the router. engine-sim runs with --time-scale 0 (answers at once).
 
+Two operating points for the streams (--stream-speed): `instant`, the engines above at
+--time-scale 0, where the 64 closed-loop streams saturate the machine's cores and every CPU
+microsecond the router takes is taken from the engines and the client on the same cores (what
+this measures is the router's CPU per stream, not its latency); and `real`, a second set of
+engine-sims stepping in real time at their profile's modelled speed (a100: a GPU's step times),
+where the CPU is not the bottleneck, as in a cluster whose engines run on GPUs: the added TTFT
+there is the hop's own latency. Each router runs the streams at both, side by side with the
+same streams sent straight to the same engines.
+
     PYTHONPATH=. .venv/bin/python benchmarks/bench_router_throughput.py [--workers 1,2]
         [--policy round_robin,least_load,prism] [--with-sglang] [--conns 64] [--streams 64]
         [--seconds 8]
@@ -34,6 +43,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -86,10 +96,11 @@ async def _read_body(reader: asyncio.StreamReader, head: bytes) -> float | None:
             first = time.monotonic()
 
 
-async def _conn(host, port, req, stop_at, t_warm, counts, ttfts) -> None:
+async def _conn(host, port, reqs, rng, stop_at, t_warm, counts, ttfts) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     try:
         while time.monotonic() < stop_at:
+            req = reqs[rng.randrange(len(reqs))] if len(reqs) > 1 else reqs[0]
             t = time.monotonic()
             writer.write(req)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -104,11 +115,21 @@ async def _conn(host, port, req, stop_at, t_warm, counts, ttfts) -> None:
 
 
 async def _load(
-    ports: list[int], conns: int, seconds: float, warmup: float, tokens: int, stream: bool
+    ports: list[int],
+    conns: int,
+    seconds: float,
+    warmup: float,
+    tokens: int,
+    stream: bool,
+    vary: bool = False,
 ):
-    """`conns` closed-loop connections, connection k to ports[k % len(ports)]."""
+    """`conns` closed-loop connections, connection k to ports[k % len(ports)]. With `vary`, each
+    request's max_tokens is drawn from tokens/2 .. 3*tokens/2 by the connection's own seeded RNG
+    (the same draws in every run): streams of one length stay in lockstep, so a batch's arrivals
+    and step boundaries line up differently in each run and TTFT measures that phase, not a hop."""
     host = "127.0.0.1"
-    reqs = [_request(host, port, tokens, stream) for port in ports]
+    lengths = range(max(1, tokens // 2), tokens + tokens // 2 + 1) if vary else [tokens]
+    reqs = [[_request(host, port, n, stream) for n in lengths] for port in ports]
     counts = [0, 0]
     ttfts: list[float] = []
     t_warm = time.monotonic() + warmup
@@ -116,7 +137,9 @@ async def _load(
     n = len(ports)
     await asyncio.gather(
         *[
-            _conn(host, ports[k % n], reqs[k % n], stop_at, t_warm, counts, ttfts)
+            _conn(
+                host, ports[k % n], reqs[k % n], random.Random(k), stop_at, t_warm, counts, ttfts
+            )  # fmt: skip
             for k in range(conns)
         ]
     )
@@ -138,9 +161,10 @@ def client_main(argv: list[str]) -> None:
     p.add_argument("--seconds", type=float)
     p.add_argument("--warmup", type=float)
     p.add_argument("--stream", action="store_true")
+    p.add_argument("--vary", action="store_true")
     a = p.parse_args(argv)
     ports = [int(x) for x in a.port.split(",")]
-    res = asyncio.run(_load(ports, a.conns, a.seconds, a.warmup, a.max_tokens, a.stream))
+    res = asyncio.run(_load(ports, a.conns, a.seconds, a.warmup, a.max_tokens, a.stream, a.vary))
     print(json.dumps(res))
 
 
@@ -168,6 +192,7 @@ def run_client(
     a: argparse.Namespace,
     stream: bool,
     cpu_of: int | list[int] | None = None,
+    vary: bool = False,
 ):
     """One load run (on several ports: connections alternate between them); with cpu_of, also
     the CPU those process trees used in the measured window."""
@@ -179,6 +204,8 @@ def run_client(
            "--seconds", str(a.seconds), "--warmup", str(a.warmup), "--max-tokens", str(tokens)]  # fmt: skip
     if stream:
         cmd.append("--stream")
+    if vary:
+        cmd.append("--vary")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     cpu = None
     if pids:
@@ -253,6 +280,10 @@ def wait_ready(port: int, timeout: float = 60.0) -> None:
     raise RuntimeError(f"router on port {port} did not serve within {timeout:.0f} s")
 
 
+def backend_args(ports: list[int]) -> list[str]:
+    return [x for ep in ports for x in ("--backend", f"http://127.0.0.1:{ep}")]
+
+
 def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -314,6 +345,16 @@ def main() -> None:
         "drifts within a round)",
     )
     p.add_argument(
+        "--stream-speed",
+        default="instant,real",
+        help="the engines the streams run against, comma-separated: instant (--time-scale 0, "
+        "the cores saturated) and/or real (engine-sims stepping in real time at --real-profile's "
+        "speed, another set of --engines)",
+    )
+    p.add_argument(
+        "--real-profile", default="a100", help="engine-sim profile for --stream-speed real"
+    )
+    p.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -322,66 +363,98 @@ def main() -> None:
     )
     a = p.parse_args()
     policies = [x for x in a.policy.split(",") if x]
+    speeds = [x for x in a.stream_speed.split(",") if x]
+    if not set(speeds) <= {"instant", "real"}:
+        p.error(f"--stream-speed takes instant and/or real, got {a.stream_speed!r}")
     engines = [free_port() for _ in range(a.engines)]
     procs = [start(["engine-sim", "--time-scale", "0"], ep) for ep in engines]
+    # the real-speed engines: their step times are the profile's, not the machine's
+    real = [free_port() for _ in range(a.engines)] if "real" in speeds else []
+    real_procs = [
+        start(["engine-sim", "--time-scale", "1", "--profile", a.real_profile], ep) for ep in real
+    ]
     trees = [("nexussched", ROOT)]
     if a.baseline:
         trees.insert(0, ("baseline", Path(a.baseline).resolve()))
     runs = [(pol, []) for pol in policies]
     if a.quiet_policy:
         runs.append((a.quiet_policy, ["--no-access-log"]))
-    backends = [x for ep in engines for x in ("--backend", f"http://127.0.0.1:{ep}")]
-    # (row name, how to start it): ours per policy x workers x tree, then sglang-router per level
-    configs: list[tuple[str, Callable[[int], subprocess.Popen]]] = []
+    # (row name, how to start it in front of the given engines): ours per policy x workers x
+    # tree, then sglang-router per level
+    configs: list[tuple[str, Callable[[int, list[int]], subprocess.Popen]]] = []
     for pol, extra in runs:
         mode = ["--mode", "prism"] if pol == "prism" else []
         quiet = ", no access log" if extra else ""
         for w in [int(x) for x in a.workers.split(",") if x]:
             for label, root in trees:
-                argv = ["router", *backends, *mode, "--policy", pol, "--workers", str(w),
-                        *extra, *a.router_arg]  # fmt: skip
+                argv = [*mode, "--policy", pol, "--workers", str(w), *extra, *a.router_arg]
                 name = f"{label} {pol}, {w} worker{'s' if w > 1 else ''}{quiet}"
-                configs.append((name, lambda port, argv=argv, root=root: start(argv, port, root)))
+                configs.append((name, lambda port, eps, argv=argv, root=root: start(
+                    ["router", *backend_args(eps), *argv], port, root)))  # fmt: skip
     py, why = sglang_python(a)
     if py is not None:
         for level in [x for x in a.sglang_log.split(",") if x]:
             configs.append(
                 (
                     f"{SGLANG_ROUTER}, log {level}",
-                    lambda port, level=level: start_sglang(py, engines, port, policies[0], level),
+                    lambda port, eps, level=level: start_sglang(py, eps, port, policies[0], level),
                 )
             )
     results: dict[str, list[dict]] = {name: [] for name, _ in configs}
+    reals: dict[str, list[dict]] = {name: [] for name, _ in configs}
     directs: list[dict] = []
+    real_directs: list[dict] = []
 
     def direct() -> dict:
         if a.direct == "one":
             return run_client(engines[0], a, True, procs[0].pid)
         return run_client(engines, a, True, [p.pid for p in procs])
 
+    def real_direct() -> dict:
+        if a.direct == "one":
+            return run_client(real[0], a, True, real_procs[0].pid, vary=True)
+        return run_client(real, a, True, [p.pid for p in real_procs], vary=True)
+
     try:
-        for ep in engines:
+        for ep in engines + real:
             wait_http(f"http://127.0.0.1:{ep}/health")
         for k in range(a.rounds):
-            directs.append(direct())
+            if "instant" in speeds:
+                directs.append(direct())
+            if real:
+                real_directs.append(real_direct())
             order = configs[k % len(configs) :] + configs[: k % len(configs)]
             for name, launch in order:
                 rp = free_port()
-                r = launch(rp)
+                r = launch(rp, engines)
                 try:
                     wait_ready(rp)
                     res = run_client(rp, a, stream=False, cpu_of=r.pid)
-                    if a.direct_each:
-                        directs.append(direct())
-                    res["stream"] = run_client(rp, a, stream=True, cpu_of=r.pid)
-                    res["direct_p50"] = directs[-1]["ttft_p50"]
+                    if "instant" in speeds:
+                        if a.direct_each:
+                            directs.append(direct())
+                        res["stream"] = run_client(rp, a, stream=True, cpu_of=r.pid)
+                        res["direct_p50"] = directs[-1]["ttft_p50"]
                     results[name].append(res)
                 finally:
                     stop([r])
+                if real:
+                    rp = free_port()
+                    r = launch(rp, real)
+                    try:
+                        wait_ready(rp)
+                        if a.direct_each:
+                            real_directs.append(real_direct())
+                        res = run_client(rp, a, stream=True, cpu_of=r.pid, vary=True)
+                        res["direct_p50"] = real_directs[-1]["ttft_p50"]
+                        res["direct_p99"] = real_directs[-1]["ttft_p99"]
+                        reals[name].append(res)
+                    finally:
+                        stop([r])
                 if a.rounds > 1:
                     print(f"round {k + 1}/{a.rounds}: {name} done", file=sys.stderr, flush=True)
     finally:
-        stop(procs)
+        stop(procs + real_procs)
     load = os.getloadavg()[0]
     print(
         f"{a.engines} engine-sims (--time-scale 0), policies {a.policy}; non-streaming: "
@@ -430,10 +503,11 @@ def main() -> None:
     )
     for name, _ in configs:
         rs = results[name]
-        st = [r["stream"] for r in rs]
+        st = [r.get("stream", _NO_STREAM) for r in rs]
         added = [
             None if s["ttft_p50"] is None else (s["ttft_p50"] - r["direct_p50"]) * 1e3
             for r, s in zip(rs, st, strict=True)
+            if s is not _NO_STREAM
         ]
         print(
             f"{name:<50}{cell([r['rps'] for r in rs], '.0f', w1)}"
@@ -444,8 +518,53 @@ def main() -> None:
             f"{cell(added, '.2f', w3)}{cell([s['rps'] for s in st], '.0f', w1)}"
             f"{cell([s.get('cpu_per_1k') for s in st], '.3f', w2)}"
         )
+    if real:
+        print()
+        print(
+            f"streams at real speed: {a.engines} {a.real_profile} engine-sims stepping in real "
+            f"time (--time-scale 1), {a.streams} concurrent streams of {a.stream_tokens // 2}-"
+            f"{a.stream_tokens + a.stream_tokens // 2} tokens (drawn per request); "
+            "added: the router's p50 (p99) less the straight-to-engine p50 (p99)"
+            + (" measured just before it" if a.direct_each else " of its round")
+        )
+        print(
+            f"{'router':<50}{'TTFT p50 ms':>{w3}}{'TTFT p99 ms':>{w3}}{'added p50 ms':>{w3}}"
+            f"{'added p99 ms':>{w3}}{'streams/s':>{w1}}{'errors':>8}{'CPU ms/stream':>{w2}}"
+        )
+        dm = [d["ttft_p50"] * 1e3 for d in real_directs if d["ttft_p50"] is not None]
+        d99 = [d["ttft_p99"] * 1e3 for d in real_directs if d["ttft_p99"] is not None]
+        print(
+            f"{direct_name:<50}{cell(dm, '.2f', w3)}{cell(d99, '.2f', w3)}{'-':>{w3}}{'-':>{w3}}"
+            f"{cell([d['rps'] for d in real_directs], '.0f', w1)}"
+            f"{sum(d['errors'] for d in real_directs):>8}"
+            f"{cell([d.get('cpu_per_1k') for d in real_directs], '.3f', w2)}"
+        )
+        for name, _ in configs:
+            rs = reals[name]
+            print(
+                f"{name:<50}{cell([ms_of(r['ttft_p50']) for r in rs], '.2f', w3)}"
+                f"{cell([ms_of(r['ttft_p99']) for r in rs], '.2f', w3)}"
+                f"{cell([added_ms(r, 'ttft_p50', 'direct_p50') for r in rs], '.2f', w3)}"
+                f"{cell([added_ms(r, 'ttft_p99', 'direct_p99') for r in rs], '.2f', w3)}"
+                f"{cell([r['rps'] for r in rs], '.0f', w1)}{sum(r['errors'] for r in rs):>8}"
+                f"{cell([r.get('cpu_per_1k') for r in rs], '.3f', w2)}"
+            )
     if py is None:
         print(f"{'sglang-router':<50}  skipped: {why}")
+
+
+_NO_STREAM = {"ttft_p50": None, "ttft_p99": None, "rps": None, "errors": 0}
+
+
+def ms_of(v: float | None) -> float | None:
+    return None if v is None else v * 1e3
+
+
+def added_ms(r: dict, key: str, base: str) -> float | None:
+    """The router's figure less the straight-to-engine one, ms (None when either is missing)."""
+    if r.get(key) is None or r.get(base) is None:
+        return None
+    return (r[key] - r[base]) * 1e3
 
 
 if __name__ == "__main__":
