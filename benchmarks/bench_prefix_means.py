@@ -1,8 +1,10 @@
 """Mean SLO attainment of prism variants over several seeds and rate scales on the prefix-heavy
 scenarios: one sweep point swings 10+ points either way on these traces (small changes in
-placement cascade through the caches), so PRISM's prefix knobs are judged on means.
+placement cascade through the caches), so PRISM's prefix knobs are judged on means. `--bars`
+takes issue 12's bars the same way: goodput per seed (prefix_bars.py).
 
     python benchmarks/bench_prefix_means.py                    # prism before/after the costs
+    python benchmarks/bench_prefix_means.py --bars --seeds 5   # issue 12's bars on means
     python benchmarks/bench_prefix_means.py --variants "prism,prism:place_cost=0;move_cost=0,llmd_weighted"
     python benchmarks/bench_prefix_means.py --cases sessions --trace-seeds 2,3,4,5,6 --variants prism
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_prefix_routing import CASES, Case, _setup  # noqa: E402
+from prefix_bars import add_bar_args, bars_main  # noqa: E402
 
 from nexussched.eval.replay import simulate  # noqa: E402
 from nexussched.traces import head, load_trace  # noqa: E402
@@ -68,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="prism:place_cost=0;move_cost=0,prism")
     ap.add_argument("--cases", default="sessions,moon8", help="cells of these cases only")
     ap.add_argument("--trace-seeds", default="2,3,4", help="sessions trace seeds")
+    ap.add_argument("--bars", action="store_true", help="issue 12's bars on means over seeds "
+                    "(goodput per seed, see --cells and the options after it)")  # fmt: skip
+    add_bar_args(ap)
     args = ap.parse_args(argv)
+    if args.bars:
+        return bars_main(args)
     cases = set(args.cases.split(","))
     seeds = tuple(int(x) for x in args.trace_seeds.split(","))
     for case, engine, tseeds, sseeds, scales in CELLS:

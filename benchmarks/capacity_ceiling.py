@@ -205,6 +205,27 @@ def slice_scale(
     return lo
 
 
+def _outputs(trace: Trace, max_tokens: str) -> list[int]:
+    """True output lengths, cut where an engine stops them (max_tokens cap:N)."""
+    cap = parse_max_tokens(max_tokens)
+    return [max(1, r.output_tokens if cap is None else min(r.output_tokens, cap))
+            for r in trace.requests]  # fmt: skip
+
+
+def fluid_ceiling(
+    trace: Trace,
+    profiles: Sequence[HardwareProfile],
+    cached: Sequence[int] | None = None,
+    max_tokens: str = MAX_TOKENS_DEFAULT,
+) -> float:
+    """The long-run bound alone (req/s): capacity_ceiling(...).fluid_rps without the slice's
+    windows (it needs no SLOs: the least work does not depend on them)."""
+    types = _types(profiles)
+    counts = np.array([n for _, n in types], dtype=float)
+    w, _ = _works(trace, types, cached, _outputs(trace, max_tokens))
+    return fluid_rate(w, counts)[0]
+
+
 def capacity_ceiling(
     trace: Trace,
     profiles: Sequence[HardwareProfile],
@@ -218,9 +239,7 @@ def capacity_ceiling(
     """Both bounds (module doc) for `trace` on `profiles`; `cached`: per request, prompt tokens
     a cache could serve at best (None: none); `max_tokens`: what clients declare (the replay's
     Information.max_tokens: under cap:N an engine stops a longer output at N)."""
-    cap = parse_max_tokens(max_tokens)
-    outs = [max(1, r.output_tokens if cap is None else min(r.output_tokens, cap))
-            for r in trace.requests]  # fmt: skip
+    outs = _outputs(trace, max_tokens)
     types = _types(profiles)
     counts = np.array([n for _, n in types], dtype=float)
     w, pf = _works(trace, types, cached, outs)

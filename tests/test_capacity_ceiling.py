@@ -87,6 +87,10 @@ def test_fluid_rate_adds_up_over_engines():
     # a split over unlike engines serves at least their rates added (each request on the
     # engine relatively best for it), and the fluid program finds it
     assert mixed >= (one + l4) * (1 - 1e-6)
+    # the fluid bound alone is the same figure, and a cache serving prompt tokens raises it
+    assert cc.fluid_ceiling(tr, parse_cluster("a100:2")) == pytest.approx(two, rel=1e-9)
+    half = [r.prompt_tokens // 2 for r in tr.requests]
+    assert cc.fluid_ceiling(tr, parse_cluster("a100:2"), cached=half) > two * 1.01
 
 
 def test_slice_bound_is_above_what_routers_reach():

@@ -86,6 +86,23 @@ def test_goodput_sweep_finds_the_threshold():
     assert none.goodput_scale is None
 
 
+@pytest.mark.parametrize("start", [0.5, 1.1, 2.3])
+def test_goodput_sweep_with_a_small_step_lands_within_its_resolution(start):
+    # attainment passes up to scale 1.0 exactly; a 1.25 step and 3 bisections resolve 1.25**(1/8)
+    calls: list[float] = []
+
+    def run(k: float) -> dict:
+        calls.append(k)
+        return {"slo_attainment": 0.95 if k <= 1.0 else 0.5}
+
+    res = goodput_sweep(run, start=start, iters=3, step=1.25)
+    assert res.goodput_scale <= 1.0 < res.goodput_scale * 1.25 ** (1 / 8) * 1.0001
+    # the bracket moves by 1.25, never doubles past the threshold
+    assert max(calls) <= max(start, 1.0) * 1.25 * 1.0001
+    with pytest.raises(ValueError, match="step"):
+        goodput_sweep(run, step=1.0)
+
+
 def test_unknown_policy_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown routing policy 'nope'"):
         make_policy("nope")

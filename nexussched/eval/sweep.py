@@ -1,7 +1,7 @@
 """Goodput: the highest request rate at which SLO attainment stays >= a target, by rate sweep.
 
 Attainment falls with rate (not strictly, because of noise), so the sweep brackets the threshold by
-doubling/halving the rate scale and then bisects. Every point run is kept for the plots.
+doubling/halving the rate scale (or stepping by another factor, `step`) and then bisects. Every point run is kept for the plots.
 """
 
 from __future__ import annotations
@@ -23,12 +23,16 @@ def goodput_sweep(
     iters: int = 6,
     lo_limit: float = 1 / 64,
     hi_limit: float = 256.0,
+    step: float = 2.0,
 ) -> SweepResult:
     """`run(scale)` returns a summary with `slo_attainment` (and `stable`). Returns the best
     passing scale: attainment >= target in a stable run (an unstable one never passes: its slice
-    hides a growing queue)."""
+    hides a growing queue). `step`: the bracketing factor; the result is within a factor of
+    step ** (1 / 2 ** iters) of the threshold (a start near it makes a small step cheap)."""
     if start <= 0:
         raise ValueError(f"rate scale must be positive, got {start}")
+    if step <= 1:
+        raise ValueError(f"bracketing step must be > 1, got {step}")
     points: list[tuple[float, dict]] = []
 
     def ok(scale: float) -> bool:
@@ -40,7 +44,7 @@ def goodput_sweep(
     if ok(s):
         lo, hi = s, None
         while s < hi_limit:
-            s *= 2
+            s *= step
             if ok(s):
                 lo = s
             else:
@@ -51,7 +55,7 @@ def goodput_sweep(
     else:
         lo, hi = None, s
         while s > lo_limit:
-            s /= 2
+            s /= step
             if ok(s):
                 lo = s
                 break
