@@ -67,6 +67,7 @@ def add_bar_args(ap: argparse.ArgumentParser) -> None:
                     help="let a rate above the fluid ceiling pass (finite-slice goodput)")  # fmt: skip
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write every sweep here")
+    ap.add_argument("--from-json", default=None, help="print the bars of a saved --json run")
 
 
 def seed_spec(spec: str, k: int) -> str:
@@ -149,6 +150,14 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b > 0 else None
 
 
+def first_failure(row: dict) -> dict | None:
+    """Where a sweep's attainment was lost: its lowest failing run above the goodput (None: no
+    failing run, or only refused ones above the fluid ceiling)."""
+    g = row.get("goodput_scale")
+    above = [p for p in row["curve"] if (g is None or p["scale"] > g) and not p["refused"]]
+    return min(above, key=lambda p: p["scale"]) if above else None
+
+
 def summarize_cell(rows: list[dict], fluid: list[float]) -> dict:
     """One cell's bar from its sweeps (one row per router and seed) and its fluid ceiling per
     seed: per router the goodput's mean/min/max over seeds, mean hit rate and SLO attainment at
@@ -171,6 +180,14 @@ def summarize_cell(rows: list[dict], fluid: list[float]) -> dict:
             "ttft_at": mean(got[k]["at"]["ttft"] or 0.0 for k in seeds if k in got),
             "tpot_at": mean(got[k]["at"]["tpot"] or 0.0 for k in seeds if k in got),
         }  # fmt: skip
+        fails = [f for k in seeds if k in got and (f := first_failure(got[k])) is not None]
+        if fails:  # the first failing run above each seed's goodput, on average
+            routers[name]["fail"] = {
+                "n": len(fails), "scale": mean(f["scale"] for f in fails),
+                "slo": mean(f["slo"] for f in fails), "ttft": mean(f["ttft"] or 0.0 for f in fails),
+                "tpot": mean(f["tpot"] or 0.0 for f in fails),
+                "unstable": sum(1 for f in fails if not f["stable"]),
+            }  # fmt: skip
     out: dict = {"routers": routers, "seeds": seeds, "fluid": mean(fluid) if fluid else None,
                  "fluid_range": (min(fluid), max(fluid)) if fluid else None}  # fmt: skip
     others = [n for n in routers if n not in NOT_OTHER and n != ORACLE]
@@ -212,6 +229,12 @@ def print_cell(cell: str, engine: str, case: Case, start: float, b: dict) -> Non
               f"{r['slo_at']:6.1%} {r['ttft_at']:6.1%} {r['tpot_at']:6.1%}")  # fmt: skip
     if "best" not in b:
         return
+    for n in ("prism", b["best"]):
+        f = rs[n].get("fail")
+        if f:
+            print(f"  {n} lost at its first failing rate ({f['n']} seeds, mean {f['scale']:.2f}x): "
+                  f"SLO {f['slo']:.1%}, TTFT {f['ttft']:.1%}, TPOT {f['tpot']:.1%}, "
+                  f"{f['unstable']} unstable")  # fmt: skip
     ps = [x for x in b["per_seed"] if x is not None]
     rng = f"[{min(ps):.2f}-{max(ps):.2f}]" if ps else "[-]"
     print(f"bar: prism {b['prism']:.2f} vs best other {b['best']} {b['best_rps']:.2f} req/s = "
@@ -221,7 +244,27 @@ def print_cell(cell: str, engine: str, case: Case, start: float, b: dict) -> Non
           + (f"; prism@info {_fmt(b['info_ratio'])}x" if "info_ratio" in b else ""))  # fmt: skip
 
 
+def _fluid(cell: str, k: int) -> float:
+    """The fluid ceiling of a bar cell's seed k (any router, any engine policy)."""
+    case = BAR_CASES[cell][0]
+    tr = seed_trace(case, k)
+    return fluid_ceiling(tr, parse_cluster(case.cluster), cached=reusable(tr))
+
+
+def print_saved(path: str) -> int:
+    """The tables again from a saved run (the bars recomputed from its sweeps)."""
+    saved = json.loads(Path(path).read_text())
+    for key, v in saved.items():
+        cell, engine = key.split("/")
+        case, start = BAR_CASES[cell]
+        fl = v["bar"].get("fluid_per_seed") or [_fluid(cell, k) for k in v["bar"]["seeds"]]
+        print_cell(cell, engine, case, start, summarize_cell(v["rows"], fl))
+    return 0
+
+
 def bars_main(args: argparse.Namespace) -> int:
+    if args.from_json:
+        return print_saved(args.from_json)
     cells = [c for c in args.cells.split(",") if c]
     bad = [c for c in cells if c not in BAR_CASES]
     if bad:
@@ -230,10 +273,7 @@ def bars_main(args: argparse.Namespace) -> int:
     seeds = list(range(args.seeds))
     t0 = time.perf_counter()
     # the fluid ceiling per seed (it holds for any router and engine policy)
-    fluid = {(c, k): fluid_ceiling(seed_trace(BAR_CASES[c][0], k),
-                                   parse_cluster(BAR_CASES[c][0].cluster),
-                                   cached=reusable(seed_trace(BAR_CASES[c][0], k)))
-             for c in cells for k in seeds}  # fmt: skip
+    fluid = {(c, k): _fluid(c, k) for c in cells for k in seeds}
     print(f"fluid ceilings in {time.perf_counter() - t0:.0f} s; resolution: each goodput within "
           f"x{args.step ** (1 / 2**args.iters):.3f} of its threshold (step {args.step}, "
           f"{args.iters} bisections)", flush=True)  # fmt: skip
@@ -269,7 +309,9 @@ def bars_main(args: argparse.Namespace) -> int:
     for c in cells:
         for e in engines:
             mine = [r for r in rows if r["cell"] == c and r["engine"] == e]
-            b = summarize_cell(mine, [fluid[(c, k)] for k in seeds])
+            fl = [fluid[(c, k)] for k in seeds]
+            b = summarize_cell(mine, fl)
+            b["fluid_per_seed"] = fl
             print_cell(c, e, BAR_CASES[c][0], BAR_CASES[c][1], b)
             result[f"{c}/{e}"] = {"bar": b, "rows": mine}
     print(f"\n{len(jobs)} sweeps in {time.perf_counter() - t0:.0f} s wall")

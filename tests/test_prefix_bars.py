@@ -58,7 +58,8 @@ def test_a_rate_above_the_fluid_ceiling_fails_unrun_and_flags_the_goodput_capped
 
 def _row(router: str, seed: int, rps: float, hit: float | None = 0.5, capped=False) -> dict:
     at = {"slo": 0.9, "ttft": 0.95, "tpot": 0.97, "hit": hit}
-    return {"router": router, "seed": seed, "goodput_rps": rps, "capped": capped, "at": at}
+    return {"router": router, "seed": seed, "goodput_rps": rps, "capped": capped, "at": at,
+            "goodput_scale": None, "curve": []}  # fmt: skip
 
 
 def test_cell_bar_ranks_others_by_mean_and_ratios_each_seed_against_its_own_best(pb):
@@ -94,3 +95,18 @@ def test_a_router_that_never_meets_the_target_counts_zero_and_no_hits_are_none(p
     b = pb.summarize_cell(rows, [10.0])
     assert b["ratio"] is None and b["per_seed"] == [None]  # no ratio over a zero goodput
     assert b["routers"]["prism"]["hit"] is None
+
+
+def test_attainment_is_read_where_it_was_lost_not_where_the_cap_refused(pb):
+    def pt(scale: float, slo: float, refused: bool = False) -> dict:
+        return {"scale": scale, "slo": slo, "ttft": slo, "tpot": 1.0, "stable": True,
+                "hit": None, "refused": refused}  # fmt: skip
+
+    row = {"goodput_scale": 1.0, "curve": [pt(0.8, 0.95), pt(1.0, 0.92), pt(1.1, 0.85),
+                                           pt(1.25, 0.6), pt(1.5, 0.0, True)]}  # fmt: skip
+    assert pb.first_failure(row)["scale"] == 1.1
+    capped = {"goodput_scale": 1.0, "curve": [pt(1.0, 0.92), pt(1.25, 0.0, True)]}
+    assert pb.first_failure(capped) is None
+    b = pb.summarize_cell([{**row, "router": "prism", "seed": 0, "goodput_rps": 5.0,
+                            "capped": False, "at": pt(1.0, 0.92)}], [9.0])  # fmt: skip
+    assert b["routers"]["prism"]["fail"]["slo"] == 0.85
