@@ -136,6 +136,14 @@ def _block_struct(block_size: int) -> struct.Struct:
     return struct.Struct("4s" * block_size)
 
 
+# Hashes of ASCII blocks seen before, per block size, by what they hash: the previous block's
+# digest and the block's text (a first block's key is its text alone: shorter, so no key is
+# both). Prompts share prefixes (a system prompt, a conversation's earlier turns), and a repeated
+# block then costs a dict lookup instead of a blake2b. Bounded: a full memo is cleared.
+_SEEN: dict[int, dict[bytes, tuple[bytes, int]]] = {}
+SEEN_MAX = 1 << 14
+
+
 def _ascii_block_hashes(s: str, block_size: int) -> tuple[int, ...]:
     """block_hashes(text_pieces(s), block_size) for ASCII s: a full block is block_size pieces
     of 4 bytes each, which one struct unpack splits in C (the same pieces, the same strings)."""
@@ -145,11 +153,22 @@ def _ascii_block_hashes(s: str, block_size: int) -> tuple[int, ...]:
     if (len(b) + 3) // 4 // block_size != full:
         # the text's short last piece completes a block: that block is not 4-byte pieces
         return block_hashes(text_pieces(s), block_size)
-    unpack = _block_struct(block_size).unpack_from
     out: list[int] = []
     prev = b"nexussched"
+    seen = _SEEN.get(block_size)
+    if seen is None:
+        seen = _SEEN[block_size] = {}
     blake = hashlib.blake2b
     for off in range(0, full * per, per):
-        prev = blake(prev + b"s" + b"\x1fs".join(unpack(b, off)), digest_size=8).digest()
-        out.append(int.from_bytes(prev, "big") >> 1)
+        key = b[off : off + per] if off == 0 else prev + b[off : off + per]
+        got = seen.get(key)
+        if got is None:
+            pieces = _block_struct(block_size).unpack_from(b, off)
+            d = blake(prev + b"s" + b"\x1fs".join(pieces), digest_size=8).digest()
+            got = (d, int.from_bytes(d, "big") >> 1)
+            if len(seen) >= SEEN_MAX:
+                seen.clear()
+            seen[key] = got
+        prev = got[0]
+        out.append(got[1])
     return tuple(out)

@@ -251,3 +251,95 @@ def test_expected_new_is_expected_total_from_zero() -> None:
                 assert est.expected_new(cap) == est.expected_total(0, cap)
             m = rng.choice([1, 4, 64, 1024])
             est.observe(rng.choice([m, rng.randint(1, 2 * m), rng.randint(0, 3)]), m)
+
+
+def test_repeated_prompt_blocks_hash_as_the_reference_from_the_memo(monkeypatch) -> None:
+    """Blocks seen before come from a memo (by block size, keyed by the previous digest and the
+    block's text): prompts sharing prefixes, repeated, interleaved over block sizes and through
+    the memo's clearing, hash exactly as the reference does."""
+    import nexussched.tokens as tokens
+
+    monkeypatch.setattr(tokens, "_SEEN", {})
+    monkeypatch.setattr(tokens, "SEEN_MAX", 7)  # cleared often
+    rng = random.Random(9)
+    system = ["You are a helpful assistant. " * k for k in (1, 3, 8)]
+    for _ in range(300):
+        text = rng.choice(system) + "".join(rng.choice("ab \n") for _ in range(rng.randint(0, 90)))
+        bs = rng.choice((1, 3, 16))
+        want = _reference_block_hashes(text_pieces(text), bs)
+        assert prompt_block_hashes({"prompt": text}, False, bs) == want
+        assert prompt_block_hashes({"prompt": text}, False, bs) == want  # all from the memo
+    assert tokens._SEEN and all(0 < len(m) <= 7 for m in tokens._SEEN.values())
+    # a wrong memo entry is what is returned: the memo really is read
+    text = "one block of sixty-four ascii characters, for the memo's test..."
+    assert len(text) == 64 and len(prompt_block_hashes({"prompt": text}, False, 16)) == 1
+    tokens._SEEN[16][text.encode()] = (b"\0" * 8, -1)
+    assert prompt_block_hashes({"prompt": text}, False, 16) == (-1,)
+
+
+def test_route_skips_min_prefill_only_where_it_would_not_defer() -> None:
+    """route() asks _min_prefill (is the request hopeless anywhere?) only when the engine it
+    picked is not predicted to meet its TTFT: with no negative coefficient there, that
+    prediction is at least the bound. Replayed against the same policy made to always ask (no
+    engine marked `nonneg`), every decision and every hopeless mark is the same."""
+    from nexussched.router.policies import prism_predict
+
+    calls = [0]
+    orig = prism_predict.PrismPredictor._min_prefill
+
+    def counted(self, r):
+        calls[0] += 1
+        return orig(self, r)
+
+    for seed in range(3):
+        fast, views, now, prompts, rng = _prism_with_history(seed)
+        slow = _prism_with_history(seed)[0]
+        for p in (fast, slow):
+            for e in p._eng:
+                e.mixed = 50  # a trusted pace: the bound is computed, not 0
+        for e in slow._eng:
+            e.nonneg = False
+        assert all(e.nonneg for e in fast._eng)
+        now += 3.0  # past the history's backlog: predicted TTFTs near the prefill bound
+        asked = {}
+        hopeless = 0
+        for k in range(300):
+            now += 0.004
+            ttft = rng.choice([rng.uniform(0.0, 0.1), 2.0])
+            info = _info(30_000 + k, rng.choice(prompts), now, ttft=ttft)
+            got = []
+            for name, p in (("fast", fast), ("slow", slow)):
+                calls[0] = 0
+                prism_predict.PrismPredictor._min_prefill = counted
+                try:
+                    got.append(p.route(info, views, now))
+                finally:
+                    prism_predict.PrismPredictor._min_prefill = orig
+                asked[name] = asked.get(name, 0) + calls[0]
+                r = p._reqs.get(info.id)
+                got.append(r is not None and r.hopeless)
+            assert got[0] == got[2] and got[1] == got[3]
+            hopeless += got[1]
+            if got[0] is not None and rng.random() < 0.7:
+                fast.on_finish(info.id, got[0], now)
+                slow.on_finish(info.id, got[0], now)
+        assert hopeless > 0 and asked["fast"] < asked["slow"]  # both ways taken
+
+
+def test_length_window_sorted_in_c_is_the_plain_sort_and_sums() -> None:
+    from nexussched.perfmodel.lengths import LengthEstimator
+
+    rng = random.Random(4)
+    est = LengthEstimator(window=50)
+    for _ in range(2000):
+        m = rng.choice([1, 4, 64, 300])
+        est.observe(rng.choice([m, rng.randint(1, 2 * m)]), m)
+        xs = est._refresh()
+        if est._new:
+            continue
+        want = sorted(x for x in est._recent if x)
+        pre = [0.0]
+        for x in want:
+            pre.append(pre[-1] + x)
+        assert xs == want and est._prefix == pre
+        assert all(type(v) is float for v in est._prefix)

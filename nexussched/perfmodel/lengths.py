@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from itertools import accumulate
 
 
 class LengthEstimator:
@@ -53,13 +54,10 @@ class LengthEstimator:
 
     def _refresh(self) -> list[int]:
         if self._new and self._new * 16 >= len(self._recent):
-            xs = sorted(x for x in self._recent if x)
-            pre = [0.0] * (len(xs) + 1)
-            s = 0.0
-            for i, x in enumerate(xs):
-                s += x
-                pre[i + 1] = s
-            self._sorted, self._prefix, self._new = xs, pre, 0
+            # in C: the early stops (non-zero entries) sorted, and their running sums from 0.0
+            # (the same floats as adding them one by one)
+            xs = sorted(filter(None, self._recent))
+            self._sorted, self._prefix, self._new = xs, list(accumulate(xs, initial=0.0)), 0
         return self._sorted
 
     @property

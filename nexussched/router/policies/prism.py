@@ -120,9 +120,6 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             hits = r.hits = self._prefix.hit_tokens(hashes, n, (P - 1) // BLOCK_TOKENS)  # _hits
         rctx = r.ctx
         slack_t = now + cfg.slack
-        qlim_p = now + cfg.queue_limit
-        qlim_s = now + cfg.self_paced_queue
-        cap = req.slo_tpot * cfg.tpot_margin * (1.0 - cfg.min_share)
         kvcap = cfg.kv_cap
         self._tpot_ref += (req.slo_tpot - self._tpot_ref) * 0.01
         best = wait_best = -1
@@ -142,7 +139,6 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
         eng = self._eng
         jitter = cfg.jitter
         hold_pace = cfg.hold_for_pace
-        rnd = self._rng.random if jitter else None
         # The hot loop: a handful of float operations per engine (>= 5,000 decisions/s at 64).
         for i in range(n):
             e = eng[i]
@@ -156,15 +152,12 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
                 w = e.c0 * (P - h) + e.c1 * (P - h) * (h + (P - h) * 0.5)
             busy = e.n + e.rn
             t = (w / e.pi if busy and base > e.c4 else w) + base
-            paced = e.paced
             U = e.U
-            V = e.V
             u = U - now
             if u > 0:
                 t += u
             if jitter:
-                t += rnd() * jitter  # type: ignore[misc]
-            qlim = qlim_p if paced else qlim_s
+                t += self._rng.random() * jitter
             # KV it adds there: a hit on blocks requests in flight there hold takes no new block
             # (e.kv_need(r), its common no-sharing case inlined: this loop runs for every engine
             # on every request)
@@ -177,10 +170,10 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             if busy == 0 or (
                 (e.kv_used if e.kv_seen < 0 else e.kv_seen * e.kv_tokens + e.kv_new) + kv
                 <= kvcap * e.kv_tokens
-                and (not hold_pace or ((not paced or V <= slack_t) and U <= qlim and base <= cap))
+                and (not hold_pace or self._pace_room(e, req, now, base))
             ):
                 # headroom: how far below its limits the engine stays (larger is better)
-                room = (slack_t - V) if paced else (now - U)
+                room = (slack_t - e.V) if e.paced else (now - U)
                 if t < best_t - 1e-3 or (t <= best_t + 1e-3 and room > best_room):
                     best, best_t, best_room, best_kv = i, t, room, kv
                 if aff:
@@ -201,9 +194,12 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
                             cheap, cheap_c, cheap_t, cheap_kv = i, c, t, kv
             else:
                 # when it would have room (one that is TPOT-full waits for decodes to finish)
-                d = V - slack_t if paced else 0.0
+                paced = e.paced
+                qlim = now + (cfg.queue_limit if paced else cfg.self_paced_queue)
+                d = e.V - slack_t if paced else 0.0
                 if U - qlim > d:
                     d = U - qlim
+                cap = req.slo_tpot * cfg.tpot_margin * (1.0 - cfg.min_share)
                 t += (d if d > 0 else 0.0) + (0.0 if base <= cap else cfg.slack)
                 if t < wait_t:
                     wait_best, wait_t, wait_kv = i, t, kv
@@ -231,6 +227,9 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             self.holds
             and cfg.defer_hopeless
             and eng[best if best >= 0 else wait_best].paced
+            # (a request predicted to meet its TTFT where it goes is not hopeless: with no
+            # negative coefficient there, that prediction is at least _min_prefill's bound)
+            and not (best >= 0 and eng[best].nonneg and now + best_t * margin <= r.deadline)
             and now + self._min_prefill(r) * margin > r.deadline
             and not any(e.n + e.rn == 0 and P < e.kv_tokens for e in eng[:n])
         ):
@@ -259,6 +258,17 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             return wait_best
         self._hold(r)
         return None
+
+    def _pace_room(self, e: EngineState, req: RequestInfo, now: float, base: float) -> bool:
+        """hold_for_pace's room in route(): within its pacing slack, its backlog's limit and
+        the TPOT cap (the request's decode step there, `base`)."""
+        cfg = self.cfg
+        paced = e.paced
+        return (
+            (not paced or e.V <= now + cfg.slack)
+            and e.U <= now + (cfg.queue_limit if paced else cfg.self_paced_queue)
+            and base <= req.slo_tpot * cfg.tpot_margin * (1.0 - cfg.min_share)
+        )
 
     def _held_wait(self, r: ReqState) -> float:
         """Rough wait behind the held requests that come first: their work over the cluster's."""

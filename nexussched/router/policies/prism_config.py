@@ -98,7 +98,7 @@ class PrismConfig:
             raise ValueError(f"prism: min_share must be in [0, 1), got {self.min_share!r}")
         if not self.age_limit > 0:
             raise ValueError(f"prism: age_limit must be positive, got {self.age_limit!r}")
-        if self.move_cost < 0 or self.place_cost < 0:
-            raise ValueError("prism: move_cost and place_cost must be >= 0")
+        if self.move_cost < 0 or self.place_cost < 0 or self.jitter < 0:
+            raise ValueError("prism: move_cost, place_cost and jitter must be >= 0")
         if self.max_moves < 0 or self.scan < 1:
             raise ValueError("prism: max_moves must be >= 0 and scan >= 1")

@@ -55,7 +55,7 @@ class EngineState:
                  "pi", "bl_w", "mixed", "U", "V", "kv_tokens", "kv_used", "flights", "steps",
                  "dskip", "dn", "dctx", "nn", "nctx", "kv_seen", "kv_at", "kv_new", "paced",
                  "bl_n", "backlogged", "rn", "rctx", "dv", "du", "shared", "idx", "pf",
-                 "live", "unfirst")  # fmt: skip
+                 "live", "unfirst", "nonneg")  # fmt: skip
 
     def __init__(self, model: PerfModel, idx: int = 0) -> None:
         self.idx = idx
@@ -113,6 +113,9 @@ class EngineState:
         self.c1 = m.predict_step(prefill_attn=1.0) - c4
         self.c2 = m.predict_step(num_decodes=1.0) - c4
         self.c3 = m.predict_step(decode_ctx_sum=1.0) - c4
+        # (an NNLS fit's always are: then a predicted TTFT here bounds the prefill alone from
+        # above, which lets route() skip PrismPredictor._min_prefill)
+        self.nonneg = self.c0 >= 0 and self.c1 >= 0 and self.c2 >= 0 and self.c3 >= 0
         self._rebase()
 
     def _rebase(self) -> None:
