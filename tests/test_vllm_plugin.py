@@ -271,6 +271,17 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
         f"ran the long prompt beside the decodes, chunks {sizes[:12]}..., predicted "
         f"{predicted * 1000:.1f} ms (median)"
     )
+    # Where the long prompt's time went, for a failure to say why: steps it waited in vLLM's
+    # queue beside the decodes (LENS left it no room) before its first chunk ran.
+    first_chunk = next(
+        (k for k, r in enumerate(rows) if any(n + ctx > 100 for n, ctx in r["prefill_chunks"])),
+        len(rows),
+    )
+    waited = [r for r in rows[:first_chunk] if r["num_waiting"] and r["num_decodes"] >= 4]
+    late = [r["duration"] for r in waited if r["duration"] > tpot]
+    print(f"the long prompt waited {len(waited)} decode steps in vLLM's queue before its first "
+          f"chunk ({len(late)} of them over the TPOT target, median "
+          f"{1000 * float(np.median([r['duration'] for r in waited] or [0])):.1f} ms)")  # fmt: skip
     # The decodes were still running when the long prompt was done (else no step could mix
     # them: the test's premise, not LENS's doing).
     assert max(events) < DECODE_TOKENS, events
