@@ -211,8 +211,16 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
                 for t in tasks:
                     if t.done():
                         t.result()  # raises what the decode met
-                        raise AssertionError(f"a decode ended after {t.result()} tokens, before "
-                                             f"all {len(tasks)} had started")  # fmt: skip
+                        # where the others were: in vLLM's queue (steps with requests waiting),
+                        # or not there yet (none waiting)
+                        steps = read_telemetry(stack["telemetry"])[before:]
+                        queued = [r for r in steps if r["num_waiting"]]
+                        raise AssertionError(
+                            f"a decode ended after {t.result()} tokens, before all {len(tasks)} "
+                            f"had started; of vLLM's {len(steps)} steps since, {len(queued)} had "
+                            f"requests waiting (at most {max((r['num_waiting'] for r in steps), default=0)}), "
+                            f"decodes per step {sorted({r['num_decodes'] for r in steps})}"
+                        )
                 await asyncio.sleep(0.01)
             raise AssertionError(
                 f"only {sum(e.is_set() for e in started)} of {len(tasks)} decodes started; the "
