@@ -405,15 +405,17 @@ def main() -> None:
     directs: list[dict] = []
     real_directs: list[dict] = []
 
-    def direct() -> dict:
+    def straight(eps: list[int], ps: list[subprocess.Popen], vary: bool) -> dict:
+        """The streams sent straight to these engines (--direct: spread, or the first only)."""
         if a.direct == "one":
-            return run_client(engines[0], a, True, procs[0].pid)
-        return run_client(engines, a, True, [p.pid for p in procs])
+            return run_client(eps[0], a, True, ps[0].pid, vary=vary)
+        return run_client(eps, a, True, [p.pid for p in ps], vary=vary)
+
+    def direct() -> dict:
+        return straight(engines, procs, False)
 
     def real_direct() -> dict:
-        if a.direct == "one":
-            return run_client(real[0], a, True, real_procs[0].pid, vary=True)
-        return run_client(real, a, True, [p.pid for p in real_procs], vary=True)
+        return straight(real, real_procs, True)
 
     try:
         for ep in engines + real:
@@ -434,7 +436,7 @@ def main() -> None:
                         if a.direct_each:
                             directs.append(direct())
                         res["stream"] = run_client(rp, a, stream=True, cpu_of=r.pid)
-                        res["direct_p50"] = directs[-1]["ttft_p50"]
+                        res["stream"]["direct_p50"] = directs[-1]["ttft_p50"]
                     results[name].append(res)
                 finally:
                     stop([r])
@@ -492,8 +494,8 @@ def main() -> None:
         if a.direct == "one"
         else f"straight to the {a.engines} engines (streams)"
     )
-    ms = [d["ttft_p50"] * 1e3 for d in directs]
-    m99 = [d["ttft_p99"] * 1e3 for d in directs]
+    ms = [ms_of(d["ttft_p50"]) for d in directs]
+    m99 = [ms_of(d["ttft_p99"]) for d in directs]
     errs = sum(d["errors"] for d in directs)
     print(
         f"{direct_name:<50}{'-':>{w1}}{errs:>8}{'-':>{w2}}"
@@ -504,18 +506,14 @@ def main() -> None:
     for name, _ in configs:
         rs = results[name]
         st = [r.get("stream", _NO_STREAM) for r in rs]
-        added = [
-            None if s["ttft_p50"] is None else (s["ttft_p50"] - r["direct_p50"]) * 1e3
-            for r, s in zip(rs, st, strict=True)
-            if s is not _NO_STREAM
-        ]
         print(
             f"{name:<50}{cell([r['rps'] for r in rs], '.0f', w1)}"
             f"{sum(r['errors'] + s['errors'] for r, s in zip(rs, st, strict=True)):>8}"
             f"{cell([r.get('cpu_per_1k') for r in rs], '.3f', w2)}"
-            f"{cell([None if s['ttft_p50'] is None else s['ttft_p50'] * 1e3 for s in st], '.2f', w3)}"
-            f"{cell([None if s['ttft_p99'] is None else s['ttft_p99'] * 1e3 for s in st], '.2f', w3)}"
-            f"{cell(added, '.2f', w3)}{cell([s['rps'] for s in st], '.0f', w1)}"
+            f"{cell([ms_of(s['ttft_p50']) for s in st], '.2f', w3)}"
+            f"{cell([ms_of(s['ttft_p99']) for s in st], '.2f', w3)}"
+            f"{cell([added_ms(s, 'ttft_p50', 'direct_p50') for s in st], '.2f', w3)}"
+            f"{cell([s['rps'] for s in st], '.0f', w1)}"
             f"{cell([s.get('cpu_per_1k') for s in st], '.3f', w2)}"
         )
     if real:
@@ -531,8 +529,8 @@ def main() -> None:
             f"{'router':<50}{'TTFT p50 ms':>{w3}}{'TTFT p99 ms':>{w3}}{'added p50 ms':>{w3}}"
             f"{'added p99 ms':>{w3}}{'streams/s':>{w1}}{'errors':>8}{'CPU ms/stream':>{w2}}"
         )
-        dm = [d["ttft_p50"] * 1e3 for d in real_directs if d["ttft_p50"] is not None]
-        d99 = [d["ttft_p99"] * 1e3 for d in real_directs if d["ttft_p99"] is not None]
+        dm = [ms_of(d["ttft_p50"]) for d in real_directs]
+        d99 = [ms_of(d["ttft_p99"]) for d in real_directs]
         print(
             f"{direct_name:<50}{cell(dm, '.2f', w3)}{cell(d99, '.2f', w3)}{'-':>{w3}}{'-':>{w3}}"
             f"{cell([d['rps'] for d in real_directs], '.0f', w1)}"
