@@ -1,7 +1,7 @@
 """A routing policy's own work per request, in process, warm and with the caches swept: what the
 live router runs for each non-streaming request of bench_router_throughput.py (the prompt's block
 hashes where the policy reads them, RequestInfo, route(), a re-binding policy's flight record,
-on_first_token, on_output, on_finish), 64 requests in flight over 2 engines with learned models.
+on_first_token, and on_end or on_output and on_finish, as the router calls them), 64 requests in flight over 2 engines with learned models.
 
 Warm: best of --reps runs of --requests back to back (the caches hold the policy's code and
 state). Swept: a 16 MB buffer is scanned before each request and only the request is timed, as
@@ -21,7 +21,7 @@ from collections import deque
 from nexussched.eval.decisions import View, step
 from nexussched.router.policies import make_policy
 from nexussched.router.policies.base import RequestInfo
-from nexussched.router.policy_dispatch import _Flight
+from nexussched.router.policy_dispatch import _hooks
 from nexussched.tokens import prompt_block_hashes
 
 BODY = {"model": "m", "prompt": "benchmark the router " * 4, "max_tokens": 4}  # the bench's
@@ -38,10 +38,11 @@ class Run:
                     self.p.observe(i, step(rng, 1.0, k * 0.01))
         self.prefix = getattr(self.p, "uses_prefix", False)
         self.rebinds = self.p.tick_interval is not None
-        self.flights: dict[object, _Flight] = {}
+        self.flights: dict[object, RequestInfo] = {}  # (the router's: its ProxyCalls)
         self.live: deque = deque()
         self.now = 1000.0
         self.k = 0
+        self.hooks = _hooks(self.p)
 
     def one(self) -> None:
         p, k, now = self.p, self.k, self.now
@@ -51,14 +52,21 @@ class Run:
         if idx is None:
             raise SystemExit(f"{p.name} held a request: the benchmark assumes none are")
         if self.rebinds:
-            self.flights[k] = _Flight(idx, None)
+            self.flights[k] = info
             self.flights.pop(k, None)
-        p.on_first_token(k, idx, now)
+        first, on_output, on_finish, on_end = self.hooks
+        if first is not None:
+            first(k, idx, now)
         self.live.append((k, idx))
         if len(self.live) > 64:
             rid, i = self.live.popleft()
-            p.on_output(rid, 4)
-            p.on_finish(rid, i, now)
+            if on_end is not None:
+                on_end(rid, i, now, 4)
+            else:
+                if on_output is not None:
+                    on_output(rid, 4)
+                if on_finish is not None:
+                    on_finish(rid, i, now)
         self.k += 1
         self.now += 0.01  # engines keep up: no backlog grows
 

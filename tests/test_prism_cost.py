@@ -343,3 +343,40 @@ def test_length_window_sorted_in_c_is_the_plain_sort_and_sums() -> None:
             pre.append(pre[-1] + x)
         assert xs == want and est._prefix == pre
         assert all(type(v) is float for v in est._prefix)
+
+
+def _books(p) -> tuple:
+    """What on_output and on_finish change: the length window and each engine's books."""
+    lens = p.lengths
+    engines = [
+        (e.n, e.ctx, e.kv_used, e.unfirst, e.base, dict(e.live), list(e.flights)) for e in p._eng
+    ]
+    return list(lens._recent), lens._hits, lens.observed, sorted(p._reqs), engines
+
+
+def test_on_end_is_on_output_then_on_finish() -> None:
+    """Prism.on_end (the live router's and the simulator's one call per finished request) leaves
+    the books exactly as on_output then on_finish do, and the next decisions are the same."""
+    for seed in range(3):
+        fused, views, now, prompts, rng = _prism_with_history(seed)
+        split = _prism_with_history(seed)[0]
+        live: list[tuple[int, int]] = []
+        for k in range(300):
+            now += 0.002
+            info = _info(30_000 + k, rng.choice(prompts), now, rng.choice([8, 256]))
+            idx = fused.route(info, views, now)
+            assert split.route(info, views, now) == idx
+            if idx is not None:
+                live.append((info.id, idx))
+            while live and (len(live) > 20 or rng.random() < 0.3):
+                rid, i = live.pop(rng.randrange(len(live)))
+                n = rng.choice([None, 1, 7, 256])  # None: it did not end normally
+                fused.on_end(rid, i, now, n)
+                if n is not None:
+                    split.on_output(rid, n)
+                split.on_finish(rid, i, now)
+                assert _books(fused) == _books(split)
+        fused.on_end(-1, 0, now, 5)  # one it never saw: its length is still learned
+        split.on_output(-1, 5)
+        split.on_finish(-1, 0, now)
+        assert _books(fused) == _books(split)

@@ -181,6 +181,39 @@ async def test_rebinding_moves_a_queued_request(engines):
         await runner.cleanup()
 
 
+class EndsOnce(RoutingPolicy):
+    """Counts each request's end through on_end, the fused on_output + on_finish."""
+
+    name = "ends_once"
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[object, int, int | None]] = []
+
+    def route(self, req, engines, now):
+        return 1
+
+    def on_output(self, req_id, output_tokens):
+        raise AssertionError("on_end was defined: on_output is not called besides it")
+
+    def on_finish(self, req_id, idx, now):
+        raise AssertionError("on_end was defined: on_finish is not called besides it")
+
+    def on_end(self, req_id, idx, now, output_tokens):
+        self.ends.append((req_id, idx, output_tokens))
+
+
+async def test_a_policy_with_on_end_gets_one_call_per_request(engines):
+    pol = EndsOnce()
+    runner, router, url = await serve(engines, PolicyDispatcher(pol))
+    try:
+        async with aiohttp.ClientSession() as s:
+            await asyncio.gather(*[post(s, url, max_tokens=3) for _ in range(4)])
+        assert sorted(t for _, _, t in pol.ends) == [3, 3, 3, 3]
+        assert len({rid for rid, _, _ in pol.ends}) == 4 and {i for _, i, _ in pol.ends} == {1}
+    finally:
+        await runner.cleanup()
+
+
 async def test_request_timeout_is_a_504_and_frees_the_engine(engines):
     e0, _ = engines
     aborts0 = metric(e0.url, "vllm:request_success_total", finished_reason="abort")

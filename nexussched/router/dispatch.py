@@ -8,6 +8,7 @@ the other; router/compose.py wires them together from settings.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -44,6 +45,12 @@ class ProxyCall:
     tokens: int | None = None  # completion tokens (usage), else streamed token events
     complete: bool = False  # the whole answer went through (then `tokens` is its length)
     client_gone: bool = False  # the client left mid-answer (logged as 499, as its metric is)
+    # While it waits for its first byte, for a dispatcher that re-binds (policy_dispatch.py): the
+    # backend it was sent to, the task serving it (a move cancels it) and where a move sends it
+    # (kept here, not in a record of its own: one object fewer per request)
+    placed: int = -1
+    task: asyncio.Task | None = None
+    move_to: int | None = None
 
 
 @dataclass(slots=True)

@@ -9,7 +9,6 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from aiohttp import web
 
@@ -22,15 +21,6 @@ from .policies import NoEngineAvailable, RoutingPolicy, make_policy
 log = logging.getLogger("nexussched.router")
 
 
-@dataclass(slots=True)
-class _Flight:
-    """A request between dispatch and first byte, for policies that re-bind (tick() -> Moves)."""
-
-    idx: int
-    task: asyncio.Task | None = None
-    move_to: int | None = None
-
-
 def _hook(policy: RoutingPolicy, name: str):
     """The policy's `name` hook, or None where it is RoutingPolicy's no-op (not called then: a
     call per request for nothing)."""
@@ -38,6 +28,18 @@ def _hook(policy: RoutingPolicy, name: str):
     if name not in vars(policy) and getattr(type(policy), name) is getattr(RoutingPolicy, name):
         return None
     return fn
+
+
+def _hooks(policy: RoutingPolicy) -> tuple:
+    """(on_first_token, on_output, on_finish, on_end) as _hook gives them; on_end only where the
+    policy's class fuses the two (then it is called instead of them: one call per request, not
+    two) and neither was replaced on the instance (a wrapper set there is called, as before)."""
+    first, output, finish, end = (
+        _hook(policy, n) for n in ("on_first_token", "on_output", "on_finish", "on_end")
+    )
+    if end is not None and ("on_output" in vars(policy) or "on_finish" in vars(policy)):
+        end = None
+    return first, output, finish, end
 
 
 def fail_dropped(policy: RoutingPolicy, waiting: dict[object, asyncio.Future]) -> None:
@@ -68,10 +70,11 @@ class PolicyDispatcher(Dispatcher):
         self.policy = policy
         self._rng = random.Random()  # retry jitter
         self._held: dict[object, asyncio.Future] = {}
-        self._flights: dict[object, _Flight] = {}
+        # requests between dispatch and first byte, for policies that re-bind (tick() -> Moves)
+        self._flights: dict[object, ProxyCall] = {}
         self._tasks: list[asyncio.Task] = []
         self.kv_feed = None  # KvEventFeed (router/kv_feed.py), for policies that follow KV events
-        self._hooks: tuple = ()  # (on_first_token, on_output, on_finish), set at start
+        self._hooks: tuple = ()  # _hooks(policy), set at start
 
     @classmethod
     def from_settings(cls, settings: RouterSettings, **kwargs: object) -> PolicyDispatcher:
@@ -83,7 +86,7 @@ class PolicyDispatcher(Dispatcher):
     async def start(self, router: RouterCore) -> None:
         self.router = router
         p = self.policy
-        self._hooks = tuple(_hook(p, n) for n in ("on_first_token", "on_output", "on_finish"))
+        self._hooks = _hooks(p)
         if p.holds:
             router.registry.on_change.append(lambda i, up: up and self._offer(i))
             self._tasks.append(asyncio.create_task(self._offer_loop(p.tick_interval or 0.05)))
@@ -131,7 +134,12 @@ class PolicyDispatcher(Dispatcher):
                 continue
             for mv in moves:
                 f = self._flights.get(mv.req_id)
-                if f is not None and f.idx == mv.src and f.task is not None and not f.task.done():
+                if (
+                    f is not None
+                    and f.placed == mv.src
+                    and f.task is not None
+                    and not f.task.done()
+                ):
                     f.move_to = mv.dst
                     f.task.cancel()
 
@@ -195,10 +203,8 @@ class PolicyDispatcher(Dispatcher):
         router = self.router
         policy = self.policy
         if not self._hooks:  # (not started: a test's dispatcher)
-            self._hooks = tuple(
-                _hook(policy, n) for n in ("on_first_token", "on_output", "on_finish")
-            )
-        first_token, on_output, on_finish = self._hooks
+            self._hooks = _hooks(policy)
+        first_token, on_output, on_finish, on_end = self._hooks
         rid = call.info.id
         tried: list[int] = []
         spent = 0
@@ -227,20 +233,21 @@ class PolicyDispatcher(Dispatcher):
                     if rebinds:
                         # A move cancels this very task while it waits for the first byte (no
                         # extra task per request): the tick loop sets move_to, then cancel().
-                        flight = _Flight(idx, asyncio.current_task())
-                        self._flights[rid] = flight
+                        call.placed, call.task, call.move_to = idx, asyncio.current_task(), None
+                        self._flights[rid] = call
                         try:
                             up = await router.open_upstream(call, idx)
                         except asyncio.CancelledError:
-                            cur = flight.task
-                            if flight.move_to is None or cur is None or cur.uncancel() > 0:
+                            cur = call.task
+                            if call.move_to is None or cur is None or cur.uncancel() > 0:
                                 raise  # not (only) our move: the client went away
-                            forced = flight.move_to
+                            forced = call.move_to
                             finished = False
                             router.metrics.moves.inc()
                             continue
                         finally:
                             self._flights.pop(rid, None)
+                            call.task = None
                     else:
                         up = await router.open_upstream(call, idx)
                 except BackendFailed as e:
@@ -274,11 +281,15 @@ class PolicyDispatcher(Dispatcher):
             finally:
                 b.end(call.info)
                 if finished:
-                    if call.complete and call.tokens and on_output is not None:
-                        # the router learns how long the output was only now
-                        on_output(rid, call.tokens)
-                    if on_finish is not None:
-                        on_finish(rid, idx, time.monotonic())
+                    # the router learns how long the output was only now
+                    if on_end is not None:
+                        n = call.tokens if call.complete and call.tokens else None
+                        on_end(rid, idx, time.monotonic(), n)
+                    else:
+                        if call.complete and call.tokens and on_output is not None:
+                            on_output(rid, call.tokens)
+                        if on_finish is not None:
+                            on_finish(rid, idx, time.monotonic())
                     if policy.holds and (self._held or policy.held):
                         # room freed here: hand over what waits (nothing held: nothing to do)
                         self._offer(idx)

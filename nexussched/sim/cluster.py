@@ -376,8 +376,7 @@ class ClusterSim:
                         if self._handoff(r, idx, t_eng):
                             continue
                     r.hashes = ()  # only live requests need them (memory)
-                    routing.on_output(r.id, r.generated)
-                    routing.on_finish(r.id, idx, t_eng)
+                    routing.on_end(r.id, idx, t_eng, r.generated)  # on_output, on_finish
                 if routing.holds:
                     self._offer(idx, t_eng)
                 if not eng.busy:

@@ -49,6 +49,8 @@ class RoutingPolicy:
     - pull(): engine `idx` has room; return held requests it should take now.
     - on_finish(): a request finished on engine `idx` (bookkeeping); on_output() before it says
       how many tokens it produced; on_first_token() says an engine started answering one.
+      on_end() is the two in one call (the live router and the simulator call it): a policy may
+      fuse them there, as PRISM does (one look-up of its books per finished request).
     - tick(): called every `tick_interval` seconds; may return Moves (re-binding).
     - cancel(): a held request's client left; drop it (True if it was held here).
     - take_dropped(): requests the policy itself gave up on since the last call (e.g. a queue's
@@ -79,6 +81,14 @@ class RoutingPolicy:
         relayed them): the only time a router learns how long an output was. Called before
         on_finish, for requests that ended normally."""
         return None
+
+    def on_end(self, req_id: object, idx: int, now: float, output_tokens: int | None) -> None:
+        """A request ended on engine `idx`: on_output(output_tokens) where it ended normally
+        (None: it did not, or its length is unknown), then on_finish. A policy that overrides
+        on_end must keep exactly that meaning."""
+        if output_tokens is not None:
+            self.on_output(req_id, output_tokens)
+        self.on_finish(req_id, idx, now)
 
     def tick(self, engines: Sequence[EngineView], now: float) -> list[Move]:
         return []

@@ -454,6 +454,14 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
         if r is not None and r.engine >= 0:
             self._eng[r.engine].drop(r)
 
+    def on_end(self, req_id: object, idx: int, now: float, output_tokens: int | None) -> None:
+        # on_output then on_finish, with one look-up of the request (every request ends here)
+        r = self._reqs.pop(req_id, None)
+        if output_tokens is not None:
+            self.lengths.observe(output_tokens, r.info.max_tokens if r is not None else None)
+        if r is not None and r.engine >= 0:
+            self._eng[r.engine].drop(r)
+
     @property
     def held(self) -> int:
         return len(self._held) + len(self._hopeless)
