@@ -8,7 +8,7 @@ import hashlib
 import random
 from collections import OrderedDict
 
-from nexussched.router.policies import make_policy
+from nexussched.router.policies import NoEngineAvailable, make_policy
 from nexussched.router.policies.base import RequestInfo
 from nexussched.router.policies.prefix_index import PrefixIndex
 from nexussched.tokens import block_hashes, prompt_block_hashes, prompt_pieces, text_pieces
@@ -380,3 +380,35 @@ def test_on_end_is_on_output_then_on_finish() -> None:
         split.on_output(-1, 5)
         split.on_finish(-1, 0, now)
         assert _books(fused) == _books(split)
+
+
+def test_held_requests_get_their_order_key_when_they_wait() -> None:
+    """route() builds a request's queue key only when it waits at the router (Prism._keyed): a
+    held or late request's key is _key() of what route() saw, in every order; a sent one has
+    none."""
+
+    class View:
+        name, healthy, num_running, num_waiting, kv_usage = "e", True, 0, 0, 0.0
+        last_scrape, block_size, num_gpu_blocks = float("-inf"), 16, 40  # 640 KV tokens
+        inflight = inflight_prompt_tokens = inflight_max_tokens = 0
+
+    for order in ("edf", "lifo", "cost"):
+        p = make_policy("prism", order=order, shed=order == "cost")
+        views = [View(), View()]
+        rng = random.Random(5)
+        held = sent = 0
+        for k in range(40):
+            info = _info(k, "a" * rng.randint(400, 1600), 1.0 + k * 0.01, rng.choice([8, 64]))
+            out = p._expected_output(info)
+            try:
+                idx = p.route(info, views, 1.0 + k * 0.01)
+            except NoEngineAvailable:
+                continue  # shed
+            r = p._reqs[info.id]
+            if idx is None:
+                held += 1
+                assert r.key == p._key(info, out)
+            else:
+                sent += 1
+                assert r.key is None
+        assert held and sent

@@ -91,6 +91,12 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             k = info.prompt_tokens + 0.25 * out
         return (info.priority, k)
 
+    def _keyed(self, r: ReqState, out: float) -> ReqState:
+        """r with its queue key (`out`: its expected output length, as route() had it)."""
+        if r.key is None:
+            r.key = self._key(r.info, out)
+        return r
+
     def place(self, req: RequestInfo, idx: int, now: float) -> None:
         """Account for `req` sent to engine `idx` by someone else (shadow mode: PRISM predicts
         and learns next to another router's choices, as bench_learning_error does)."""
@@ -108,10 +114,8 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             self._sync(engines)
         cfg = self.cfg
         out = self.lengths.expected_new(max(1, int(req.max_tokens)))  # _expected_output
-        if cfg.order == "edf":  # _key(req, out), inlined for the default order
-            r = ReqState(req, (req.priority, req.arrival + req.slo_ttft), out)
-        else:
-            r = ReqState(req, self._key(req, out), out)
+        # (its queue key only if it waits at the router: _keyed; most never do)
+        r = ReqState(req, None, out)
         P = r.prompt
         PP = P * P * 0.5
         hits = None
@@ -210,7 +214,7 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
                 f"a request of {P} prompt tokens fits no engine's KV cache", cfg.retry_after
             )
         if cfg.shed:
-            t = best_t if best >= 0 else wait_t + self._held_wait(r)
+            t = best_t if best >= 0 else wait_t + self._held_wait(self._keyed(r, out))
             if now + t * cfg.ttft_margin > r.deadline:
                 self.shed += 1
                 raise SloUnattainable(
@@ -239,7 +243,7 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
             # It waits with the late ones, served from spare room. (An engine seen to keep its
             # decodes' pace, a slack-ordered planner such as LENS, gets it at once.)
             r.hopeless = True
-            self._hopeless.append((r.key, r.prompt, r))
+            self._hopeless.append((self._keyed(r, out).key, r.prompt, r))
             self._reqs[req.id] = r
             return None
         if best >= 0 and not (
@@ -256,7 +260,7 @@ class Prism(Rebinding, PrismPredictor, RoutingPolicy):
         if not self.holds:
             self._bind(r, wait_best, now, wait_kv)
             return wait_best
-        self._hold(r)
+        self._hold(self._keyed(r, out))
         return None
 
     def _pace_room(self, e: EngineState, req: RequestInfo, now: float, base: float) -> bool:

@@ -21,14 +21,14 @@ class ReqState:
     __slots__ = ("info", "prompt", "ctx", "deadline", "key", "engine", "moves", "hopeless", "work",
                  "pace", "bound", "hits", "kv", "end", "first")  # fmt: skip
 
-    def __init__(self, info: RequestInfo, key: tuple, out: float) -> None:
+    def __init__(self, info: RequestInfo, key: tuple | None, out: float) -> None:
         self.info = info
         self.prompt = max(1, int(info.prompt_tokens))
         # mean context of its decode steps (`out`: its expected output length): what it adds to
         # every step's KV reads
         self.ctx = self.prompt + out * 0.5
         self.deadline = info.arrival + info.slo_ttft
-        self.key = key
+        self.key = key  # its order at the router while held (None until it is: Prism._keyed)
         self.engine = -1
         self.moves = 0
         self.hopeless = False
