@@ -65,6 +65,7 @@ def test_version(capsys):
         ["router", "--policy", "least_load", "--policy-arg", "x=1", "--backend",
          "http://127.0.0.1:9"],
         ["router", "--policy", "nope"],
+        ["router", "--scrape-timeout", "0", "--backend", "http://127.0.0.1:9"],
         ["engine-sim", "--profile", "tpu"],
         ["eval", "--rate-scale", "fast"],
         ["eval", "--policies", "fastest"],
@@ -82,6 +83,17 @@ def test_bad_flag_values_are_one_line_errors(argv, capsys):
     assert rc == 2, err
     assert len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err and "error" in err
+
+
+def test_scrape_timeout_reaches_the_router_settings():
+    from nexussched.router.cli_router import settings_from_args
+
+    def parsed(*extra: str) -> float:
+        args = build_parser().parse_args(["router", "--backend", "http://127.0.0.1:9", *extra])
+        return settings_from_args(args).scrape_timeout
+
+    assert parsed() == 2.0
+    assert parsed("--scrape-timeout", "10") == 10.0
 
 
 def test_prism_mode_with_redis_down_fails_fast_in_one_line():

@@ -125,6 +125,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds between /metrics scrapes of a healthy backend",
     )
     p.add_argument(
+        "--scrape-timeout",
+        type=float,
+        default=2.0,
+        help="seconds a /metrics scrape or /health probe may take; three timed out in a row take "
+        "the backend out of rotation and stop its requests (raise it for engines whose HTTP "
+        "front lags on a busy host)",
+    )
+    p.add_argument(
         "--retries",
         type=int,
         default=1,
@@ -247,6 +255,7 @@ def settings_from_args(args: argparse.Namespace) -> RouterSettings:
         connect_timeout=args.connect_timeout,
         health_interval=args.health_interval,
         scrape_interval=args.scrape_interval,
+        scrape_timeout=args.scrape_timeout,
         retries=args.retries,
         retry_backoff=args.retry_backoff,
         retry_backoff_max=args.retry_backoff_max,
