@@ -122,8 +122,8 @@ def read_telemetry(path: Path) -> list[dict]:
 
 class TelemetryTail:
     """The plug-in's step records appended to its file since this was made, read a batch at a
-    time: a whole-file read per poll cost a test more than the poll's interval on a busy
-    machine. A line still being written is kept for the next read."""
+    time (not the whole file per poll: it holds thousands of records by then). A line still
+    being written is kept for the next read."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
