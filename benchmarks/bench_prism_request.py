@@ -1,7 +1,8 @@
 """A routing policy's own work per request, in process, warm and with the caches swept: what the
 live router runs for each non-streaming request of bench_router_throughput.py (the prompt's block
 hashes where the policy reads them, RequestInfo, route(), a re-binding policy's flight record,
-on_first_token, and on_end or on_output and on_finish, as the router calls them), 64 requests in flight over 2 engines with learned models.
+on_first_token, and on_end or on_output and on_finish, as the router calls them), 64 requests in
+flight over 2 engines with learned models.
 
 Warm: best of --reps runs of --requests back to back (the caches hold the policy's code and
 state). Swept: a 16 MB buffer is scanned before each request and only the request is timed, as

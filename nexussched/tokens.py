@@ -159,11 +159,14 @@ def _ascii_block_hashes(s: str, block_size: int) -> tuple[int, ...]:
     if seen is None:
         seen = _SEEN[block_size] = {}
     blake = hashlib.blake2b
+    unpack = None  # looked up at the first block the memo misses (none, for a repeated prompt)
     for off in range(0, full * per, per):
         key = b[off : off + per] if off == 0 else prev + b[off : off + per]
         got = seen.get(key)
         if got is None:
-            pieces = _block_struct(block_size).unpack_from(b, off)
+            if unpack is None:
+                unpack = _block_struct(block_size).unpack_from
+            pieces = unpack(b, off)
             d = blake(prev + b"s" + b"\x1fs".join(pieces), digest_size=8).digest()
             got = (d, int.from_bytes(d, "big") >> 1)
             if len(seen) >= SEEN_MAX:

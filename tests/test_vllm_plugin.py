@@ -245,8 +245,7 @@ def test_tight_tpot_decodes_get_a_long_prompt_in_small_chunks(stack):
                     assert r.status == 200, (r.status, await r.text())
                     await r.read()
 
-            six = asyncio.create_task(post(six_body))
-            tasks = [six]
+            tasks = [asyncio.create_task(post(six_body))]
             try:
                 assert await until(len(decodes) - 1, tasks), "the decodes ended before all ran"
                 sent = len(seen)
